@@ -1,0 +1,66 @@
+// Python bindings of plateaulab's CPU core. Thin: validate, then call the kernel once.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <stdexcept>
+#include <string>
+
+#include "cpu/score_cpu.h"
+
+namespace py = pybind11;
+
+namespace {
+
+template <typename T>
+void check_contiguous(const py::array_t<T>& a, const char* name, int ndim) {
+  if (a.ndim() != ndim) {
+    throw std::invalid_argument(std::string(name) + " must be " + std::to_string(ndim) + "-D, got " +
+                                std::to_string(a.ndim()) + "-D");
+  }
+  if (!(a.flags() & py::array::c_style)) {
+    throw std::invalid_argument(std::string(name) + " must be C-contiguous");
+  }
+}
+
+void score_argmax(py::array_t<float> logits, py::array_t<float> bias, py::array_t<int64_t> labels,
+                  int64_t num_classes, double rtol, py::array_t<int64_t> correct, py::array_t<int64_t> ties) {
+  check_contiguous(logits, "logits", 2);
+  check_contiguous(bias, "bias", 1);
+  check_contiguous(labels, "labels", 1);
+  check_contiguous(correct, "correct", 1);
+  check_contiguous(ties, "ties", 1);
+  if (num_classes < 1) throw std::invalid_argument("num_classes must be >= 1");
+  const int64_t rows = logits.shape(0), width = logits.shape(1);
+  if (width % num_classes != 0) {
+    throw std::invalid_argument("logits width " + std::to_string(width) + " is not a multiple of num_classes " +
+                                std::to_string(num_classes));
+  }
+  const int64_t groups = width / num_classes;
+  if (bias.shape(0) != width) throw std::invalid_argument("bias must have as many entries as logits has columns");
+  if (labels.shape(0) != rows) throw std::invalid_argument("labels must have one entry per logits row");
+  if (correct.shape(0) != groups || ties.shape(0) != groups) {
+    throw std::invalid_argument("correct and ties must have one entry per probe (logits width / num_classes)");
+  }
+  const int64_t* lab = labels.data();
+  for (int64_t r = 0; r < rows; ++r) {
+    if (lab[r] < 0 || lab[r] >= num_classes) throw std::invalid_argument("label out of range [0, num_classes)");
+  }
+  const float* pl = logits.data();
+  const float* pb = bias.data();
+  int64_t* pc = correct.mutable_data();
+  int64_t* pt = ties.mutable_data();
+  {
+    py::gil_scoped_release release;
+    plateaulab::score_argmax_cpu(pl, rows, width, pb, lab, groups, num_classes, rtol, pc, pt);
+  }
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "plateaulab's compiled CPU core";
+  m.def("score_argmax", &score_argmax, py::arg("logits"), py::arg("bias"), py::arg("labels"),
+        py::arg("num_classes"), py::arg("rtol"), py::arg("correct"), py::arg("ties"),
+        "Add to correct/ties (one entry per probe) the arg-max hits and near-ties of a chunk of stacked logits "
+        "(rows x probes*num_classes) plus bias. Logits are read, never written.");
+}

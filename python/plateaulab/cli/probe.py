@@ -1,0 +1,59 @@
+"""`plateaulab probe STORE -o RUN_DIR ...`: few-shot ridge probes over every block of a store."""
+
+from __future__ import annotations
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _seeds(text: str):
+    return int(text) if "," not in text else _int_list(text)
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "probe", help="run few-shot ridge probes over a feature store",
+        description="Run big_vision's few-shot ridge probe for every (checkpoint, layer, dataset, shots, seed, l2) "
+                    "of a store. Resumable: rerun the same command after a crash.")
+    p.add_argument("store", help="feature store directory")
+    p.add_argument("-o", "--output", required=True, help="run directory (created; reused to resume)")
+    p.add_argument("--datasets", nargs="+", help="dataset names (default: all)")
+    p.add_argument("--checkpoints", nargs="+", metavar="GLOB", help="checkpoint name patterns (default: all)")
+    p.add_argument("--layers", nargs="+", default=["all"], help="all, last, or layer names (default: all)")
+    p.add_argument("--shots", type=_int_list, default=[1, 5, 10, 25], help="comma-separated (default: 1,5,10,25)")
+    p.add_argument("--seeds", type=_seeds, default=3,
+                   help="number of seeds (0..N-1, default 3) or a comma-separated list")
+    p.add_argument("--l2", type=_float_list, default=[1024.0], help="l2 value or comma-separated list (default: 1024)")
+    p.add_argument("--select", choices=["fixed", "loo", "val"], default="fixed",
+                   help="l2 choice per probe: fixed = first --l2 value; loo = exact leave-one-out on the few-shot "
+                        "set; val = validation split (never the test split)")
+    p.add_argument("--backend", default="auto", choices=["auto", "numpy", "cpu", "cuda"])
+    p.add_argument("--skip-short-classes", action="store_true",
+                   help="skip, with a warning, shot counts that some class cannot fill (default: error)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    from ..run import probe_store
+
+    layers = args.layers[0] if len(args.layers) == 1 and args.layers[0] in ("all", "last") else args.layers
+    run = probe_store(args.store, args.output, datasets=args.datasets, checkpoints=args.checkpoints,
+                      layers=layers, shots=args.shots, seeds=args.seeds, l2=args.l2, select=args.select,
+                      backend=args.backend, quiet=args.quiet,
+                      on_short="skip" if args.skip_short_classes else "error")
+    status = "complete" if run.results_path.exists() else "incomplete"
+    print(f"{run.run_dir}: {run.blocks_total} blocks, {run.blocks_done_now} probed now "
+          f"({run.probes_done_now} probes in {run.seconds:.1f} s); run {status}; results in {run.results_path}")
+    return 0
