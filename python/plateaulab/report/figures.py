@@ -1,0 +1,279 @@
+"""The study's figures, drawn with matplotlib's Agg backend (no display needed).
+
+Each function takes analysis results and returns a ``matplotlib.figure.Figure``; the writer saves it as
+PNG and SVG and embeds the PNG in the report. Figure numbers follow Abnar et al. (ICLR 2022).
+"""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+COLORS = {"points": "#6b8fb5", "hull": "#1f3b63", "fit_hull": "#c0392b", "fit_all": "#555555",
+          "band": "#e6a19a", "sat": "#c0392b", "overlay": "#d62728"}
+SCALE_LABEL = {"linear": "{}", "logit": "logit({})", "neglog1m": "-log(1 - {})"}
+
+plt.rcParams.update({"font.size": 9, "axes.titlesize": 9, "axes.labelsize": 9, "legend.fontsize": 9,
+                     "xtick.labelsize": 8, "ytick.labelsize": 8, "svg.fonttype": "none"})
+
+
+def _scale(p, scale: str):
+    from ..analysis import scale_accuracy
+
+    p = np.asarray(p, dtype=float)
+    if scale == "linear":
+        return p
+    return np.asarray(scale_accuracy(np.clip(p, 1e-6, 1 - 1e-6), scale), dtype=float)
+
+
+def _grid_shape(n: int, max_cols: int = 6) -> tuple[int, int]:
+    cols = min(max_cols, n) if n > 4 else n
+    cols = max(cols, 1)
+    return int(math.ceil(n / cols)), cols
+
+
+def _wrap(text: str, width: int = 28) -> str:
+    if len(text) <= width:
+        return text
+    words, lines, line = text.split(), [], ""
+    for w in words:
+        if line and len(line) + 1 + len(w) > width:
+            lines.append(line)
+            line = w
+        else:
+            line = f"{line} {w}".strip()
+    lines.append(line)
+    return "\n".join(lines[:2])
+
+
+def _curve_grid(r, scale: str) -> np.ndarray:
+    lo = float(np.min(r.us))
+    lo = max(0.0, lo - 0.02)
+    hi = 1.0 if scale == "linear" else 1.0 - 0.5 * max(1e-3, 1.0 - float(np.max(r.us)))
+    return np.linspace(lo, hi, 200)
+
+
+def saturation_grid(groups, us_name: str, scale: str = "linear", planted: dict | None = None):
+    """Figure 1: per (DS task, shots) the points, the upper hull, eq. (1) fitted on the hull and on all
+    points, the bootstrap band and the saturation line 1 - e_IR."""
+    n = len(groups)
+    rows, cols = _grid_shape(n)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.1 * cols, 2.75 * rows + 0.9), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    for ax, r in zip(axes.flat, groups):
+        f = r.fit_hull
+        x_pts, y_pts = _scale(r.us, scale), _scale(r.ds, scale)
+        grid = _curve_grid(r, scale)
+        if r.band is not None:
+            bg, blo, bhi = r.band
+            keep = bg <= grid[-1] + 1e-12
+            ax.fill_between(_scale(bg[keep], scale), _scale(blo[keep], scale), _scale(bhi[keep], scale),
+                            color=COLORS["band"], alpha=0.45, lw=0, label="95% bootstrap band (hull fit)")
+        ax.scatter(x_pts, y_pts, s=9, color=COLORS["points"], alpha=0.7, lw=0, label="models")
+        h = r.hull
+        ax.plot(x_pts[h], y_pts[h], "-o", color=COLORS["hull"], ms=3.5, lw=1.0, label="upper hull")
+        if r.fit_all is not None and np.isfinite(r.fit_all.k):
+            ax.plot(_scale(grid, scale), _scale(r.fit_all.predict(grid), scale), "--", color=COLORS["fit_all"],
+                    lw=1.1, label="eq. (1) fit on all points")
+        if np.isfinite(f.k):
+            ax.plot(_scale(grid, scale), _scale(f.predict(grid), scale), "-", color=COLORS["fit_hull"], lw=1.6,
+                    label="eq. (1) fit on hull")
+            ax.axhline(_scale(np.array([f.saturation]), scale)[0], color=COLORS["sat"], ls=":", lw=1.3,
+                       label="saturation 1 - e_IR")
+        if planted and r.task in planted:
+            ax.axhline(_scale(np.array([planted[r.task]]), scale)[0], color="#2ca02c", ls="-.", lw=1.2,
+                       label="planted saturation")
+        sat = f"sat. {f.saturation:.2f}"
+        if r.boot is not None and "saturation" in r.boot.ci:
+            lo, hi = r.boot.ci["saturation"]
+            if np.isfinite(lo) and np.isfinite(hi):
+                sat += f" [{lo:.2f}, {hi:.2f}]"
+        ax.set_title(f"{_wrap(r.label, 34)}\n{sat}", fontsize=8.5)
+        ax.grid(alpha=0.25, lw=0.5)
+        if scale == "linear":
+            ax.set_xlim(grid[0], 1.0)
+        ylo = min(float(np.min(y_pts)), float(np.nanmin(_scale(np.array([f.saturation]), scale))))
+        yhi = max(float(np.max(y_pts)), float(_scale(np.array([f.saturation]), scale)[0]))
+        pad = 0.06 * (yhi - ylo) + 1e-3
+        ax.set_ylim(ylo - pad, yhi + pad)
+    handles, labels = [], []
+    for ax in axes.flat[:n]:
+        for hnd, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels:
+                handles.append(hnd)
+                labels.append(lab)
+    fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 4), frameon=False,
+               bbox_to_anchor=(0.5, 1.0))
+    fig.supxlabel(SCALE_LABEL[scale].format(f"US accuracy ({us_name})"), fontsize=11)
+    fig.supylabel(SCALE_LABEL[scale].format("DS accuracy"), x=0.004, fontsize=11)
+    top = 1.0 - 0.75 / fig.get_figheight()
+    fig.tight_layout(rect=(0.018, 0.0, 1.0, top))
+    return fig
+
+
+def sensitivity_plot(sens: pd.DataFrame):
+    """Figure 3: fitting and prediction error against sample size, fit on the hull vs on all points.
+    Thin lines are single tasks; thick lines their mean."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.0), squeeze=False)
+    style = {"hull": ("-", COLORS["fit_hull"]), "all": ("--", COLORS["fit_all"])}
+    for ax, (col, title) in zip(axes.flat, (("fit_error_mean", "Fitting error"),
+                                            ("pred_error_mean", "Prediction error (held-out high-US points)"))):
+        for on, g in sens.groupby("on"):
+            ls, c = style.get(str(on), ("-", None))
+            for _, tg in g.groupby(["ds_task", "shots"], dropna=False):
+                tg = tg.sort_values("n")
+                ax.plot(tg["n"], tg[col], ls, color=c, lw=0.5, alpha=0.25)
+            mean = g.groupby("n")[col].mean()
+            ax.plot(mean.index, mean.values, ls, color=c, lw=2.2, marker="o", ms=4,
+                    label=f"fit on {'hull' if on == 'hull' else 'all points'} (mean over tasks)")
+        ax.set_yscale("log")
+        ax.set_xlabel("sample size n (models drawn from the fitting range)")
+        ax.set_ylabel("mean squared error (accuracy units)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3, which="both", lw=0.5)
+        ax.legend(loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def params_vs_shots_plot(df: pd.DataFrame):
+    """Figure 2 / F.4-F.5: k, alpha and e_IR of the hull fit against the number of shots."""
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.9), squeeze=False)
+    tasks = list(dict.fromkeys(df["ds_task"]))
+    cmap = plt.get_cmap("tab10" if len(tasks) <= 10 else "tab20")
+    for ax, (p, name) in zip(axes.flat, (("k", "k"), ("alpha", "alpha"), ("e_ir", "e_IR"))):
+        for i, t in enumerate(tasks):
+            g = df[df["ds_task"] == t].sort_values("shots")
+            ax.plot(g["shots"], g[p], "-o", ms=4, color=cmap(i % cmap.N), label=t)
+        ax.set_xscale("log")
+        ax.set_xlabel("shots")
+        ax.set_ylabel(name)
+        ax.set_title(f"{name} of the hull fit vs shots")
+        ax.grid(alpha=0.3, lw=0.5)
+    fig.tight_layout(rect=(0, 0, 0.84, 1))
+    if len(tasks) <= 20:
+        fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="center right", frameon=False, fontsize=8)
+    return fig
+
+
+def spearman_heatmap(ds_ds: pd.DataFrame):
+    """Figure F.20: Spearman rank correlation between DS tasks over models."""
+    n = ds_ds.shape[0]
+    size = max(5.0, min(16.0, 0.32 * n + 3))
+    fig, ax = plt.subplots(figsize=(size + 1.2, size))
+    im = ax.imshow(ds_ds.to_numpy(float), vmin=-1, vmax=1, cmap="RdBu_r")
+    fs = 8 if n <= 20 else 6.5
+    ax.set_xticks(range(n), [str(c) for c in ds_ds.columns], rotation=90, fontsize=fs)
+    ax.set_yticks(range(n), [str(c) for c in ds_ds.index], fontsize=fs)
+    if n <= 12:
+        for i in range(n):
+            for j in range(n):
+                v = ds_ds.iat[i, j]
+                if np.isfinite(v):
+                    ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
+                            color="white" if abs(v) > 0.6 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02, label="Spearman rank correlation")
+    ax.set_title("DS x DS Spearman correlation over models")
+    fig.tight_layout()
+    return fig
+
+
+def spearman_us_bars(ds_us: pd.Series, us_name: str):
+    """Figure F.21: Spearman rank correlation of each DS task with US accuracy."""
+    s = ds_us.dropna().sort_values()
+    fig, ax = plt.subplots(figsize=(8, max(2.5, 0.24 * len(s) + 1.2)))
+    colors = ["#c0392b" if v < 0 else "#1f77b4" for v in s.values]
+    ax.barh(range(len(s)), s.values, color=colors)
+    ax.set_yticks(range(len(s)), [str(i) for i in s.index], fontsize=8)
+    ax.set_xlim(min(-0.05, float(s.min()) - 0.05), 1.0)
+    ax.axvline(0, color="black", lw=0.6)
+    ax.set_xlabel(f"Spearman correlation with US accuracy ({us_name})")
+    ax.set_title("DS x US rank correlation over models")
+    ax.grid(axis="x", alpha=0.3, lw=0.5)
+    fig.tight_layout()
+    return fig
+
+
+def hull_overlay_grid(groups, ref: str, us_name: str, scale: str = "linear"):
+    """Figure 5: the upper hull of the reference DS task drawn over every task's points."""
+    from ..analysis import hull_overlay
+
+    by_shots = {r.shots: r for r in groups if r.task == ref}
+    others = [r for r in groups]
+    n = len(others)
+    rows, cols = _grid_shape(n)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 2.55 * rows + 0.8), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    for ax, r in zip(axes.flat, others):
+        ref_r = by_shots.get(r.shots)
+        ax.scatter(_scale(r.us, scale), _scale(r.ds, scale), s=8, color=COLORS["points"], alpha=0.7, lw=0,
+                   label=f"task's models")
+        h = r.hull
+        ax.plot(_scale(r.us[h], scale), _scale(r.ds[h], scale), "-", color=COLORS["hull"], lw=1.0,
+                label="task's upper hull")
+        if ref_r is not None:
+            hu, hd = hull_overlay(ref_r.us, ref_r.ds)
+            ax.plot(_scale(hu, scale), _scale(hd, scale), "-o", color=COLORS["overlay"], ms=3, lw=1.4,
+                    label=f"upper hull of {ref}")
+        ax.set_title(_wrap(r.label, 34), fontsize=8.5)
+        ax.grid(alpha=0.25, lw=0.5)
+    handles, labels = [], []
+    for ax in axes.flat[:n]:
+        for hnd, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels:
+                handles.append(hnd)
+                labels.append(lab)
+    fig.legend(handles, labels, loc="upper center", ncol=3, frameon=False, bbox_to_anchor=(0.5, 1.0))
+    fig.supxlabel(SCALE_LABEL[scale].format(f"US accuracy ({us_name})"), fontsize=11)
+    fig.supylabel(SCALE_LABEL[scale].format("DS accuracy"), x=0.004, fontsize=11)
+    fig.tight_layout(rect=(0.018, 0, 1, 1.0 - 0.6 / fig.get_figheight()))
+    return fig
+
+
+def layer_plot(layers: pd.DataFrame, us_name: str, best: pd.DataFrame | None = None):
+    """Figure 6: few-shot DS accuracy from each layer's representation, one line per checkpoint coloured
+    by US accuracy; stars mark each checkpoint's earliest layer within tolerance of its best."""
+    datasets = list(dict.fromkeys(layers["dataset"]))
+    n = len(datasets)
+    rows, cols = _grid_shape(n, max_cols=4)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols + 1.0, 3.0 * rows + 0.4), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    norm = matplotlib.colors.Normalize(vmin=float(layers["us"].min()), vmax=float(layers["us"].max()))
+    cmap = plt.get_cmap("viridis")
+    for ax, d in zip(axes.flat, datasets):
+        g = layers[layers["dataset"] == d]
+        for ck, cg in g.groupby("checkpoint"):
+            cg = cg.sort_values("layer_index")
+            ax.plot(cg["layer_index"], cg["accuracy"], "-", color=cmap(norm(cg["us"].iloc[0])), lw=1.0, alpha=0.8)
+        if best is not None and not best.empty and "dataset" in best.columns:
+            b = best[best["dataset"] == d]
+            ax.scatter(b["layer_index"], b["accuracy"], marker="*", s=40, color="#d62728", zorder=3,
+                       label="earliest layer within tolerance of best")
+        ax.set_title(_wrap(str(d), 34))
+        ax.set_xlabel("layer index")
+        ax.set_ylabel("DS accuracy")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.grid(alpha=0.3, lw=0.5)
+    fig.tight_layout(rect=(0, 0, 0.9, 1))
+    cax = fig.add_axes((0.92, 0.15, 0.015, 0.7))
+    fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), cax=cax, label=f"US accuracy ({us_name})")
+    if best is not None and not best.empty:
+        h, lab = axes.flat[0].get_legend_handles_labels()
+        if h:
+            axes.flat[0].legend(h[:1], lab[:1], loc="lower right", fontsize=7)
+    return fig
+
+
+def _shots_label(shots) -> str:
+    from .study import _shots_text
+
+    return _shots_text(shots)

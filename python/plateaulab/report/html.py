@@ -1,0 +1,82 @@
+"""A self-contained HTML document: inline CSS, figures as base64 PNG, no external requests."""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+
+import numpy as np
+import pandas as pd
+
+CSS = """
+body { font-family: -apple-system, "Segoe UI", "DejaVu Sans", Arial, sans-serif; margin: 24px auto;
+       max-width: 1320px; color: #222; line-height: 1.45; padding: 0 16px; }
+h1 { font-size: 1.7em; margin-bottom: 0.2em; }
+h2 { border-bottom: 1px solid #ccc; padding-bottom: 4px; margin-top: 2em; }
+.meta { color: #555; font-size: 0.92em; }
+figure { margin: 1em 0; }
+figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
+figcaption { color: #444; font-size: 0.9em; margin-top: 4px; }
+table { border-collapse: collapse; font-size: 0.85em; margin: 0.6em 0; }
+th, td { border: 1px solid #ddd; padding: 3px 7px; text-align: right; }
+th { background: #f3f3f3; }
+td.text, th.text { text-align: left; }
+tr.flagged td { background: #fff6e0; }
+ul.summary li { margin-bottom: 3px; }
+.warn { color: #8a4b00; }
+.note { background: #f6f8fa; border-left: 3px solid #9ab; padding: 6px 10px; margin: 8px 0; }
+.tablewrap { overflow-x: auto; }
+"""
+
+
+def esc(text) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def fmt(v, digits: int = 3) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, (bool, np.bool_)):
+        return "yes" if v else "no"
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    if isinstance(v, (float, np.floating)):
+        f = float(v)
+        if math.isnan(f):
+            return ""
+        if f != 0 and (abs(f) >= 1e4 or abs(f) < 1e-3):
+            return f"{f:.{digits - 1}e}"
+        return f"{f:.{digits}f}"
+    return str(v)
+
+
+def table(df: pd.DataFrame, *, text_cols=(), flag_col: str | None = None, digits: int = 3) -> str:
+    """An HTML table; numbers right-aligned and rounded, text columns left-aligned, flagged rows tinted."""
+    cols = list(df.columns)
+    out = ['<div class="tablewrap"><table><thead><tr>']
+    for c in cols:
+        cls = ' class="text"' if c in text_cols else ""
+        out.append(f"<th{cls}>{esc(c)}</th>")
+    out.append("</tr></thead><tbody>")
+    for _, row in df.iterrows():
+        flagged = flag_col is not None and bool(row.get(flag_col))
+        out.append('<tr class="flagged">' if flagged else "<tr>")
+        for c in cols:
+            cls = ' class="text"' if c in text_cols else ""
+            out.append(f"<td{cls}>{esc(fmt(row[c], digits))}</td>")
+        out.append("</tr>")
+    out.append("</tbody></table></div>")
+    return "".join(out)
+
+
+def figure(png: bytes, caption: str, alt: str) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return (f'<figure><img alt="{esc(alt)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{caption}</figcaption></figure>")
+
+
+def document(title: str, body: list[str]) -> str:
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{esc(title)}</title><style>{CSS}</style></head><body>\n"
+            + "\n".join(body) + "\n</body></html>\n")

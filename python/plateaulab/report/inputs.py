@@ -1,0 +1,249 @@
+"""What a study reads: an accuracy table, a probe run directory, or the packaged open_clip table.
+
+Every input becomes one :class:`StudyInput`: a tidy table of (model, ds_task, shots, us, ds) points on
+the 0-1 scale, plus, for probe runs, the accuracy of every layer (for the Figure-6 plots) and the list
+of tasks that could not be used and why. Errors that make the whole input unusable raise
+:class:`~plateaulab.errors.InputError`; problems confined to some tasks are recorded and the study
+goes on with the rest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..errors import InputError, PlateaulabError
+
+OPENCLIP_SOURCE = ("mlfoundations/open_clip, docs/openclip_results.csv, commit 29b90b8d (MIT licence): "
+                   "zero-shot accuracies of 121 CLIP models on 38 evaluations")
+RUN_FILES = ("results.parquet", "checkpoints.parquet", "manifest.json")
+DEFAULT_RUN_US = "upstream_accuracy"
+
+
+@dataclass
+class StudyInput:
+    """Points of a study, one row per (model, DS task, shots): columns model, ds_task, shots, us, ds."""
+
+    points: pd.DataFrame
+    us_name: str
+    source: str
+    kind: str                                   # "openclip", "table" or "run"
+    layers: pd.DataFrame | None = None          # run inputs: checkpoint, dataset, shots, layer, layer_index, accuracy, us
+    notes: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)   # DS task -> why it is not in the study
+    planted: dict | None = None                 # synthetic stores: the values planted by construction
+
+    @property
+    def ds_tasks(self) -> list[str]:
+        return list(dict.fromkeys(self.points["ds_task"]))
+
+    @property
+    def shots(self) -> list:
+        return sorted(self.points["shots"].dropna().unique().tolist())
+
+
+def _split_list(value) -> list[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        items = [v.strip() for v in value.split(",")]
+    else:
+        items = [str(v).strip() for v in value]
+    items = [v for v in items if v]
+    return items or None
+
+
+def is_run_dir(path: Path) -> bool:
+    return path.is_dir() and any((path / f).exists() for f in RUN_FILES)
+
+
+def load_study_input(source=None, *, us: str | None = None, ds=None, input_scale: str = "auto",
+                     min_points: int = 3) -> StudyInput:
+    """Read ``source`` (None: the packaged open_clip table; a directory: a probe run; else a table)."""
+    ds_list = _split_list(ds)
+    if source is None:
+        inp = _from_table(None, us=us, ds=ds_list, input_scale=input_scale)
+    else:
+        path = Path(source)
+        if path.is_dir():
+            if not is_run_dir(path):
+                raise InputError(
+                    f"{path} is a directory but not a probe run: it has none of {', '.join(RUN_FILES)}; "
+                    "pass a run directory written by `plateaulab probe` or an accuracy table file")
+            inp = _from_run(path, us=us or DEFAULT_RUN_US, ds=ds_list)
+        elif not path.exists():
+            raise InputError(f"study input {path} does not exist; pass a probe run directory or an accuracy table")
+        else:
+            inp = _from_table(path, us=us, ds=ds_list, input_scale=input_scale)
+    _drop_thin_tasks(inp, min_points)
+    if inp.points.empty:
+        reasons = "; ".join(f"{t}: {r}" for t, r in inp.skipped.items()) or "no rows"
+        raise InputError(f"{inp.source}: no downstream task can be analysed ({reasons})")
+    return inp
+
+
+# --------------------------------------------------------------------------- tables
+
+def _from_table(path, *, us, ds, input_scale) -> StudyInput:
+    from ..analysis import load_openclip, load_table
+
+    try:
+        if path is None:
+            table = load_openclip()
+            kind, source = "openclip", OPENCLIP_SOURCE
+            if us is not None and us != table.us_name:
+                raise InputError(f"the packaged open_clip table has US column {table.us_name!r}; "
+                                 f"--us {us!r} applies to table inputs only")
+        else:
+            kwargs = {"scale": input_scale}
+            if us is not None:
+                kwargs["us"] = us
+            if ds is not None:
+                kwargs["ds"] = ds
+            table = load_table(path, **kwargs)
+            kind, source = "table", str(path)
+    except InputError:
+        raise
+    except PlateaulabError as exc:
+        raise InputError(str(exc)) from None
+    except (KeyError, ValueError) as exc:
+        where = "the packaged open_clip table" if path is None else str(path)
+        raise InputError(f"{where}: {exc}") from None
+    long = table.long.copy()
+    if "shots" not in long.columns:
+        long["shots"] = np.nan
+    points = long[["model", "ds_task", "shots", "us", "ds"]].copy()
+    if ds is not None and path is None:
+        unknown = [d for d in ds if d not in set(points["ds_task"])]
+        if unknown:
+            raise InputError(f"--ds names {unknown} not in the open_clip table; known: {sorted(set(points['ds_task']))}")
+        points = points[points["ds_task"].isin(ds)]
+    points["shots"] = pd.to_numeric(points["shots"], errors="coerce")
+    inp = StudyInput(points=points.reset_index(drop=True), us_name=str(table.us_name), source=source, kind=kind)
+    if path is None:
+        inp.notes.append("For these CLIP models ImageNet is not the pre-training task: as in Kornblith et al. (2019) "
+                         "and Figure 5 of Abnar et al. (2022), ImageNet 1k zero-shot accuracy plays the upstream role. "
+                         "Accuracies are zero-shot, not few-shot.")
+    return inp
+
+
+# --------------------------------------------------------------------------- probe runs
+
+def _from_run(path: Path, *, us: str, ds) -> StudyInput:
+    missing = [f for f in RUN_FILES if not (path / f).exists()]
+    if missing:
+        raise InputError(
+            f"probe run {path} is missing {', '.join(missing)}; a run directory written by `plateaulab probe` "
+            f"holds {', '.join(RUN_FILES)}. Re-run (or finish) the probe into this directory")
+    try:
+        from ..run import load_run
+        results, ckpts, manifest = load_run(path)
+    except PlateaulabError as exc:
+        raise InputError(f"probe run {path}: {exc}") from None
+    except (OSError, ValueError) as exc:
+        raise InputError(f"probe run {path}: cannot read it ({exc})") from None
+    results = pd.DataFrame(results)
+    ckpts = pd.DataFrame(ckpts)
+    need = {"checkpoint", "dataset", "shots", "accuracy", "layer", "layer_index"}
+    lacking = need - set(results.columns)
+    if lacking:
+        raise InputError(f"probe run {path}: results.parquet lacks columns {sorted(lacking)}")
+    if "checkpoint" not in ckpts.columns:
+        raise InputError(f"probe run {path}: checkpoints.parquet has no 'checkpoint' column")
+    if us not in ckpts.columns:
+        numeric = [c for c in ckpts.columns if c != "checkpoint" and pd.api.types.is_numeric_dtype(ckpts[c])]
+        raise InputError(
+            f"probe run {path}: checkpoint metadata has no column {us!r} for upstream accuracy "
+            f"(numeric columns: {numeric or 'none'}); store it with FeatureStore.set_checkpoint_meta "
+            "or name another column with --us")
+    notes = []
+    if not manifest.get("complete", False):
+        notes.append(f"The run's manifest.json does not mark the run complete: results are partial "
+                     f"({len(results)} probe rows).")
+    if results.empty:
+        raise InputError(f"probe run {path}: results.parquet holds no rows; run `plateaulab probe` to completion")
+    if "selected" in results.columns:
+        results = results[results["selected"].astype(bool)]
+    us_vals = pd.to_numeric(ckpts[us], errors="coerce")
+    if us_vals.notna().sum() == 0:
+        raise InputError(f"probe run {path}: metadata column {us!r} holds no numeric values")
+    if us_vals.max() > 1.0 + 1e-9:
+        if us_vals.max() <= 100.0:
+            us_vals = us_vals / 100.0
+            notes.append(f"Upstream column {us!r} looked like percent and was divided by 100.")
+        else:
+            raise InputError(f"probe run {path}: upstream column {us!r} has values above 100 ({us_vals.max():g})")
+    us_map = pd.Series(us_vals.to_numpy(), index=ckpts["checkpoint"].astype(str))
+    no_us = sorted(us_map.index[us_map.isna()])
+    if no_us:
+        notes.append(f"{len(no_us)} checkpoint(s) have no {us!r} and are left out: {', '.join(no_us[:10])}"
+                     + (" ..." if len(no_us) > 10 else ""))
+    results = results.copy()
+    results["checkpoint"] = results["checkpoint"].astype(str)
+    unknown = sorted(set(results["checkpoint"]) - set(us_map.index))
+    if unknown:
+        notes.append(f"{len(unknown)} checkpoint(s) in results.parquet are missing from checkpoints.parquet "
+                     f"and are left out: {', '.join(unknown[:10])}")
+    results["us"] = results["checkpoint"].map(us_map)
+    results = results[results["us"].notna()]
+    if ds is not None:
+        unknown_ds = [d for d in ds if d not in set(results["dataset"])]
+        if unknown_ds:
+            raise InputError(f"probe run {path}: --ds names {unknown_ds}, not in the run "
+                             f"(datasets: {sorted(set(results['dataset']))})")
+        results = results[results["dataset"].isin(ds)]
+    # Mean over seeds of the accuracy at the selected l2, per checkpoint, dataset, shots and layer.
+    layers = (results.groupby(["checkpoint", "dataset", "shots", "layer", "layer_index"], as_index=False)
+              .agg(accuracy=("accuracy", "mean"), us=("us", "first"), seeds=("accuracy", "size")))
+    # Main figures use each checkpoint's last layer (highest layer_index) for that dataset.
+    last = layers.loc[layers.groupby(["checkpoint", "dataset", "shots"])["layer_index"].idxmax()]
+    points = pd.DataFrame({"model": last["checkpoint"], "ds_task": last["dataset"], "shots": last["shots"],
+                           "us": last["us"], "ds": last["accuracy"]}).reset_index(drop=True)
+    inp = StudyInput(points=points, us_name=us, source=str(path), kind="run",
+                     layers=layers if layers["layer_index"].nunique() > 1 else None, notes=notes)
+    planted = manifest.get("planted") if isinstance(manifest, dict) else None
+    inp.planted = planted or _planted_from_store(manifest)
+    return inp
+
+
+def _planted_from_store(manifest: dict) -> dict | None:
+    """Synthetic stores record their planted saturations; find them through the run's store path."""
+    import json
+
+    cfg = manifest.get("config", {}) if isinstance(manifest, dict) else {}
+    store = cfg.get("store") or manifest.get("store") if isinstance(manifest, dict) else None
+    if not store:
+        return None
+    f = Path(store) / "synth.json"
+    if not f.exists():
+        return None
+    try:
+        return json.loads(f.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _drop_thin_tasks(inp: StudyInput, min_points: int) -> None:
+    """Leave out (and name) the tasks a three-parameter fit cannot use."""
+    pts = inp.points.dropna(subset=["us", "ds"])
+    n_dropped = len(inp.points) - len(pts)
+    if n_dropped:
+        inp.notes.append(f"{n_dropped} point(s) with a missing US or DS accuracy were left out.")
+    keep = []
+    for task, g in pts.groupby("ds_task", sort=False):
+        counts = g.groupby("shots", dropna=False).size()
+        if counts.max() < min_points:
+            inp.skipped[str(task)] = (f"only {int(counts.max())} model(s) with both accuracies; "
+                                      f"the fit needs at least {min_points}")
+        elif g["ds"].nunique() < 2:
+            inp.skipped[str(task)] = f"DS accuracy is constant ({g['ds'].iloc[0]:.4g}) across models"
+        else:
+            keep.append(task)
+    all_tasks = list(dict.fromkeys(inp.points["ds_task"]))
+    for task in all_tasks:
+        if task not in keep and str(task) not in inp.skipped:
+            inp.skipped[str(task)] = "no model has both a US and a DS accuracy"
+    inp.points = pts[pts["ds_task"].isin(keep)].reset_index(drop=True)

@@ -1,0 +1,287 @@
+"""Write a study's artefacts: tables (CSV + JSON), figures (PNG + SVG), fits.json and report.html."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import html as H
+from .study import StudyResult, fit_record, parameter_table, power_table, summary_sentence
+
+SCALE_NAMES = {"linear": "linear", "logit": "logit", "neglog1m": "-log(1 - p)"}
+
+
+def planted_saturations(planted: dict | None) -> dict:
+    """{task: planted saturation} from a synthetic store's metadata (see plateaulab.synth)."""
+    if not planted:
+        return {}
+    tasks = planted.get("tasks", {})
+    return {t: float(v["saturation"]) for t, v in tasks.items() if isinstance(v, dict) and "saturation" in v}
+
+
+class _Artefacts:
+    def __init__(self, out: Path, formats):
+        self.out = out
+        self.formats = tuple(formats)
+        (out / "figures").mkdir(parents=True, exist_ok=True)
+        (out / "tables").mkdir(parents=True, exist_ok=True)
+        self.files: list[str] = []
+
+    def table(self, name: str, df: pd.DataFrame) -> None:
+        csv = self.out / "tables" / f"{name}.csv"
+        df.to_csv(csv, index=False)
+        js = self.out / "tables" / f"{name}.json"
+        js.write_text(df.to_json(orient="records", indent=1, double_precision=10))
+        self.files += [str(csv.relative_to(self.out)), str(js.relative_to(self.out))]
+
+    def figure(self, name: str, fig) -> bytes:
+        import matplotlib.pyplot as plt
+
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110)
+        png = buf.getvalue()
+        if "png" in self.formats:
+            (self.out / "figures" / f"{name}.png").write_bytes(png)
+            self.files.append(f"figures/{name}.png")
+        if "svg" in self.formats:
+            fig.savefig(self.out / "figures" / f"{name}.svg", format="svg")
+            self.files.append(f"figures/{name}.svg")
+        plt.close(fig)
+        return png
+
+
+def write_report(res: StudyResult, out: Path, *, axis_scale: str = "linear", formats=("png", "svg")) -> Path:
+    from . import figures as F
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    art = _Artefacts(out, formats)
+    inp = res.input
+    groups = res.groups
+    planted = planted_saturations(inp.planted)
+    body: list[str] = []
+
+    # --- tables and fits.json -------------------------------------------------------------
+    fits = [fit_record(r) for r in groups]
+    (out / "fits.json").write_text(json.dumps({"fits": fits}, indent=2))
+    art.files.insert(0, "fits.json")
+    params = parameter_table(groups)
+    art.table("parameters", params)
+    fits_all = pd.DataFrame([{**{"ds_task": r.task, "shots": r.shots}, **_scalars(r.fit_all.to_dict())}
+                             for r in groups if r.fit_all is not None])
+    if not fits_all.empty:
+        art.table("fits_all_points", fits_all)
+    power = power_table(groups)
+    if not power.empty:
+        art.table("prediction_power", power)
+    points = inp.points.copy()
+    points["on_hull"] = False
+    for r in groups:
+        sel = (points["ds_task"] == r.task) & (points["shots"].fillna(-999) == (r.shots if r.shots is not None else -999))
+        idx = points.index[sel]
+        if len(idx) == len(r.us):
+            points.loc[idx[r.hull], "on_hull"] = True
+    art.table("points", points)
+    if res.sensitivity is not None:
+        art.table("sensitivity", res.sensitivity)
+    if res.shots_table is not None:
+        art.table("params_vs_shots", res.shots_table)
+    if res.spearman is not None:
+        ds_ds, ds_us = res.spearman
+        art.table("spearman_ds_ds", ds_ds.rename_axis(index="ds_task", columns=None).reset_index())
+        art.table("spearman_ds_us", pd.DataFrame({"ds_task": [str(i) for i in ds_us.index],
+                                                  "spearman_with_us": ds_us.to_numpy(float)}))
+    if res.layer_table is not None:
+        art.table("layer_profile", res.layer_table)
+    if inp.layers is not None:
+        art.table("layer_accuracy", inp.layers)
+
+    # --- header -----------------------------------------------------------------------------
+    from .. import __version__
+
+    n_models = inp.points["model"].nunique()
+    tasks = list(dict.fromkeys(r.task for r in groups))
+    shots = sorted({r.shots for r in groups if r.shots is not None})
+    body.append("<h1>Does better upstream accuracy still buy downstream accuracy?</h1>")
+    body.append(
+        f'<p class="meta">plateaulab {H.esc(__version__)} study, {H.esc(_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))}. '
+        f"Input: {H.esc(inp.source)}. Upstream (x axis): <b>{H.esc(inp.us_name)}</b>. "
+        f"{n_models} models, {len(tasks)} downstream tasks"
+        + (f", shots {', '.join(F._shots_label(s) for s in shots)}" if shots else "")
+        + f". Bootstrap: {res.params['n_boot']} replicates (seed {res.params['seed']}). "
+        f"Axis scale: {SCALE_NAMES[axis_scale]}. Analysis time {res.timings.get('total', 0):.1f} s.</p>")
+    body.append(
+        '<p class="meta">Method: Abnar, Dehghani, Neyshabur and Sedghi, "Exploring the Limits of Large Scale '
+        'Pre-training", ICLR 2022. For each downstream (DS) task, eq. (1) e_DS = k &middot; e_US<sup>&alpha;</sup> '
+        "+ e_IR (e = 1 &minus; accuracy) is fitted to the upper convex hull of the DS-vs-US points; the saturation "
+        "value 1 &minus; e_IR is the DS accuracy predicted for a perfect upstream model.</p>")
+    if inp.kind == "openclip":
+        body.append('<p class="note">Data: <b>mlfoundations/open_clip, docs/openclip_results.csv, commit 29b90b8d</b> '
+                    "(MIT licence), shipped inside plateaulab unchanged.</p>")
+    for note in inp.notes:
+        body.append(f'<p class="note">{H.esc(note)}</p>')
+
+    # --- what is missing ------------------------------------------------------------------
+    missing = dict(inp.skipped)
+    missing.update(res.failed)
+    if missing:
+        body.append("<h2>Not analysed</h2><ul>")
+        for k, v in missing.items():
+            body.append(f'<li class="warn"><b>{H.esc(k)}</b>: {H.esc(v)}</li>')
+        body.append("</ul>")
+        art.table("not_analysed", pd.DataFrame({"what": list(missing), "why": list(missing.values())}))
+
+    # --- summary ---------------------------------------------------------------------------
+    body.append("<h2>Summary per task</h2>")
+    body.append("<p>Saturation value with its 95% bootstrap percentile interval, the number of upper-hull points "
+                "the fit rests on, and how far the plateau lies above the best model observed.</p>")
+    if planted:
+        body.append(_planted_section(groups, planted))
+    body.append('<ul class="summary">')
+    for r in sorted(groups, key=lambda r: (-r.fit_hull.saturation, r.task)):
+        body.append(f"<li><b>{H.esc(r.label)}</b>: {H.esc(summary_sentence(r))}</li>")
+    body.append("</ul>")
+
+    # --- Figure 1 ---------------------------------------------------------------------------
+    body.append("<h2>DS accuracy against US accuracy (Figure 1)</h2>")
+    png = art.figure("fig1_saturation_grid", F.saturation_grid(groups, inp.us_name, axis_scale, planted))
+    body.append(H.figure(png, "Each panel: the models (dots), their upper convex hull (dark line), eq. (1) fitted on "
+                              "the hull (red) with its 95% pointwise bootstrap band (shaded), eq. (1) fitted on all "
+                              "points (grey dashed), and the saturation line 1 &minus; e_IR (red dotted)."
+                              + (" Green dash-dots: the saturation planted by construction." if planted else ""),
+                         "Figure 1 grid"))
+
+    # --- parameter table ----------------------------------------------------------------------
+    body.append("<h2>Parameters of eq. (1) per task</h2>")
+    body.append("<p>Fitted on the upper hull (variable projection; global optimum over alpha). Intervals are 2.5/97.5 "
+                "bootstrap percentiles: models are resampled with replacement and the hull is recomputed for every "
+                "replicate. The hull is an extreme-value statistic, for which the plain n-out-of-n bootstrap is "
+                "known to be inconsistent (Bickel &amp; Sakov): read the intervals as indicative. A fit on three "
+                "or fewer distinct hull points is not identified; it is flagged.</p>")
+    cols = [c for c in ["ds_task", "shots", "n_models", "hull_points", "k", "alpha", "alpha_lo", "alpha_hi", "e_ir",
+                        "saturation", "saturation_lo", "saturation_hi", "saturation_all_points", "best_ds", "sse",
+                        "flags"] if c in params.columns]
+    body.append(H.table(params[cols], text_cols=("ds_task", "flags"), flag_col="flags"))
+
+    # --- prediction power ----------------------------------------------------------------------
+    if not power.empty:
+        body.append("<h2>How well US accuracy predicts DS accuracy (Table F.3)</h2>")
+        body.append("<p>std_residual: standard deviation of DS accuracy minus eq. (1) fitted on all points; std_mean: "
+                    "standard deviation around the mean DS accuracy (predicting the mean); ratio = std_residual / "
+                    "std_mean. A small ratio means US accuracy alone predicts DS accuracy well.</p>")
+        body.append(H.table(power, text_cols=("ds_task",), digits=4))
+
+    # --- sensitivity ----------------------------------------------------------------------------
+    if res.sensitivity is not None:
+        body.append("<h2>Sensitivity to the number of models (Figure 3)</h2>")
+        png = art.figure("fig3_sensitivity", F.sensitivity_plot(res.sensitivity))
+        body.append(H.figure(png, "Models are split by US accuracy at its 0.75 quantile. n models are drawn from the "
+                                  "lower range (10 trials per n); eq. (1) is fitted to their hull or to all of them. "
+                                  "Fitting error: mean squared error on the points used; prediction error: on the "
+                                  "held-out high-US models. Thin lines: single tasks; thick: mean over tasks.",
+                             "Figure 3 sensitivity"))
+
+    # --- shots ------------------------------------------------------------------------------------
+    if "shots_long" in res.params:
+        body.append("<h2>Parameters against the number of shots (Figure 2)</h2>")
+        png = art.figure("fig2_params_vs_shots", F.params_vs_shots_plot(res.params["shots_long"]))
+        body.append(H.figure(png, "k, alpha and e_IR of the hull fit for each DS task and shot count.",
+                             "Figure 2 parameters vs shots"))
+        if res.shots_table is not None:
+            body.append(H.table(res.shots_table, text_cols=tuple(c for c in res.shots_table.columns
+                                                                 if res.shots_table[c].dtype == object)))
+
+    # --- Spearman -------------------------------------------------------------------------------
+    if res.spearman is not None:
+        ds_ds, ds_us = res.spearman
+        body.append("<h2>Rank correlations over models (Figures F.20, F.21)</h2>")
+        png = art.figure("figF21_spearman_ds_us", F.spearman_us_bars(ds_us, inp.us_name))
+        body.append(H.figure(png, "Spearman correlation of each DS task's accuracy with US accuracy, over models.",
+                             "Spearman DS vs US"))
+        if ds_ds.shape[0] >= 2:
+            png = art.figure("figF20_spearman_ds_ds", F.spearman_heatmap(ds_ds))
+            body.append(H.figure(png, "Spearman correlation between DS tasks, over models.", "Spearman DS vs DS"))
+
+    # --- overlay ----------------------------------------------------------------------------------
+    if res.overlay_ref is not None:
+        body.append(f"<h2>Hull of {H.esc(res.overlay_ref)} over every task (Figure 5)</h2>")
+        png = art.figure("fig5_hull_overlay", F.hull_overlay_grid(groups, res.overlay_ref, inp.us_name, axis_scale))
+        body.append(H.figure(png, f"Red: the upper hull of {H.esc(res.overlay_ref)} (the DS task whose ranking "
+                                  "agrees most with US accuracy unless chosen with --overlay) drawn on each task's "
+                                  "points. Where the red hull lies above a task's own hull, the models best on the "
+                                  "reference are not the best on that task.", "Figure 5 hull overlay"))
+
+    # --- layers -----------------------------------------------------------------------------------
+    if inp.layers is not None:
+        body.append("<h2>Accuracy per layer (Figure 6)</h2>")
+        best = _best_layers(res.layer_table)
+        main_shots = max(shots) if shots else None
+        lay = inp.layers if main_shots is None else inp.layers[inp.layers["shots"] == main_shots]
+        png = art.figure("fig6_layers", F.layer_plot(lay, inp.us_name, best))
+        body.append(H.figure(png, "Few-shot accuracy of a probe on each layer's features"
+                                  + (f" ({F._shots_label(main_shots)})" if main_shots is not None else "")
+                                  + ". One line per checkpoint, coloured by US accuracy.", "Figure 6 layers"))
+        if res.layer_table is not None:
+            body.append(H.table(res.layer_table.head(60), text_cols=tuple(
+                c for c in res.layer_table.columns if res.layer_table[c].dtype == object)))
+
+    # --- files ------------------------------------------------------------------------------------
+    body.append("<h2>Files</h2><p>Every figure of this page is saved under <code>figures/</code> (PNG and SVG); "
+                "every table under <code>tables/</code> (CSV and JSON). <code>fits.json</code> has the schema of "
+                "<code>plateaulab fit --json</code>.</p><ul>")
+    for f in art.files:
+        body.append(f"<li><code>{H.esc(f)}</code></li>")
+    body.append("</ul>")
+
+    path = out / "report.html"
+    path.write_text(H.document("plateaulab study", body), encoding="utf-8")
+    return path
+
+
+def _scalars(d: dict) -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, (list, tuple)):
+            out[k] = ",".join(map(str, v))
+        elif isinstance(v, (np.generic,)):
+            out[k] = v.item()
+        else:
+            out[k] = v
+    return out
+
+
+def _best_layers(table: pd.DataFrame | None) -> pd.DataFrame | None:
+    """Rows of the layer-profile table that mark each checkpoint's earliest near-best layer."""
+    if table is None or table.empty:
+        return None
+    for flag in ("is_earliest_best", "earliest", "earliest_best"):
+        if flag in table.columns and table[flag].dtype == bool:
+            return table[table[flag]]
+    need = {"checkpoint", "dataset", "earliest_layer_index", "earliest_accuracy"}
+    if need <= set(table.columns):
+        return table.rename(columns={"earliest_layer_index": "layer_index", "earliest_accuracy": "accuracy"})
+    return None
+
+
+def _planted_section(groups, planted: dict) -> str:
+    rows = []
+    for r in groups:
+        if r.task not in planted:
+            continue
+        lo, hi = (np.nan, np.nan)
+        if r.boot is not None and "saturation" in r.boot.ci:
+            lo, hi = r.boot.ci["saturation"]
+        p = planted[r.task]
+        rows.append({"ds_task": r.task, "shots": r.shots, "planted saturation": p,
+                     "fitted saturation": r.fit_hull.saturation, "ci_lo": lo, "ci_hi": hi,
+                     "planted inside CI": bool(lo <= p <= hi) if np.isfinite(lo) else None})
+    if not rows:
+        return ""
+    df = pd.DataFrame(rows)
+    return ("<p>This input comes from <code>plateaulab synth</code>: its saturation values are known by "
+            "construction. Recovered against planted:</p>" + H.table(df, text_cols=("ds_task",)))
