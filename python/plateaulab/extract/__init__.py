@@ -1,0 +1,365 @@
+"""Feature extraction: every layer of one model, or of many checkpoint files, into the feature store.
+
+    from plateaulab.extract import extract, extract_checkpoints
+    extract(model, "store/", dataset="pets", train=(x_tr, y_tr), test=(x_te, y_te), checkpoint="my-vit")
+    extract_checkpoints("runs/*/ckpt.pt", "store/", architecture="timm:vit_base_patch16_224",
+                        dataset="pets", train="pets/train", test="pets/test")
+
+One inference pass per (checkpoint, split) captures every layer through forward hooks (see
+``layers`` for discovery and pooling, ``engine`` for the pass). The unit of work and of resumption
+is a (checkpoint, dataset) pair: all its layers come from the same pass, and its blocks are written
+to the store when the pass ends. A pair is done when every one of its layers has a complete block,
+and done pairs are skipped (without even loading or hashing their checkpoint), so a killed run
+repeated with the same arguments loses at most the pair that was in flight.
+
+This package imports torch only when a function runs; ``import plateaulab`` never imports it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from ..store import FeatureStore
+from . import deps
+from .checkpoints import (CheckpointSpec, architecture_label, build_model, classifier_outputs, expand_checkpoints,
+                          load_weights, parameter_count, read_manifest, read_state_dict, sha256_file)
+from .engine import amp_dtype_for, default_batch_size, resolve_device, run_split
+from .inputs import ImageTransform, SplitSource, split_source
+from .layers import Layer, check_pooling, default_token_pooling, discover_layers, resolve_layers
+
+__all__ = [
+    "extract", "extract_checkpoints", "DatasetInputs", "CheckpointSpec", "ExtractionReport", "PairReport",
+    "discover_layers", "resolve_layers", "read_manifest", "ImageTransform", "Layer",
+]
+
+# Test hook: the resume tests kill the process (SIGKILL) after this many blocks have been written.
+KILL_AFTER_BLOCKS_ENV = "_PLATEAULAB_TEST_KILL_AFTER_BLOCKS"
+_blocks_written = 0
+DTYPES = ("float16", "float32")
+
+
+@dataclass
+class DatasetInputs:
+    """The splits of one downstream dataset, in any form ``inputs.split_source`` accepts."""
+
+    train: object
+    test: object
+    val: object = None
+    class_names: list[str] | None = None
+
+
+@dataclass
+class PairReport:
+    checkpoint: str
+    dataset: str
+    status: str  # "extracted" or "skipped" (already complete in the store)
+    layers: list[str] = field(default_factory=list)
+    rows: int = 0
+    seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        return self.rows / self.seconds if self.seconds > 0 else float("nan")
+
+
+@dataclass
+class ExtractionReport:
+    pairs: list[PairReport] = field(default_factory=list)
+
+    @property
+    def extracted(self) -> list[PairReport]:
+        return [p for p in self.pairs if p.status == "extracted"]
+
+    @property
+    def skipped(self) -> list[PairReport]:
+        return [p for p in self.pairs if p.status == "skipped"]
+
+    @property
+    def images_per_second(self) -> float:
+        rows = sum(p.rows for p in self.extracted)
+        secs = sum(p.seconds for p in self.extracted)
+        return rows / secs if secs > 0 else float("nan")
+
+
+@dataclass
+class _Options:
+    layers: object = "auto"
+    pooling: object = "auto"
+    dtype: str = "float16"
+    device: object = None
+    amp: object = None
+    batch_size: object = "auto"
+    num_workers: int | None = None
+    transform: ImageTransform | None = None
+    overwrite: bool = False
+    progress: bool = True
+
+
+def _open_store(store) -> FeatureStore:
+    return store if isinstance(store, FeatureStore) else FeatureStore.create(store, exist_ok=True)
+
+
+def _check_options(opt: _Options) -> None:
+    if opt.dtype not in DTYPES:
+        raise InputError(f"dtype must be one of {', '.join(DTYPES)}, got {opt.dtype!r}")
+    if isinstance(opt.pooling, dict):
+        for v in opt.pooling.values():
+            check_pooling(v)
+    else:
+        check_pooling(opt.pooling)
+    if opt.batch_size != "auto" and not (isinstance(opt.batch_size, int) and opt.batch_size > 0):
+        raise InputError(f"batch_size must be a positive integer or 'auto', got {opt.batch_size!r}")
+
+
+def _datasets_arg(datasets, dataset, train, test, val, class_names) -> dict[str, DatasetInputs]:
+    if datasets is not None:
+        if dataset is not None or train is not None or test is not None:
+            raise InputError("pass either datasets={name: DatasetInputs(...)} or dataset=/train=/test=, not both")
+        out = {}
+        for name, d in dict(datasets).items():
+            out[name] = d if isinstance(d, DatasetInputs) else DatasetInputs(**d)
+        if not out:
+            raise InputError("datasets is empty")
+        return out
+    if dataset is None or train is None or test is None:
+        raise InputError("extraction needs a dataset name and its train and test splits (dataset=, train=, test=)")
+    return {dataset: DatasetInputs(train, test, val, class_names)}
+
+
+class _Run:
+    """State shared by the pairs of one extraction call: the store, the split sources, the options."""
+
+    def __init__(self, store: FeatureStore, datasets: dict[str, DatasetInputs], opt: _Options):
+        _check_options(opt)
+        self.store, self.opt = store, opt
+        self.device = resolve_device(opt.device)
+        self.amp_dtype = amp_dtype_for(self.device, opt.amp)
+        self.batch_size = default_batch_size(self.device) if opt.batch_size == "auto" else int(opt.batch_size)
+        self.sources: dict[str, dict[str, SplitSource]] = {}
+        self.class_names: dict[str, list[str] | None] = {}
+        for name, d in datasets.items():
+            splits = {"train": d.train, "test": d.test, "val": d.val}
+            self.sources[name] = {s: split_source(v, s, transform=opt.transform, num_workers=opt.num_workers)
+                                  for s, v in splits.items() if v is not None}
+            self.class_names[name] = d.class_names or self._folder_classes(name)
+            labels = {s: src.labels for s, src in self.sources[name].items()}
+            if all(v is not None for v in labels.values()):
+                # Labels known before inference: settle the dataset now, so a mismatch fails fast.
+                self._ensure_dataset(name, labels)
+        self.tmp_root = store.path / ".extract-tmp"
+        self._remove_stale_tmp()
+
+    def _folder_classes(self, name: str):
+        names = {s: src.class_names for s, src in self.sources[name].items() if src.class_names is not None}
+        if not names:
+            return None
+        first = next(iter(names.values()))
+        for s, cls in names.items():
+            if cls != first:
+                raise InputError(
+                    f"dataset {name!r}: the {s} image folder has classes {cls} but the train folder has {first}; "
+                    "every split needs the same class sub-folders"
+                )
+        return first
+
+    def _ensure_dataset(self, name: str, labels: dict[str, np.ndarray]) -> None:
+        st = self.store
+        if name in st.datasets():
+            ds = st.dataset(name)
+            for split, y in labels.items():
+                have = getattr(ds, f"y_{split}")
+                if have is None or have.shape != y.shape or not np.array_equal(have, y):
+                    detail = ("it has no such split" if have is None else
+                              f"{have.size} stored vs {y.size} given" if have.shape != y.shape else
+                              f"first difference at row {int(np.flatnonzero(have != y)[0])}")
+                    raise InputError(
+                        f"dataset {name!r}: the {split} labels differ from those already in store {st.path} "
+                        f"({detail}); every checkpoint must see the same examples in the same order; "
+                        "use another dataset name or remove the old one"
+                    )
+            return
+        cn = self.class_names.get(name)
+        st.add_dataset(name, labels["train"], labels["test"], num_classes=len(cn) if cn else None,
+                       y_val=labels.get("val"), class_names=cn)
+
+    def _remove_stale_tmp(self) -> None:
+        # Temporary memmaps of a killed run: remove those whose process is gone; another live
+        # extraction into the same store keeps its own.
+        if not self.tmp_root.is_dir():
+            return
+        for d in self.tmp_root.iterdir():
+            try:
+                pid = int(d.name.split("-")[0])
+                os.kill(pid, 0)
+                alive = pid != os.getpid()
+            except (ValueError, ProcessLookupError):
+                alive = False
+            except PermissionError:
+                alive = True
+            if not alive:
+                shutil.rmtree(d, ignore_errors=True)
+
+    def pending(self, checkpoint: str, layer_names: list[str]) -> list[str]:
+        if self.opt.overwrite:
+            return list(self.sources)
+        return [ds for ds in self.sources
+                if not all(self.store.has_block(checkpoint, ds, n) for n in layer_names)]
+
+    def run_pair(self, model, checkpoint: str, dataset: str, layers: list[Layer], token_pooling: str) -> PairReport:
+        global _blocks_written
+        tmp = self.tmp_root / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        where = f"checkpoint {checkpoint!r}, dataset {dataset!r}"
+        results = {}
+        try:
+            for split, src in self.sources[dataset].items():
+                results[split] = run_split(
+                    model, layers, src, device=self.device, amp_dtype=self.amp_dtype, batch_size=self.batch_size,
+                    pooling=self.opt.pooling, token_pooling=token_pooling, out_dtype=self.opt.dtype,
+                    tmpdir=tmp / split, progress=self.opt.progress, desc=f"{checkpoint} {dataset}/{split}",
+                    where=where)
+                self.batch_size = min(self.batch_size, results[split].batch_size)
+            self._ensure_dataset(dataset, {s: r.labels for s, r in results.items()})
+            names = [layer.name for layer in layers]
+            for index, name in enumerate(names):
+                if self.store.has_block(checkpoint, dataset, name) and not self.opt.overwrite:
+                    continue
+                missing = [s for s, r in results.items() if name not in r.features]
+                if missing:
+                    raise InputError(f"{where}, layer {name!r}: produced no output for the {missing[0]} split")
+                self.store.add_features(
+                    checkpoint, dataset, name, train=results["train"].features[name],
+                    test=results["test"].features[name],
+                    val=results["val"].features[name] if "val" in results else None,
+                    layer_index=index, overwrite=self.opt.overwrite)
+                _blocks_written += 1
+                if int(os.environ.get(KILL_AFTER_BLOCKS_ENV, "0") or 0) == _blocks_written:
+                    os.kill(os.getpid(), signal.SIGKILL)
+            pooling = results["train"].pooling
+            self.store.set_checkpoint_meta(checkpoint, extraction={
+                "layers": names, "pooling": {n: pooling.get(n) for n in names}, "dtype": self.opt.dtype})
+            rows = sum(r.labels.size for r in results.values())
+            secs = sum(r.seconds for r in results.values())
+            return PairReport(checkpoint, dataset, "extracted", names, rows, secs)
+        finally:
+            for r in results.values():
+                r.features.clear()
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _prepare(model, device, layers):
+    model.eval()
+    model.to(device)
+    return resolve_layers(model, layers), default_token_pooling(model)
+
+
+def extract(model, store, dataset: str | None = None, *, train=None, test=None, val=None, datasets=None,
+            checkpoint: str = "model", layers="auto", pooling="auto", dtype: str = "float16", device=None,
+            amp=None, batch_size="auto", num_workers: int | None = None, image_size: int = 224,
+            resize: int = 256, normalize: str = "inception", metadata: dict | None = None,
+            class_names=None, overwrite: bool = False, progress: bool = True) -> ExtractionReport:
+    """Capture every layer of one in-memory ``model`` over a dataset and store it as ``checkpoint``.
+
+    ``layers``: "auto" (blocks + pre-logits), or module names (``"pre_logits"`` for the classifier's
+    input). ``pooling``: "auto" (class token for class-token models, else token mean; GAP for
+    feature maps), "cls", "mean", "gap", a callable ``(tensor) -> (N, D)``, or a dict layer -> mode
+    (key ``"*"`` for the rest). Features are stored as ``dtype`` (float16 by default). The model is
+    put in eval mode on ``device`` (CUDA when present) and run under autocast on GPU unless
+    ``amp=False``. Returns an ExtractionReport; a complete pair already in the store is skipped.
+    """
+    torch = deps.torch()
+    if not isinstance(model, torch.nn.Module):
+        raise InputError(f"model must be a torch nn.Module, got {type(model).__name__}")
+    st = _open_store(store)
+    opt = _Options(layers, pooling, dtype, device, amp, batch_size, num_workers,
+                   ImageTransform(image_size, resize, normalize), overwrite, progress)
+    run = _Run(st, _datasets_arg(datasets, dataset, train, test, val, class_names), opt)
+    was_training = model.training
+    chosen, token_pooling = _prepare(model, run.device, layers)
+    report = ExtractionReport()
+    names = [layer.name for layer in chosen]
+    todo = run.pending(checkpoint, names)
+    try:
+        if todo:
+            st.set_checkpoint_meta(checkpoint, **{**(metadata or {}),
+                                                  "architecture": architecture_label(type(model)),
+                                                  "parameters": parameter_count(model)})
+        for ds in run.sources:
+            if ds in todo:
+                report.pairs.append(run.run_pair(model, checkpoint, ds, chosen, token_pooling))
+            else:
+                report.pairs.append(PairReport(checkpoint, ds, "skipped", names))
+    finally:
+        model.train(was_training)
+    return report
+
+
+def extract_checkpoints(checkpoints, store, dataset: str | None = None, *, architecture=None, train=None,
+                        test=None, val=None, datasets=None, layers="auto", pooling="auto",
+                        dtype: str = "float16", device=None, amp=None, batch_size="auto",
+                        num_workers: int | None = None, image_size: int = 224, resize: int = 256,
+                        normalize: str = "inception", metadata: dict | None = None, class_names=None,
+                        overwrite: bool = False, progress: bool = True) -> ExtractionReport:
+    """Extract every checkpoint file in ``checkpoints`` (paths, globs, (architecture, file) pairs,
+    dicts or CheckpointSpecs; see ``checkpoints.expand_checkpoints``) over the dataset(s).
+
+    Each file is read once; its metadata (file, sha256, architecture, parameter count, ``metadata``
+    and the spec's own metadata) goes to the store. The skeleton of an architecture is built once and
+    reloaded with each file's weights. Other arguments are those of :func:`extract`.
+    """
+    specs = expand_checkpoints(checkpoints, architecture)
+    st = _open_store(store)
+    opt = _Options(layers, pooling, dtype, device, amp, batch_size, num_workers,
+                   ImageTransform(image_size, resize, normalize), overwrite, progress)
+    run = _Run(st, _datasets_arg(datasets, dataset, train, test, val, class_names), opt)
+    report = ExtractionReport()
+    skeleton_key, skeleton, chosen, token_pooling = None, None, None, None
+    for spec in specs:
+        ck = spec.name
+        key = (architecture_label(spec.architecture), id(spec.architecture))
+        if skeleton_key is not None and skeleton_key[0] == key:
+            names = [layer.name for layer in chosen]
+            todo = run.pending(ck, names)
+            if not todo:
+                report.pairs += [PairReport(ck, ds, "skipped", names) for ds in run.sources]
+                continue
+        sd = read_state_dict(spec.file)
+        full_key = (key, classifier_outputs(sd))
+        if full_key != skeleton_key:
+            skeleton = build_model(spec.architecture, num_classes=full_key[1])
+            chosen, token_pooling = _prepare(skeleton, run.device, layers)
+            skeleton_key = full_key
+        names = [layer.name for layer in chosen]
+        todo = run.pending(ck, names)
+        if not todo:
+            report.pairs += [PairReport(ck, ds, "skipped", names) for ds in run.sources]
+            continue
+        digest = sha256_file(spec.file)
+        if ck in st.checkpoints() and not overwrite:
+            old = st.checkpoint_meta(ck).get("sha256")
+            if old and old != digest:
+                raise InputError(
+                    f"checkpoint {ck!r} in store {st.path} was extracted from a file with sha256 {old[:12]}…, "
+                    f"but {spec.file} has sha256 {digest[:12]}…; give this file another name or pass overwrite"
+                )
+        load_weights(skeleton, sd, spec.file)
+        del sd
+        skeleton.eval()
+        st.set_checkpoint_meta(ck, **{**(metadata or {}), **spec.metadata,
+                                      "file": str(Path(spec.file).resolve()), "sha256": digest,
+                                      "file_bytes": Path(spec.file).stat().st_size,
+                                      "architecture": architecture_label(spec.architecture),
+                                      "parameters": parameter_count(skeleton)})
+        for ds in run.sources:
+            if ds in todo:
+                report.pairs.append(run.run_pair(skeleton, ck, ds, chosen, token_pooling))
+            else:
+                report.pairs.append(PairReport(ck, ds, "skipped", names))
+    return report

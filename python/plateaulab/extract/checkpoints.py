@@ -1,0 +1,298 @@
+"""Checkpoint files: which ones, what architecture builds them, and loading their weights.
+
+Nothing here downloads. Architectures are built with random weights (timm ``pretrained=False``,
+torchvision ``weights=None``, Hugging Face ``from_config`` on a local directory), and the weights
+come only from the files the user names; a missing file is an error that names it.
+
+Architectures are given as
+- a callable returning an ``nn.Module`` (Python API);
+- ``"timm:NAME"`` (or a bare timm model name), ``"torchvision:NAME"``;
+- ``"hf:DIR"``: a local Hugging Face model directory (its ``config.json``);
+- ``"package.module:factory"``: a function called without arguments.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import hashlib
+import importlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import InputError
+from . import deps
+
+# Keys under which training scripts nest the state dict (Lightning, DeiT, MAE, timm's train.py).
+_NESTED_KEYS = ("state_dict", "model", "model_state_dict", "module", "net", "state_dict_ema", "model_ema")
+# Prefixes added by DistributedDataParallel, Lightning modules and torch.compile.
+_PREFIXES = ("module.", "model.", "_orig_mod.")
+_CLASSIFIER_KEYS = ("head.fc.weight", "head.weight", "fc.weight", "classifier.weight", "heads.head.weight",
+                    "last_linear.weight")
+
+
+@dataclass
+class CheckpointSpec:
+    """One checkpoint to extract: its weight file, the architecture that loads it, a store name, metadata."""
+
+    file: Path
+    architecture: object = None
+    name: str | None = None
+    metadata: dict = field(default_factory=dict)
+
+
+def architecture_label(architecture) -> str:
+    if architecture is None:
+        return ""
+    if isinstance(architecture, str):
+        return architecture
+    return f"{getattr(architecture, '__module__', '?')}.{getattr(architecture, '__qualname__', repr(architecture))}"
+
+
+def _has_glob(s: str) -> bool:
+    return any(c in s for c in "*?[")
+
+
+def _expand_file(pattern) -> list[Path]:
+    s = str(pattern)
+    if _has_glob(s):
+        found = sorted(Path(p) for p in glob.glob(s, recursive=True) if Path(p).is_file())
+        if not found:
+            raise InputError(f"checkpoint pattern {s!r} matches no files")
+        return found
+    p = Path(s)
+    if not p.is_file():
+        raise InputError(
+            f"checkpoint file {p} does not exist{' (it is a directory)' if p.is_dir() else ''}; "
+            "plateaulab never downloads weights: pass the path of a local file"
+        )
+    return [p]
+
+
+def expand_checkpoints(checkpoints, architecture=None) -> list[CheckpointSpec]:
+    """Normalise the user's checkpoints into CheckpointSpecs with unique store names.
+
+    ``checkpoints`` is a path or glob, a list of them, ``(architecture, file)`` pairs, dicts with
+    ``file``/``architecture``/``name``/``metadata``, or CheckpointSpecs. ``architecture`` is the
+    default for entries that do not name their own.
+    """
+    if isinstance(checkpoints, (str, os.PathLike, CheckpointSpec, dict)):
+        checkpoints = [checkpoints]
+    specs: list[CheckpointSpec] = []
+    for item in checkpoints:
+        if isinstance(item, CheckpointSpec):
+            files = _expand_file(item.file)
+            specs += [CheckpointSpec(f, item.architecture or architecture, item.name if len(files) == 1 else None,
+                                     dict(item.metadata)) for f in files]
+        elif isinstance(item, dict):
+            if "file" not in item:
+                raise InputError(f"checkpoint entry {item!r} has no 'file'")
+            rest = {k: v for k, v in item.items() if k not in ("file", "architecture", "name", "metadata")}
+            meta = {**rest, **dict(item.get("metadata") or {})}
+            files = _expand_file(item["file"])
+            specs += [CheckpointSpec(f, item.get("architecture") or architecture,
+                                     item.get("name") if len(files) == 1 else None, dict(meta)) for f in files]
+        elif isinstance(item, tuple) and len(item) == 2:
+            specs += [CheckpointSpec(f, item[0]) for f in _expand_file(item[1])]
+        elif isinstance(item, (str, os.PathLike)):
+            specs += [CheckpointSpec(f, architecture) for f in _expand_file(item)]
+        else:
+            raise InputError(f"cannot use {item!r} as a checkpoint: pass a path, a glob, an (architecture, file) "
+                             "pair or a dict with 'file'")
+    if not specs:
+        raise InputError("no checkpoints given")
+    for s in specs:
+        if s.architecture is None:
+            raise InputError(f"checkpoint file {s.file}: no architecture given; pass architecture= (--arch)")
+    _assign_names(specs)
+    return specs
+
+
+def _assign_names(specs: list[CheckpointSpec]) -> None:
+    """File stems when they are unique, else paths relative to the files' common folder (no suffix)."""
+    unnamed = [s for s in specs if not s.name]
+    stems = [s.file.stem for s in unnamed]
+    if len(set(stems)) == len(stems):
+        for s in unnamed:
+            s.name = s.file.stem
+    else:
+        root = Path(os.path.commonpath([str(s.file.resolve().parent) for s in unnamed]))
+        for s in unnamed:
+            s.name = str(s.file.resolve().relative_to(root).with_suffix("")).replace(os.sep, "/")
+    seen: dict[str, Path] = {}
+    for s in specs:
+        if s.name in seen and seen[s.name] != s.file:
+            raise InputError(f"two checkpoints would be stored as {s.name!r} ({seen[s.name]} and {s.file}); "
+                             "give them distinct names")
+        seen[s.name] = s.file
+
+
+def read_manifest(path) -> list[dict]:
+    """Checkpoint entries from a .csv (header row) or .jsonl/.json file: file, architecture, name, any metadata."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"checkpoint manifest {path} does not exist")
+    base = path.resolve().parent
+    try:
+        if path.suffix == ".csv":
+            with open(path, newline="") as f:
+                rows = [{k: _parse_scalar(v) for k, v in r.items() if v not in (None, "")} for r in csv.DictReader(f)]
+        elif path.suffix == ".json":
+            rows = json.loads(path.read_text())
+        else:
+            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except (json.JSONDecodeError, csv.Error, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot parse checkpoint manifest {path} ({exc})") from None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise InputError(f"checkpoint manifest {path} must be a list of objects (rows)")
+    for r in rows:
+        if "file" not in r:
+            raise InputError(f"checkpoint manifest {path}: row {r} has no 'file' column")
+        f = Path(str(r["file"]))
+        r["file"] = str(f if f.is_absolute() else base / f)
+    return rows
+
+
+def _parse_scalar(v: str):
+    for cast in (int, float):
+        try:
+            return cast(v)
+        except ValueError:
+            pass
+    return v
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_state_dict(path: Path) -> dict:
+    """The tensors of a .safetensors file or a torch.save'd state dict, unwrapped from training wrappers."""
+    torch = deps.torch()
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"checkpoint file {path} does not exist; plateaulab never downloads weights")
+    if path.suffix == ".safetensors":
+        st = deps.require("safetensors.torch", f"reading {path}")
+        try:
+            sd = st.load_file(str(path), device="cpu")
+        except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+            raise InputError(f"cannot read checkpoint file {path} as safetensors ({exc}); the file is corrupt "
+                             "or not a safetensors file") from None
+    else:
+        try:
+            # weights_only: a checkpoint is data, and unpickling arbitrary objects would run their code.
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - torch.load raises many types for a bad file
+            raise InputError(
+                f"cannot read checkpoint file {path} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+                "expected a state dict saved with torch.save (.pt/.pth/.bin) or a .safetensors file; "
+                "a pickled nn.Module must be re-saved as its state_dict()"
+            ) from None
+    for _ in range(3):
+        if isinstance(sd, dict) and not any(isinstance(v, torch.Tensor) for v in sd.values()):
+            nested = next((sd[k] for k in _NESTED_KEYS if isinstance(sd.get(k), dict)), None)
+            if nested is None:
+                break
+            sd = nested
+    if not isinstance(sd, dict) or not any(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise InputError(f"checkpoint file {path} holds no state dict of tensors "
+                         f"(top-level keys: {sorted(sd)[:10] if isinstance(sd, dict) else type(sd).__name__})")
+    return {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
+
+
+def load_weights(model, state_dict: dict, file: Path) -> None:
+    """Load ``state_dict`` into ``model``, refusing missing weights, shape mismatches and foreign weights.
+
+    Unexpected integer tensors are ignored: they are index buffers (``position_ids``,
+    ``num_batches_tracked``) that newer library versions no longer persist. Unexpected float
+    tensors mean the file holds weights the model would silently drop, which is an error.
+    """
+    own = model.state_dict()
+    sd = state_dict
+    for prefix in _PREFIXES:
+        if not (set(sd) & set(own)) and all(k.startswith(prefix) for k in sd):
+            sd = {k[len(prefix):]: v for k, v in sd.items()}
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own and sd[k].is_floating_point()]
+    mismatched = [f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+                  for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} weights missing from the file (e.g. {', '.join(missing[:3])})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} weights the model does not have (e.g. {', '.join(unexpected[:3])})")
+    if mismatched:
+        problems.append(f"{len(mismatched)} shape mismatches (e.g. {'; '.join(mismatched[:2])})")
+    if problems:
+        raise InputError(f"checkpoint file {file} does not fit architecture {type(model).__name__}: "
+                         f"{'; '.join(problems)}; check the architecture given for this file")
+    model.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=True)
+
+
+def classifier_outputs(state_dict: dict) -> int | None:
+    """Number of classes of the checkpoint's classifier, so timm/torchvision build a matching head."""
+    for key in _CLASSIFIER_KEYS:
+        w = state_dict.get(key)
+        if w is not None and w.ndim >= 2:
+            return int(w.shape[0])
+    return None
+
+
+def build_model(architecture, num_classes: int | None = None):
+    """An ``nn.Module`` with random weights for ``architecture`` (see the module docstring); never downloads."""
+    torch = deps.torch()
+    label = architecture_label(architecture)
+    if callable(architecture) and not isinstance(architecture, str):
+        model = architecture()
+    elif not isinstance(architecture, str) or not architecture:
+        raise InputError(f"architecture must be a callable or a string, got {architecture!r}")
+    elif architecture.startswith("hf:"):
+        model = _build_hf(architecture[3:])
+    elif architecture.startswith("torchvision:"):
+        tv = deps.require("torchvision.models", f"architecture {architecture!r}")
+        kw = {} if num_classes is None else {"num_classes": num_classes}
+        try:
+            model = tv.get_model(architecture.split(":", 1)[1], weights=None, **kw)
+        except ValueError as exc:
+            raise InputError(f"architecture {architecture!r}: {exc}") from None
+    elif ":" in architecture and not architecture.startswith("timm:"):
+        module_name, _, attr = architecture.partition(":")
+        try:
+            factory = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as exc:
+            raise InputError(f"architecture {architecture!r}: cannot import {attr!r} from {module_name!r} ({exc})") from None
+        model = factory()
+    else:
+        timm = deps.require("timm", f"architecture {architecture!r}")
+        name = architecture.removeprefix("timm:")
+        kw = {} if num_classes is None else {"num_classes": num_classes}
+        try:
+            model = timm.create_model(name, pretrained=False, **kw)
+        except RuntimeError as exc:
+            raise InputError(f"architecture {architecture!r}: timm does not know it ({exc})") from None
+    if not isinstance(model, torch.nn.Module):
+        raise InputError(f"architecture {label!r} built a {type(model).__name__}, not a torch nn.Module")
+    return model
+
+
+def _build_hf(directory: str):
+    # HF_HUB_OFFLINE keeps transformers from reaching for the Hub even if the config names a remote class.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    transformers = deps.require("transformers", "architecture 'hf:...'")
+    d = Path(directory)
+    if not (d / "config.json").is_file():
+        raise InputError(f"architecture 'hf:{directory}': {d / 'config.json'} does not exist; "
+                         "pass a local Hugging Face model directory (plateaulab never downloads)")
+    config = transformers.AutoConfig.from_pretrained(str(d), local_files_only=True)
+    return transformers.AutoModel.from_config(config)
+
+
+def parameter_count(model) -> int:
+    return int(sum(p.numel() for p in model.parameters()))

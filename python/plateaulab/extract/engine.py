@@ -1,0 +1,265 @@
+"""One inference pass over one split, with every chosen layer captured by a forward hook.
+
+Each hook pools its layer's output on the device and writes the (batch, dim) result straight into
+that layer's rows of a memory-mapped .npy file, so a split never has to fit in RAM once per layer;
+the caller hands those memmaps to the store at the end of the (checkpoint, dataset) pair.
+
+Batches are written by row offset. That makes the automatic batch size simple: a batch that runs
+out of GPU memory is split into halves and re-run, and the re-run overwrites exactly the rows the
+failed attempt may have half-written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from . import deps
+from .inputs import SplitSource
+from .layers import Layer, layer_tensor, pool
+
+FP16_MAX = float(np.finfo(np.float16).max)
+# Test hook: the resume tests kill the process (SIGKILL, as `kill -9` would) after this many batches.
+KILL_AFTER_BATCHES_ENV = "_PLATEAULAB_TEST_KILL_AFTER_BATCHES"
+_batches_done = 0
+
+
+@dataclass
+class SplitFeatures:
+    """The result of one pass: a (rows, dim) memmap per layer, the labels seen, and timing."""
+
+    features: dict[str, np.ndarray]
+    labels: np.ndarray
+    seconds: float
+    pooling: dict[str, str] = field(default_factory=dict)
+    batch_size: int = 0
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.labels.size / self.seconds if self.seconds > 0 else float("nan")
+
+
+def default_batch_size(device) -> int:
+    # A first guess; on a GPU the pass halves it on every out-of-memory error.
+    return 512 if str(device).startswith("cuda") else 64
+
+
+def resolve_device(device=None):
+    torch = deps.torch()
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {device!r} was asked for but torch sees no CUDA GPU; use device='cpu'")
+    return dev
+
+
+def amp_dtype_for(device, amp):
+    """Autocast dtype: bf16 on GPUs that have it (no fp16 overflow in activations), else fp16; off on CPU."""
+    torch = deps.torch()
+    if amp is None:
+        amp = device.type == "cuda"
+    if not amp:
+        return None
+    if device.type != "cuda":
+        return torch.bfloat16
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _is_oom(exc) -> bool:
+    torch = deps.torch()
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc))
+
+
+def _slice(x, i, j):
+    torch = deps.torch()
+    if isinstance(x, torch.Tensor):
+        return x[i:j]
+    if isinstance(x, dict):
+        return {k: _slice(v, i, j) for k, v in x.items()}
+    if isinstance(x, (tuple, list)):
+        return type(x)(_slice(v, i, j) for v in x)
+    return x
+
+
+def _to(x, device, non_blocking):
+    torch = deps.torch()
+    if isinstance(x, torch.Tensor):
+        return x.to(device, non_blocking=non_blocking)
+    if isinstance(x, dict):
+        return {k: _to(v, device, non_blocking) for k, v in x.items()}
+    if isinstance(x, (tuple, list)):
+        return type(x)(_to(v, device, non_blocking) for v in x)
+    return x
+
+
+def _rows(x) -> int:
+    torch = deps.torch()
+    if isinstance(x, torch.Tensor):
+        return int(x.shape[0])
+    if isinstance(x, dict):
+        return _rows(next(iter(x.values())))
+    if isinstance(x, (tuple, list)):
+        return _rows(x[0])
+    raise InputError(f"a batch input is a {type(x).__name__}; expected a tensor, a dict or a tuple of tensors")
+
+
+def _split_batch(batch, source: SplitSource):
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        return batch[0], batch[1]
+    raise InputError(
+        f"{source.split} split ({source.description}): each batch must be (inputs, labels), got "
+        f"{type(batch).__name__}{' of length ' + str(len(batch)) if isinstance(batch, (tuple, list)) else ''}"
+    )
+
+
+def _call(model, x):
+    if isinstance(x, dict):
+        return model(**x)
+    if isinstance(x, (tuple, list)):
+        return model(*x)
+    return model(x)
+
+
+class _Capture:
+    """The hooks' shared state: where the current chunk's rows go and what each layer produced."""
+
+    def __init__(self, layers, rows, out_dtype, tmpdir: Path, pooling, token_pooling, where):
+        self.layers, self.rows, self.out_dtype, self.tmpdir = layers, rows, np.dtype(out_dtype), tmpdir
+        self.pooling, self.token_pooling, self.where = pooling, token_pooling, where
+        self.features: dict[str, np.ndarray] = {}
+        self.used: dict[str, str] = {}
+        self.offset, self.chunk_rows, self.mask, self.fired = 0, 0, None, {}
+
+    def mode_for(self, name):
+        return self.pooling.get(name, self.pooling.get("*", "auto")) if isinstance(self.pooling, dict) else self.pooling
+
+    def hook(self, index: int, layer: Layer):
+        def on_output(module, args, output=None):
+            value = args if layer.hook == "input" else output
+            self.write(index, layer.name, layer_tensor(value, layer.name))
+        return on_output
+
+    def write(self, index: int, name: str, x) -> None:
+        self.fired[name] = self.fired.get(name, 0) + 1
+        mode = self.mode_for(name)
+        if callable(mode):
+            pooled, how = mode(x).float(), getattr(mode, "__name__", "custom")
+            if pooled.ndim != 2:
+                raise InputError(f"{self.where}, layer {name!r}: the pooling callable returned shape "
+                                 f"{tuple(pooled.shape)}; it must return (N, D)")
+        else:
+            pooled, how = pool(x, mode, self.token_pooling, self.mask, name)
+        if pooled.shape[0] != self.chunk_rows:
+            raise InputError(
+                f"{self.where}, layer {name!r}: output has {pooled.shape[0]} rows for a batch of {self.chunk_rows}; "
+                "the layer is not batch-first (e.g. a sequence-first transformer); name another layer or "
+                "pass a pooling callable that handles its layout"
+            )
+        a = pooled.detach().to("cpu").numpy()
+        if self.out_dtype == np.float16:
+            big = float(np.abs(a).max(initial=0.0))
+            if big > FP16_MAX:
+                raise InputError(
+                    f"{self.where}, layer {name!r}: pooled features reach {big:.4g}, beyond the float16 range "
+                    f"({FP16_MAX:.0f}); extract with dtype='float32' (--dtype float32)"
+                )
+        buf = self.features.get(name)
+        if buf is None:
+            buf = np.lib.format.open_memmap(self.tmpdir / f"{index:04d}.npy", mode="w+", dtype=self.out_dtype,
+                                            shape=(self.rows, a.shape[1]))
+            self.features[name] = buf
+            self.used[name] = how
+        elif buf.shape[1] != a.shape[1]:
+            raise InputError(f"{self.where}, layer {name!r}: pooled width changed from {buf.shape[1]} to "
+                             f"{a.shape[1]} between batches; inputs of one split must share a shape")
+        buf[self.offset:self.offset + a.shape[0]] = a
+
+
+def run_split(model, layers: list[Layer], source: SplitSource, *, device, amp_dtype, batch_size: int,
+              pooling, token_pooling: str, out_dtype, tmpdir: Path, progress: bool = True,
+              desc: str = "", where: str = "") -> SplitFeatures:
+    """Run ``model`` once over ``source`` and return every layer's pooled features (see module doc)."""
+    torch = deps.torch()
+    tqdm = deps.require("tqdm", "the extraction progress bar").tqdm
+    tmpdir.mkdir(parents=True, exist_ok=True)
+    cap = _Capture(layers, source.rows, out_dtype, tmpdir, pooling, token_pooling, where)
+    labels = np.full(source.rows, -1, np.int64)
+    handles = []
+    for i, layer in enumerate(layers):
+        if layer.hook == "input":
+            handles.append(layer.module.register_forward_pre_hook(cap.hook(i, layer)))
+        else:
+            handles.append(layer.module.register_forward_hook(cap.hook(i, layer)))
+    on_gpu = device.type == "cuda"
+    autocast = (torch.autocast(device_type=device.type, dtype=amp_dtype) if amp_dtype is not None
+                else contextlib.nullcontext())
+    kill_after = int(os.environ.get(KILL_AFTER_BATCHES_ENV, "0") or 0)
+    global _batches_done
+    micro = batch_size
+    offset = 0
+    bar = tqdm(total=source.rows, unit="img", unit_scale=True, desc=desc, disable=not progress,
+               file=sys.stderr, mininterval=0.5, dynamic_ncols=True)
+    t0 = time.perf_counter()
+    try:
+        with torch.inference_mode(), autocast:
+            for batch in source.batches(batch_size):
+                xb, yb = _split_batch(batch, source)
+                b = _rows(xb)
+                if offset + b > source.rows:
+                    raise InputError(f"{source.split} split ({source.description}) yielded more than its "
+                                     f"{source.rows} examples")
+                labels[offset:offset + b] = np.asarray(yb.cpu() if hasattr(yb, "cpu") else yb, dtype=np.int64)
+                i = 0
+                while i < b:
+                    j = min(b, i + micro)
+                    chunk = _to(_slice(xb, i, j), device, non_blocking=on_gpu)
+                    cap.offset, cap.chunk_rows, cap.fired = offset + i, j - i, {}
+                    cap.mask = chunk.get("attention_mask") if isinstance(chunk, dict) else None
+                    try:
+                        _call(model, chunk)
+                    except Exception as exc:  # noqa: BLE001 - only OOM is handled, the rest re-raised
+                        if not (on_gpu and _is_oom(exc)):
+                            raise
+                        del chunk
+                        torch.cuda.empty_cache()
+                        if micro == 1:
+                            raise InputError(f"{where}: out of GPU memory with a batch of 1 example") from None
+                        micro = max(1, micro // 2)
+                        bar.set_postfix_str(f"batch {micro} after OOM")
+                        continue
+                    for layer in layers:
+                        n_calls = cap.fired.get(layer.name, 0)
+                        if n_calls != 1:
+                            raise InputError(
+                                f"{where}, layer {layer.name!r}: the module ran {n_calls} times in one forward pass; "
+                                "capture needs a module that runs exactly once per forward (name another layer)"
+                            )
+                    i = j
+                offset += b
+                bar.update(b)
+                _batches_done += 1
+                if kill_after and _batches_done >= kill_after:
+                    os.kill(os.getpid(), signal.SIGKILL)
+        if on_gpu:
+            torch.cuda.synchronize(device)
+    finally:
+        seconds = time.perf_counter() - t0
+        bar.close()
+        for h in handles:
+            h.remove()
+    if offset != source.rows:
+        raise InputError(f"{source.split} split ({source.description}) yielded {offset} examples but reports "
+                         f"{source.rows}; its length and its contents disagree")
+    for buf in cap.features.values():
+        buf.flush()
+    return SplitFeatures(cap.features, labels, seconds, cap.used, micro)

@@ -1,0 +1,206 @@
+"""Which modules of a network are "layers", and how one layer's output becomes one vector per example.
+
+Layer discovery
+---------------
+Every architecture the paper studies is a stem, a sequence of repeated blocks and a head: ViT and
+MLP-Mixer keep their blocks in a container (timm: ``blocks.0 .. blocks.11``; Hugging Face:
+``encoder.layer.0 ..``; torchvision: ``encoder.layers.encoder_layer_0 ..``), ResNets name their stages
+``layer1 .. layer4`` (timm ConvNeXt and ResNetV2: ``stages.0 ..``). What they share is a group of
+sibling modules whose names differ only in a trailing integer. Such groups also appear inside a block
+(``norm1``/``norm2``, ``fc1``/``fc2``, the bottleneck's ``conv1 .. conv3``), so among all groups we
+take the one that holds the most parameters: the trunk holds nearly all of a network's weights, and
+a block's internals hold a fraction of one block. Ties go to the group with more members.
+
+Pre-logits is the input of the classifier (``head``, ``fc``, ``classifier``, ...), captured with a
+forward pre-hook: it is the pooled, normalised representation that big_vision's few-shot evaluator
+probes (PROTOCOL.md §7). Models without a recognisable classifier (a bare text encoder) have none.
+
+Pooling
+-------
+A block's output is (N, tokens, D) for transformers and mixers and (N, C, H, W) for CNN stages
+(PROTOCOL.md §8). Token outputs are pooled by the class token or by the mean over tokens; when the
+batch carries an ``attention_mask`` of shape (N, tokens) the mean runs over real tokens only, so
+padding of text batches does not leak into the features. Feature maps are globally average-pooled.
+(N, D) outputs are stored as they are. Pooling runs in float32 whatever the autocast dtype, so a
+mean over hundreds of tokens does not lose bits to fp16/bf16 accumulation.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+
+from ..errors import InputError
+
+POOLINGS = ("auto", "cls", "mean", "gap")
+PRE_LOGITS = "pre_logits"
+# Where classifiers live, most specific first: timm (head.fc for ConvNeXt-style heads, head, fc),
+# torchvision (fc, classifier, heads.head), Hugging Face (classifier), Cadene's models (last_linear).
+_HEAD_NAMES = ("head.fc", "head", "heads.head", "fc", "classifier", "last_linear")
+_NUMBERED = re.compile(r"(.*?)(\d+)")
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A module whose output (``hook="output"``) or input (``hook="input"``) is captured."""
+
+    name: str
+    module: object
+    hook: str = "output"
+
+
+def _param_count(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def block_layers(model) -> list[Layer]:
+    """The repeated blocks (ViT/Mixer blocks, ResNet stages) of ``model``, in order (see module doc)."""
+    groups: dict[tuple[str, str], list[tuple[int, str, object]]] = {}
+    for parent_name, parent in model.named_modules():
+        for child_name, child in parent.named_children():
+            m = _NUMBERED.fullmatch(child_name)
+            if m is None:
+                continue
+            full = f"{parent_name}.{child_name}" if parent_name else child_name
+            groups.setdefault((parent_name, m.group(1)), []).append((int(m.group(2)), full, child))
+    best, best_key = None, None
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        key = (sum(_param_count(mod) for _, _, mod in members), len(members))
+        if key[0] == 0:  # activations and pools in a Sequential are not blocks
+            continue
+        if best_key is None or key > best_key:
+            best, best_key = members, key
+    if best is None:
+        return []
+    return [Layer(name, mod) for _, name, mod in sorted(best, key=lambda t: t[0])]
+
+
+def pre_logits_layer(model) -> Layer | None:
+    """The classifier whose input is the pre-logits representation, if the model has one."""
+    import torch.nn as nn
+
+    modules = dict(model.named_modules())
+    for name in _HEAD_NAMES:
+        mod = modules.get(name)
+        if isinstance(mod, (nn.Linear, nn.Identity)):
+            return Layer(PRE_LOGITS, mod, hook="input")
+    return None
+
+
+def discover_layers(model) -> list[Layer]:
+    """Every block of ``model`` plus pre-logits; raises if nothing block-like is found."""
+    layers = block_layers(model)
+    head = pre_logits_layer(model)
+    if head is not None:
+        layers.append(head)
+    if not layers:
+        raise InputError(
+            f"found no repeated blocks (modules named like blocks.0, layer1, stages.0) and no classifier in "
+            f"{type(model).__name__}; name the layers to capture explicitly (layers=[...] or --layers), "
+            f"see `plateaulab extract --list-layers`"
+        )
+    return layers
+
+
+def resolve_layers(model, layers) -> list[Layer]:
+    """``layers`` is "auto", or a list of module names (``pre_logits`` included) in the order to store."""
+    if layers is None or (isinstance(layers, str) and layers == "auto"):
+        return discover_layers(model)
+    if isinstance(layers, str):
+        layers = [s.strip() for s in layers.split(",") if s.strip()]
+    modules = dict(model.named_modules())
+    out, seen = [], set()
+    for name in layers:
+        if name in seen:
+            raise InputError(f"layer {name!r} is named twice in layers={list(layers)!r}")
+        seen.add(name)
+        if name == PRE_LOGITS:
+            head = pre_logits_layer(model)
+            if head is None:
+                raise InputError(
+                    f"layer 'pre_logits': {type(model).__name__} has no classifier module named one of "
+                    f"{', '.join(_HEAD_NAMES)}; name the module whose output you want instead"
+                )
+            out.append(head)
+            continue
+        if name not in modules or name == "":
+            close = difflib.get_close_matches(name, [n for n in modules if n], n=5, cutoff=0.5)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise InputError(
+                f"layer {name!r} does not exist in {type(model).__name__}{hint}; "
+                f"`plateaulab extract --list-layers` prints the module names"
+            )
+        out.append(Layer(name, modules[name]))
+    if not out:
+        raise InputError("layers is empty; pass 'auto' or at least one module name")
+    return out
+
+
+def default_token_pooling(model) -> str:
+    """"cls" when the model classifies from a class token, else "mean".
+
+    timm ViTs say so in ``global_pool`` ('token' or 'avg'); a ``cls_token`` / ``class_token`` /
+    ``class_embedding`` parameter (timm, torchvision, CLIP) marks a class-token model otherwise.
+    Mixers and text encoders without such a parameter are mean-pooled (sentence-transformers'
+    MiniLM is trained with mean pooling).
+    """
+    gp = getattr(model, "global_pool", None)
+    if isinstance(gp, str) and gp:
+        return "cls" if gp == "token" else "mean"
+    for attr in ("cls_token", "class_token", "class_embedding"):
+        if getattr(model, attr, None) is not None:
+            return "cls"
+    return "mean"
+
+
+def check_pooling(pooling) -> None:
+    if callable(pooling):
+        return
+    if pooling not in POOLINGS:
+        raise InputError(f"pooling must be one of {', '.join(POOLINGS)} or a callable, got {pooling!r}")
+
+
+def layer_tensor(output, layer: str):
+    """The tensor a module produced: Hugging Face blocks return tuples and ModelOutputs."""
+    import torch
+
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, dict):
+        if isinstance(output.get("last_hidden_state"), torch.Tensor):
+            return output["last_hidden_state"]
+        output = list(output.values())
+    if isinstance(output, (tuple, list)):
+        for item in output:
+            if isinstance(item, torch.Tensor):
+                return item
+    raise InputError(f"layer {layer!r} produced {type(output).__name__}, not a tensor; name another layer")
+
+
+def pool(x, mode: str, token_pooling: str, mask=None, layer: str = ""):
+    """Reduce one layer's output to (N, D) float32 and say which pooling was used.
+
+    ``mode`` is the pooling asked for ("auto", "cls", "mean", "gap"); it decides how token outputs
+    are pooled ("auto" and "gap" defer to ``token_pooling`` and to the mean respectively). 4-D maps
+    are always globally average-pooled and 2-D outputs kept, whatever ``mode`` says.
+    """
+    x = x.float()
+    if x.ndim == 2:
+        return x, "none"
+    if x.ndim == 4:
+        return x.mean(dim=(2, 3)), "gap"
+    if x.ndim != 3:
+        raise InputError(
+            f"layer {layer!r} outputs shape {tuple(x.shape)}; expected (N, D), (N, tokens, D) or (N, C, H, W); "
+            "pass a callable pooling or name another layer"
+        )
+    how = token_pooling if mode == "auto" else ("mean" if mode == "gap" else mode)
+    if how == "cls":
+        return x[:, 0], "cls"
+    if mask is not None and tuple(mask.shape) == tuple(x.shape[:2]):
+        w = mask.to(device=x.device, dtype=x.dtype).unsqueeze(-1)
+        return (x * w).sum(dim=1) / w.sum(dim=1).clamp(min=1.0), "mean_masked"
+    return x.mean(dim=1), "mean"

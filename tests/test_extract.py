@@ -1,0 +1,285 @@
+"""Extraction of one in-memory model: layer discovery, hooks, pooling, inputs, store writes, errors."""
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from plateaulab import FeatureStore, InputError  # noqa: E402
+from plateaulab.extract import DatasetInputs, discover_layers, extract, resolve_layers  # noqa: E402
+
+_spec = importlib.util.spec_from_file_location("extract_models", Path(__file__).with_name("test_extract_models.py"))
+M = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(M)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def split(x, y, n_train):
+    return (x[:n_train], y[:n_train]), (x[n_train:], y[n_train:])
+
+
+def stored(st, ck, ds, layer):
+    b = st.block(ck, ds, layer)
+    return np.asarray(b.train), np.asarray(b.test)
+
+
+# ---------------------------------------------------------------- discovery
+
+def test_discovery_finds_blocks_stages_and_pre_logits():
+    assert [l.name for l in discover_layers(M.TinyViT(depth=4))] == [f"blocks.{i}" for i in range(4)] + ["pre_logits"]
+    assert [l.name for l in discover_layers(M.TinyMixer())] == ["blocks.0", "blocks.1", "pre_logits"]
+    # ResNet stages, not the conv1/conv2 pairs inside a block nor the blocks inside a stage.
+    assert [l.name for l in discover_layers(M.TinyResNet())] == ["layer1", "layer2", "layer3", "pre_logits"]
+
+
+def test_discovery_without_blocks_or_head_asks_for_names():
+    with pytest.raises(InputError, match="name the layers"):
+        discover_layers(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.ReLU()))
+
+
+def test_unknown_layer_name_is_named_with_suggestions():
+    with pytest.raises(InputError, match=r"layer 'blocks\.9' does not exist in TinyViT.*blocks\.0"):
+        resolve_layers(M.TinyViT(), ["blocks.0", "blocks.9"])
+    with pytest.raises(InputError, match="pre_logits"):
+        resolve_layers(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU()), ["pre_logits"])
+
+
+# ---------------------------------------------------------------- features equal a manual forward pass
+
+@pytest.mark.parametrize("batch_size", [7, 64])
+def test_vit_features_equal_manual_forward(tmp_path, batch_size):
+    torch.manual_seed(0)
+    model = M.TinyViT().eval()
+    x, y = M.images(40), np.arange(40) % 5
+    train, test = split(x, y, 25)
+    rep = extract(model, tmp_path / "st", "toy", train=train, test=test, checkpoint="vit", dtype="float32",
+                  batch_size=batch_size, progress=False)
+    assert [p.status for p in rep.pairs] == ["extracted"]
+    st = FeatureStore.open(tmp_path / "st")
+    assert st.layers("vit", "toy") == ["blocks.0", "blocks.1", "blocks.2", "pre_logits"]
+    want_tr, want_te = M.manual_vit(model, x[:25]), M.manual_vit(model, x[25:])
+    for layer in want_tr:
+        got_tr, got_te = stored(st, "vit", "toy", layer)
+        np.testing.assert_allclose(got_tr, want_tr[layer], rtol=1e-5, atol=1e-5, err_msg=layer)
+        np.testing.assert_allclose(got_te, want_te[layer], rtol=1e-5, atol=1e-5, err_msg=layer)
+    # The class token differs across images only because attention mixed it: a real check.
+    assert np.ptp(stored(st, "vit", "toy", "blocks.2")[0], axis=0).max() > 1e-3
+    np.testing.assert_array_equal(st.dataset("toy").y_train, y[:25])
+    meta = st.checkpoint_meta("vit")
+    assert meta["parameters"] == sum(p.numel() for p in model.parameters())
+    assert meta["extraction"]["pooling"] == {"blocks.0": "cls", "blocks.1": "cls", "blocks.2": "cls",
+                                             "pre_logits": "none"}
+
+
+def test_vit_mean_pooling_and_fp16_default(tmp_path):
+    torch.manual_seed(1)
+    model = M.TinyViT().eval()
+    x, y = M.images(30, seed=1), np.arange(30) % 3
+    train, test = split(x, y, 20)
+    extract(model, tmp_path / "st", "toy", train=train, test=test, pooling="mean", progress=False)
+    st = FeatureStore.open(tmp_path / "st")
+    want = M.manual_vit(model, x[:20], pooling="mean")
+    for layer in ("blocks.0", "blocks.2"):
+        got = st.block("vit" if False else "model", "toy", layer).train
+        assert got.dtype == np.float16
+        # fp16 storage: exactly the fp32 features rounded once to the nearest half.
+        np.testing.assert_array_equal(np.asarray(got), want[layer].astype(np.float16))
+
+
+def test_mixer_is_mean_pooled_and_resnet_stages_average_pooled(tmp_path):
+    torch.manual_seed(2)
+    mixer, cnn = M.TinyMixer().eval(), M.trained_like_cnn(3)
+    x, y = M.images(24, seed=2), np.arange(24) % 4
+    train, test = split(x, y, 16)
+    st = FeatureStore.create(tmp_path / "st")
+    extract(mixer, st, "toy", train=train, test=test, checkpoint="mixer", dtype="float32", progress=False)
+    extract(cnn, st, "toy", train=train, test=test, checkpoint="cnn", dtype="float32", progress=False)
+    for ck, want in (("mixer", M.manual_mixer(mixer, x[16:])), ("cnn", M.manual_resnet(cnn, x[16:]))):
+        assert st.layers(ck, "toy") == list(want)
+        for layer, w in want.items():
+            np.testing.assert_allclose(stored(st, ck, "toy", layer)[1], w, rtol=1e-5, atol=1e-5, err_msg=f"{ck} {layer}")
+    assert st.checkpoint_meta("cnn")["extraction"]["pooling"]["layer2"] == "gap"
+    assert st.checkpoint_meta("mixer")["extraction"]["pooling"]["blocks.0"] == "mean"
+
+
+def test_explicit_layers_keep_the_given_order(tmp_path):
+    torch.manual_seed(0)
+    model = M.TinyViT().eval()
+    x, y = M.images(20), np.arange(20) % 2
+    train, test = split(x, y, 12)
+    extract(model, tmp_path / "st", "toy", train=train, test=test, layers=["pre_logits", "blocks.1.fc2", "blocks.0"],
+            dtype="float32", progress=False)
+    st = FeatureStore.open(tmp_path / "st")
+    assert st.layers("model", "toy") == ["pre_logits", "blocks.1.fc2", "blocks.0"]
+    with torch.no_grad():
+        t = model.blocks[0](model.tokens(torch.as_tensor(x[:12])))
+        h = t + model.blocks[1].attn(*(model.blocks[1].norm1(t),) * 3, need_weights=False)[0]
+        fc2 = model.blocks[1].fc2(torch.nn.functional.gelu(model.blocks[1].fc1(model.blocks[1].norm2(h))))
+    np.testing.assert_allclose(stored(st, "model", "toy", "blocks.1.fc2")[0], fc2[:, 0].numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_masked_mean_ignores_padding(tmp_path):
+    """Text batches are padded: with an attention_mask the token mean must not see the padding."""
+
+    class TextEncoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Embedding(50, 8)
+            self.layer = torch.nn.ModuleList([torch.nn.Linear(8, 8) for _ in range(2)])
+
+        def forward(self, input_ids, attention_mask):
+            h = self.embed(input_ids)
+            for lin in self.layer:
+                h = h + torch.tanh(lin(h))
+            return h
+
+    torch.manual_seed(0)
+    model = TextEncoder().eval()
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(2, 6, size=12)
+    ids_short = np.zeros((12, 6), np.int64)
+    ids_long = np.zeros((12, 11), np.int64)  # same sentences, five more pad tokens
+    mask_short, mask_long = np.zeros_like(ids_short), np.zeros_like(ids_long)
+    for i, n in enumerate(lengths):
+        ids_short[i, :n] = ids_long[i, :n] = rng.integers(1, 50, n)
+        mask_short[i, :n] = mask_long[i, :n] = 1
+    y = np.arange(12) % 2
+    st = FeatureStore.create(tmp_path / "st")
+    for ck, ids, mask in (("short", ids_short, mask_short), ("long", ids_long, mask_long)):
+        inputs = {"input_ids": ids, "attention_mask": mask}
+        extract(model, st, "txt", train=({k: v[:8] for k, v in inputs.items()}, y[:8]),
+                test=({k: v[8:] for k, v in inputs.items()}, y[8:]), checkpoint=ck, dtype="float32", progress=False)
+    assert st.layers("short", "txt") == ["layer.0", "layer.1"]
+    assert st.checkpoint_meta("short")["extraction"]["pooling"]["layer.1"] == "mean_masked"
+    for layer in ("layer.0", "layer.1"):
+        np.testing.assert_allclose(stored(st, "short", "txt", layer)[0], stored(st, "long", "txt", layer)[0],
+                                   rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------- input forms
+
+class PairDataset(torch.utils.data.Dataset):
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return torch.from_numpy(self.x[i]), int(self.y[i])
+
+
+def test_dataset_dataloader_and_npz_inputs_agree(tmp_path):
+    model = M.trained_like_cnn(0)
+    x, y = M.images(30, seed=4), np.arange(30) % 3
+    st = FeatureStore.create(tmp_path / "st")
+    extract(model, st, "a", train=(x[:20], y[:20]), test=(x[20:], y[20:]), checkpoint="arrays", progress=False)
+    extract(model, st, "b", train=PairDataset(x[:20], y[:20]), checkpoint="dataset", progress=False,
+            test=torch.utils.data.DataLoader(PairDataset(x[20:], y[20:]), batch_size=4))
+    np.savez(tmp_path / "tr.npz", x=x[:20], y=y[:20])
+    np.savez(tmp_path / "te.npz", x=x[20:], y=y[20:])
+    extract(model, st, "c", train=tmp_path / "tr.npz", test=str(tmp_path / "te.npz"), checkpoint="npz", progress=False)
+    ref = stored(st, "arrays", "a", "layer3")
+    for ck, ds in (("dataset", "b"), ("npz", "c")):
+        for got, want in zip(stored(st, ck, ds, "layer3"), ref):
+            np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(st.dataset(ds).y_test, y[20:])
+
+
+def test_shuffled_dataloader_is_refused(tmp_path):
+    x, y = M.images(8), np.arange(8) % 2
+    loader = torch.utils.data.DataLoader(PairDataset(x, y), batch_size=4, shuffle=True)
+    with pytest.raises(InputError, match="shuffle=False"):
+        extract(M.TinyResNet(), tmp_path / "st", "d", train=loader, test=(x, y), progress=False)
+
+
+def test_image_folder(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split_name, n in (("train", 3), ("test", 2)):
+        for cls in ("cat", "dog"):
+            d = tmp_path / split_name / cls
+            d.mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 255, (20, 28, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    model = M.trained_like_cnn(1)
+    extract(model, tmp_path / "st", "pets", train=tmp_path / "train", test=tmp_path / "test", image_size=16,
+            resize=18, num_workers=0, dtype="float32", progress=False)
+    st = FeatureStore.open(tmp_path / "st")
+    ds = st.dataset("pets")
+    assert ds.class_names == ["cat", "dog"] and list(ds.y_train) == [0, 0, 0, 1, 1, 1]
+    # Manual preprocessing of one test image: shorter side to 18, centre crop 16, [-1, 1].
+    img = Image.open(tmp_path / "test" / "dog" / "1.png").convert("RGB").resize((25, 18), Image.BILINEAR)
+    arr = np.asarray(img.crop((4, 1, 20, 17)), np.float32) / 255.0
+    arr = ((arr - 0.5) / 0.5).transpose(2, 0, 1)[None]
+    np.testing.assert_allclose(st.block("model", "pets", "pre_logits").test[3], M.manual_resnet(model, arr)["pre_logits"][0],
+                               rtol=1e-5, atol=1e-5)
+    # Splits whose class folders differ cannot share one label space.
+    (tmp_path / "test" / "dog").rename(tmp_path / "test" / "fox")
+    with pytest.raises(InputError, match="same class sub-folders"):
+        extract(model, tmp_path / "st2", "pets", train=tmp_path / "train", test=tmp_path / "test", progress=False)
+
+
+# ---------------------------------------------------------------- bad inputs and resumption
+
+def test_mismatched_labels(tmp_path):
+    x, y = M.images(10), np.arange(10) % 2
+    with pytest.raises(InputError, match="10 examples but 9 labels"):
+        extract(M.TinyResNet(), tmp_path / "st", "d", train=(x, y[:9]), test=(x, y), progress=False)
+    extract(M.TinyResNet(), tmp_path / "st", "d", train=(x, y), test=(x, y), checkpoint="a", progress=False)
+    # Same dataset name, different order of examples: the stored labels no longer describe them.
+    with pytest.raises(InputError, match=r"dataset 'd': the train labels differ .*first difference at row 0"):
+        extract(M.TinyResNet(), tmp_path / "st", "d", train=(x, y[::-1]), test=(x, y), checkpoint="b",
+                progress=False)
+    with pytest.raises(InputError, match="integer class ids"):
+        extract(M.TinyResNet(), tmp_path / "st", "e", train=(x, y + 0.5), test=(x, y), progress=False)
+
+
+def test_fp16_overflow_names_the_layer(tmp_path):
+    model = M.TinyResNet().eval()
+    with torch.no_grad():
+        model.fc.weight.zero_()
+    x = M.images(6) * 1e6  # stage activations beyond the float16 range
+    with pytest.raises(InputError, match=r"layer 'layer1'.*float16 range.*float32"):
+        extract(model, tmp_path / "st", "d", train=(x, np.arange(6) % 2), test=(x, np.arange(6) % 2), progress=False)
+
+
+def test_done_pair_is_skipped_and_overwrite_redoes_it(tmp_path):
+    model = M.trained_like_cnn(0)
+    x, y = M.images(12), np.arange(12) % 2
+    kw = dict(train=(x[:8], y[:8]), test=(x[8:], y[8:]), progress=False)
+    assert extract(model, tmp_path / "st", "d", **kw).pairs[0].status == "extracted"
+    f = tmp_path / "st" / "checkpoints" / "model" / "features" / "d" / "layer2" / "block.json"
+    before = f.stat().st_mtime_ns
+    assert extract(model, tmp_path / "st", "d", **kw).pairs[0].status == "skipped"
+    assert f.stat().st_mtime_ns == before
+    assert extract(model, tmp_path / "st", "d", overwrite=True, **kw).pairs[0].status == "extracted"
+    # Several datasets in one call: each (checkpoint, dataset) pair is its own unit of work.
+    rep = extract(model, tmp_path / "st", datasets={"d": DatasetInputs(**{k: kw[k] for k in ("train", "test")}),
+                                                    "d2": DatasetInputs((x, y), (x[:4], y[:4]))}, progress=False)
+    assert [(p.dataset, p.status) for p in rep.pairs] == [("d", "skipped"), ("d2", "extracted")]
+
+
+def test_bad_options():
+    x, y = M.images(4), np.arange(4) % 2
+    with pytest.raises(InputError, match="dtype"):
+        extract(M.TinyResNet(), "/nonexistent/never", "d", train=(x, y), test=(x, y), dtype="float64")
+    with pytest.raises(InputError, match="pooling"):
+        extract(M.TinyResNet(), "/nonexistent/never", "d", train=(x, y), test=(x, y), pooling="max")
+    with pytest.raises(InputError, match="nn.Module"):
+        extract(lambda v: v, "/nonexistent/never", "d", train=(x, y), test=(x, y))
+
+
+def test_import_plateaulab_does_not_import_torch():
+    code = ("import sys, plateaulab, plateaulab.extract, plateaulab.cli.extract; "
+            "assert 'torch' not in sys.modules, 'torch imported'; print('ok')")
+    env = {"PYTHONPATH": str(ROOT / "python"), "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr
