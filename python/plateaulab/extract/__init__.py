@@ -301,6 +301,32 @@ def extract(model, store, dataset: str | None = None, *, train=None, test=None, 
     return report
 
 
+def _check_same_file(st: FeatureStore, checkpoint: str, file: Path, overwrite: bool) -> str | None:
+    """Refuse to add to a stored checkpoint features of a different file; return the sha256 if computed.
+
+    Hashing every file on every resume would cost minutes over thousands of checkpoints, so (as
+    rsync does) an unchanged path, size and mtime is taken as the same file and only a change
+    triggers the hash comparison.
+    """
+    if overwrite or checkpoint not in st.checkpoints():
+        return None
+    meta = st.checkpoint_meta(checkpoint)
+    if not meta.get("sha256"):
+        return None
+    stat = Path(file).stat()
+    if (meta.get("file") == str(Path(file).resolve()) and meta.get("file_bytes") == stat.st_size
+            and meta.get("file_mtime_ns") == stat.st_mtime_ns):
+        return meta["sha256"]
+    digest = sha256_file(file)
+    if digest != meta["sha256"]:
+        raise InputError(
+            f"checkpoint {checkpoint!r} in store {st.path} was extracted from a file with sha256 "
+            f"{meta['sha256'][:12]}..., but {file} has sha256 {digest[:12]}...; give this file another name "
+            "or pass overwrite"
+        )
+    return digest
+
+
 def extract_checkpoints(checkpoints, store, dataset: str | None = None, *, architecture=None, train=None,
                         test=None, val=None, datasets=None, layers="auto", pooling="auto",
                         dtype: str = "float16", device=None, amp=None, batch_size="auto",
@@ -323,6 +349,7 @@ def extract_checkpoints(checkpoints, store, dataset: str | None = None, *, archi
     skeleton_key, skeleton, chosen, token_pooling = None, None, None, None
     for spec in specs:
         ck = spec.name
+        digest = _check_same_file(st, ck, spec.file, overwrite)
         key = (architecture_label(spec.architecture), id(spec.architecture))
         if skeleton_key is not None and skeleton_key[0] == key:
             names = [layer.name for layer in chosen]
@@ -341,20 +368,14 @@ def extract_checkpoints(checkpoints, store, dataset: str | None = None, *, archi
         if not todo:
             report.pairs += [PairReport(ck, ds, "skipped", names) for ds in run.sources]
             continue
-        digest = sha256_file(spec.file)
-        if ck in st.checkpoints() and not overwrite:
-            old = st.checkpoint_meta(ck).get("sha256")
-            if old and old != digest:
-                raise InputError(
-                    f"checkpoint {ck!r} in store {st.path} was extracted from a file with sha256 {old[:12]}…, "
-                    f"but {spec.file} has sha256 {digest[:12]}…; give this file another name or pass overwrite"
-                )
+        digest = digest or sha256_file(spec.file)
         load_weights(skeleton, sd, spec.file)
         del sd
         skeleton.eval()
         st.set_checkpoint_meta(ck, **{**(metadata or {}), **spec.metadata,
                                       "file": str(Path(spec.file).resolve()), "sha256": digest,
                                       "file_bytes": Path(spec.file).stat().st_size,
+                                      "file_mtime_ns": Path(spec.file).stat().st_mtime_ns,
                                       "architecture": architecture_label(spec.architecture),
                                       "parameters": parameter_count(skeleton)})
         for ds in run.sources:
