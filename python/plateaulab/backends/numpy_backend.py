@@ -27,8 +27,8 @@ def device() -> str:
     return "cpu (numpy float64 reference)"
 
 
-def _score(x, y, cache, w):
-    pred, tie = P.argmax_with_ties(P.standardise(x, cache["mean"], cache["std"]) @ w)
+def _score(x_std, y, w):
+    pred, tie = P.argmax_with_ties(x_std @ w)
     return int(np.count_nonzero(pred == y)), int(np.count_nonzero(tie))
 
 
@@ -41,11 +41,13 @@ def probe_block(x_train, y_train, x_test, y_test, tasks, l2s, num_classes, *,
         x = np.asarray(x_train[task.indices], dtype=np.float64)
         y = y_train[task.indices]
         cache = P.precompute_cache(x, y, num_classes)
+        xt = P.standardise(x_test, cache["mean"], cache["std"])
+        xv = None if x_val is None else P.standardise(x_val, cache["mean"], cache["std"])
         for j, l2 in enumerate(l2s):
             w = P.ridge_weights(cache, l2)
-            out.correct[t, j], out.ties[t, j] = _score(x_test, y_test, cache, w)
+            out.correct[t, j], out.ties[t, j] = _score(xt, y_test, w)
             if loo:
                 out.loo_acc[t, j], out.loo_mse[t, j] = P.loo_scores(cache, y, l2)
-            if x_val is not None:
-                out.val_correct[t, j] = _score(x_val, y_val, cache, w)[0]
+            if xv is not None:
+                out.val_correct[t, j] = _score(xv, y_val, w)[0]
     return out
