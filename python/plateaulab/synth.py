@@ -26,8 +26,9 @@ efficiency that scatters checkpoints below the frontier, so that the upper hull 
 
 ``c'`` is the example's label, except for a fixed set of test examples: for a fraction ``e_ir_t`` of each
 task's test split (the same examples for every checkpoint), ``c'`` is a different class drawn at random.
-Those examples carry the features of a wrong class, so any classifier that reads the features gets them
-wrong, and the better the features the surer it is: as s -> infinity (e_US -> 0) the clean examples are
+Those examples carry the features of a wrong class (twice as far along its direction as clean examples,
+so that a probe's own mistakes do not land them on their true label by chance), so any classifier that
+reads the features gets them wrong, and the better the features the surer it is: as s -> infinity (e_US -> 0) the clean examples are
 all classified correctly and the unrecoverable ones all wrongly, so
 
     e_DS -> e_ir_t   exactly   (saturation 1 - e_ir_t, within the rounding of e_ir_t * n_test).
@@ -53,6 +54,10 @@ from .errors import InputError
 from .store import FeatureStore, atomic_write_json
 
 SYNTH_FILE = "synth.json"
+#: Unrecoverable test examples sit this many times deeper inside their wrong class than clean examples sit
+#: inside theirs. A probe that errs on such an example could land on its true label by chance and push
+#: accuracy above the ceiling at middling quality; deep inside the wrong class it (almost) never errs.
+UNRECOVERABLE_GAIN = 2.0
 
 
 @dataclass
@@ -70,15 +75,20 @@ class SynthTask:
         return 1.0 - self.e_ir
 
 
+def rising_gain(n_layers: int) -> tuple:
+    """Layer gains rising to 1 at the last layer (the usual case: the last layer is the best)."""
+    return (1.0,) if n_layers == 1 else tuple(float(x) for x in np.linspace(0.45, 1.0, n_layers))
+
+
 def default_tasks(n_layers: int) -> list[SynthTask]:
-    rising = tuple(float(x) for x in np.linspace(0.45, 1.0, n_layers))
+    rising = rising_gain(n_layers)
     # Fast-saturating task: best at the second-to-last layer, as in the paper's Figure 6.
     early = (1.0,) if n_layers == 1 else \
         tuple(float(x) for x in np.linspace(0.55, 1.0, n_layers - 1)) + (0.85,)
     return [
         SynthTask("near_task", e_ir=0.08, transfer=2.0, layer_gain=rising),
         SynthTask("mid_task", e_ir=0.20, transfer=1.6, layer_gain=rising),
-        SynthTask("far_task", e_ir=0.35, transfer=1.5, layer_gain=early),
+        SynthTask("far_task", e_ir=0.35, transfer=1.8, layer_gain=early),
     ]
 
 
@@ -162,7 +172,7 @@ def make_synth_store(path, config: SynthConfig | None = None, **overrides) -> Fe
     cfg.tasks = [t if isinstance(t, SynthTask) else SynthTask(**t) for t in cfg.tasks]
     for t in cfg.tasks:
         if not t.layer_gain:
-            t.layer_gain = tuple(float(x) for x in np.linspace(0.45, 1.0, cfg.n_layers))
+            t.layer_gain = rising_gain(cfg.n_layers)
     cfg.validate()
     rng = np.random.default_rng(cfg.seed)
     store = FeatureStore.create(path)
@@ -183,7 +193,9 @@ def make_synth_store(path, config: SynthConfig | None = None, **overrides) -> Fe
         feat_class_test[bad] = (y_test[bad] + shift) % c
         store.add_dataset(t.name, y_train, y_test, num_classes=c,
                           class_names=[f"{t.name}_class{j}" for j in range(c)])
-        task_state[t.name] = dict(y_train=y_train, feat_test=feat_class_test, n_bad=n_bad,
+        test_gain = np.ones(y_test.size)
+        test_gain[bad] = UNRECOVERABLE_GAIN
+        task_state[t.name] = dict(y_train=y_train, feat_test=feat_class_test, n_bad=n_bad, test_gain=test_gain,
                                   means=_orthonormal(rng, cfg.dim, c))
 
     # Checkpoints: upstream error log-uniform over the range, sorted so names follow quality.
@@ -205,7 +217,8 @@ def make_synth_store(path, config: SynthConfig | None = None, **overrides) -> Fe
                 scale = s * u * t.transfer * t.layer_gain[li]
                 rot = _orthonormal(rng, cfg.dim, cfg.dim)
                 train = scale * st["means"][st["y_train"]] + rng.standard_normal((st["y_train"].size, cfg.dim))
-                test = scale * st["means"][st["feat_test"]] + rng.standard_normal((st["feat_test"].size, cfg.dim))
+                test = (scale * st["test_gain"][:, None] * st["means"][st["feat_test"]]
+                        + rng.standard_normal((st["feat_test"].size, cfg.dim)))
                 layer = "final" if li == cfg.n_layers - 1 else f"block{li + 1}"
                 store.add_features(name, t.name, layer, train=(train @ rot).astype(dtype),
                                    test=(test @ rot).astype(dtype), layer_index=li)

@@ -32,8 +32,8 @@ def _scale(p, scale: str):
     return np.asarray(scale_accuracy(np.clip(p, 1e-6, 1 - 1e-6), scale), dtype=float)
 
 
-def _grid_shape(n: int, max_cols: int = 6) -> tuple[int, int]:
-    cols = min(max_cols, n) if n > 4 else n
+def _grid_shape(n: int, max_cols: int = 4) -> tuple[int, int]:
+    cols = min(max_cols, n)
     cols = max(cols, 1)
     return int(math.ceil(n / cols)), cols
 
@@ -64,7 +64,7 @@ def saturation_grid(groups, us_name: str, scale: str = "linear", planted: dict |
     points, the bootstrap band and the saturation line 1 - e_IR."""
     n = len(groups)
     rows, cols = _grid_shape(n)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.1 * cols, 2.75 * rows + 0.9), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 2.9 * rows + 0.9), squeeze=False)
     for ax in axes.flat[n:]:
         ax.set_visible(False)
     for ax, r in zip(axes.flat, groups):
@@ -95,7 +95,7 @@ def saturation_grid(groups, us_name: str, scale: str = "linear", planted: dict |
             lo, hi = r.boot.ci["saturation"]
             if np.isfinite(lo) and np.isfinite(hi):
                 sat += f" [{lo:.2f}, {hi:.2f}]"
-        ax.set_title(f"{_wrap(r.label, 34)}\n{sat}", fontsize=8.5)
+        ax.set_title(f"{_wrap(r.label, 34)}\n{sat}", fontsize=9.5)
         ax.grid(alpha=0.25, lw=0.5)
         if scale == "linear":
             ax.set_xlim(grid[0], 1.0)
@@ -109,7 +109,7 @@ def saturation_grid(groups, us_name: str, scale: str = "linear", planted: dict |
             if lab not in labels:
                 handles.append(hnd)
                 labels.append(lab)
-    fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 4), frameon=False,
+    fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 3), frameon=False,
                bbox_to_anchor=(0.5, 1.0))
     fig.supxlabel(SCALE_LABEL[scale].format(f"US accuracy ({us_name})"), fontsize=11)
     fig.supylabel(SCALE_LABEL[scale].format("DS accuracy"), x=0.004, fontsize=11)
@@ -120,7 +120,10 @@ def saturation_grid(groups, us_name: str, scale: str = "linear", planted: dict |
 
 def sensitivity_plot(sens: pd.DataFrame):
     """Figure 3: fitting and prediction error against sample size, fit on the hull vs on all points.
-    Thin lines are single tasks; thick lines their mean."""
+    Thin lines are single tasks; thick lines their mean. A hull of <= 3 points is interpolated exactly
+    (error ~ 0), which a log axis would stretch over dozens of decades: single-task errors below FLOOR
+    are drawn at FLOOR (the tables keep the exact values)."""
+    FLOOR = 1e-7
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.0), squeeze=False)
     style = {"hull": ("-", COLORS["fit_hull"]), "all": ("--", COLORS["fit_all"])}
     for ax, (col, title) in zip(axes.flat, (("fit_error_mean", "Fitting error"),
@@ -129,11 +132,12 @@ def sensitivity_plot(sens: pd.DataFrame):
             ls, c = style.get(str(on), ("-", None))
             for _, tg in g.groupby(["ds_task", "shots"], dropna=False):
                 tg = tg.sort_values("n")
-                ax.plot(tg["n"], tg[col], ls, color=c, lw=0.5, alpha=0.25)
+                ax.plot(tg["n"], np.maximum(tg[col], FLOOR), ls, color=c, lw=0.5, alpha=0.25)
             mean = g.groupby("n")[col].mean()
             ax.plot(mean.index, mean.values, ls, color=c, lw=2.2, marker="o", ms=4,
                     label=f"fit on {'hull' if on == 'hull' else 'all points'} (mean over tasks)")
         ax.set_yscale("log")
+        ax.set_ylim(bottom=FLOOR / 2)
         ax.set_xlabel("sample size n (models drawn from the fitting range)")
         ax.set_ylabel("mean squared error (accuracy units)")
         ax.set_title(title)
@@ -166,10 +170,10 @@ def params_vs_shots_plot(df: pd.DataFrame):
 def spearman_heatmap(ds_ds: pd.DataFrame):
     """Figure F.20: Spearman rank correlation between DS tasks over models."""
     n = ds_ds.shape[0]
-    size = max(5.0, min(16.0, 0.32 * n + 3))
+    size = max(5.0, min(10.5, 0.26 * n + 2.5))
     fig, ax = plt.subplots(figsize=(size + 1.2, size))
     im = ax.imshow(ds_ds.to_numpy(float), vmin=-1, vmax=1, cmap="RdBu_r")
-    fs = 8 if n <= 20 else 6.5
+    fs = 8.5 if n <= 20 else 7.5
     ax.set_xticks(range(n), [str(c) for c in ds_ds.columns], rotation=90, fontsize=fs)
     ax.set_yticks(range(n), [str(c) for c in ds_ds.index], fontsize=fs)
     if n <= 12:
@@ -209,7 +213,7 @@ def hull_overlay_grid(groups, ref: str, us_name: str, scale: str = "linear"):
     others = [r for r in groups]
     n = len(others)
     rows, cols = _grid_shape(n)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 2.55 * rows + 0.8), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 2.7 * rows + 0.8), squeeze=False)
     for ax in axes.flat[n:]:
         ax.set_visible(False)
     for ax, r in zip(axes.flat, others):

@@ -22,6 +22,8 @@ table { border-collapse: collapse; font-size: 0.85em; margin: 0.6em 0; }
 th, td { border: 1px solid #ddd; padding: 3px 7px; text-align: right; }
 th { background: #f3f3f3; }
 td.text, th.text { text-align: left; }
+td.nowrap { white-space: nowrap; }
+td.flags { min-width: 14em; }
 tr.flagged td { background: #fff6e0; }
 ul.summary li { margin-bottom: 3px; }
 .warn { color: #8a4b00; }
@@ -51,7 +53,8 @@ def fmt(v, digits: int = 3) -> str:
     return str(v)
 
 
-def table(df: pd.DataFrame, *, text_cols=(), flag_col: str | None = None, digits: int = 3) -> str:
+def table(df: pd.DataFrame, *, text_cols=(), flag_col: str | None = None, digits: int = 3,
+          nowrap_cols=()) -> str:
     """An HTML table; numbers right-aligned and rounded, text columns left-aligned, flagged rows tinted."""
     cols = list(df.columns)
     out = ['<div class="tablewrap"><table><thead><tr>']
@@ -63,7 +66,10 @@ def table(df: pd.DataFrame, *, text_cols=(), flag_col: str | None = None, digits
         flagged = flag_col is not None and bool(row.get(flag_col))
         out.append('<tr class="flagged">' if flagged else "<tr>")
         for c in cols:
-            cls = ' class="text"' if c in text_cols else ""
+            classes = (["text"] if c in text_cols else []) + (["nowrap"] if c in nowrap_cols else [])
+            if c == flag_col:
+                classes.append("flags")
+            cls = f' class="{" ".join(classes)}"' if classes else ""
             out.append(f"<td{cls}>{esc(fmt(row[c], digits))}</td>")
         out.append("</tr>")
     out.append("</tbody></table></div>")

@@ -184,7 +184,9 @@ def summary_sentence(r: GroupResult) -> str:
     text += f"; {int(f.hull_points)} hull points of {len(r.us)} models"
     best = float(np.max(r.ds))
     gap = f.saturation - best
-    if gap <= 0.01:
+    if gap < -0.01:
+        text += f"; the fitted plateau lies below the best model ({best:.2f}): the hull descends after its peak"
+    elif gap <= 0.01:
         text += f"; the best model ({best:.2f}) is already at the plateau"
     else:
         text += f"; {gap:.2f} above the best model ({best:.2f})"

@@ -163,10 +163,8 @@ def write_report(res: StudyResult, out: Path, *, axis_scale: str = "linear", for
                 "replicate. The hull is an extreme-value statistic, for which the plain n-out-of-n bootstrap is "
                 "known to be inconsistent (Bickel &amp; Sakov): read the intervals as indicative. A fit on three "
                 "or fewer distinct hull points is not identified; it is flagged.</p>")
-    cols = [c for c in ["ds_task", "shots", "n_models", "hull_points", "k", "alpha", "alpha_lo", "alpha_hi", "e_ir",
-                        "saturation", "saturation_lo", "saturation_hi", "saturation_all_points", "best_ds", "sse",
-                        "flags"] if c in params.columns]
-    body.append(H.table(params[cols], text_cols=("ds_task", "flags"), flag_col="flags"))
+    body.append(H.table(_display_parameters(params), text_cols=("DS task", "flags"), flag_col="flags",
+                        nowrap_cols=("alpha [95% CI]", "saturation [95% CI]", "sse")))
 
     # --- prediction power ----------------------------------------------------------------------
     if not power.empty:
@@ -183,7 +181,8 @@ def write_report(res: StudyResult, out: Path, *, axis_scale: str = "linear", for
         body.append(H.figure(png, "Models are split by US accuracy at its 0.75 quantile. n models are drawn from the "
                                   "lower range (10 trials per n); eq. (1) is fitted to their hull or to all of them. "
                                   "Fitting error: mean squared error on the points used; prediction error: on the "
-                                  "held-out high-US models. Thin lines: single tasks; thick: mean over tasks.",
+                                  "held-out high-US models. Thin lines: single tasks (values below 1e-7, exact interpolation "
+                                  "of a short hull, are drawn at 1e-7); thick: mean over tasks.",
                              "Figure 3 sensitivity"))
 
     # --- shots ------------------------------------------------------------------------------------
@@ -241,6 +240,35 @@ def write_report(res: StudyResult, out: Path, *, axis_scale: str = "linear", for
     path = out / "report.html"
     path.write_text(H.document("plateaulab study", body), encoding="utf-8")
     return path
+
+
+def _ci_text(row, p: str, digits: int = 3) -> str:
+    v = row.get(p)
+    if v is None or not np.isfinite(v):
+        return ""
+    text = f"{v:.{digits}f}"
+    lo, hi = row.get(f"{p}_lo"), row.get(f"{p}_hi")
+    if lo is not None and hi is not None and np.isfinite(lo) and np.isfinite(hi):
+        text += f" [{lo:.{digits}f}, {hi:.{digits}f}]"
+    return text
+
+
+def _display_parameters(params: pd.DataFrame) -> pd.DataFrame:
+    """The parameter table as shown in the report: CIs folded into their parameter's cell."""
+    rows = []
+    for _, r in params.iterrows():
+        r = r.to_dict()
+        row = {"DS task": r["ds_task"]}
+        if "shots" in r:
+            row["shots"] = H.fmt(r["shots"], 0) if r["shots"] is not None else ""
+        row.update({"models": r["n_models"], "hull pts": r["hull_points"], "k": r["k"],
+                    "alpha [95% CI]": _ci_text(r, "alpha", 2), "e_IR": r["e_ir"],
+                    "saturation [95% CI]": _ci_text(r, "saturation", 3)})
+        if "saturation_all_points" in r:
+            row["sat. (fit on all)"] = r["saturation_all_points"]
+        row.update({"best DS": r["best_ds"], "sse": r["sse"], "flags": r["flags"]})
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def _scalars(d: dict) -> dict:
