@@ -217,3 +217,20 @@ def test_store_commands(tmp_path, capsys, small_store):
     f.unlink()
     assert cli(["store", "check", str(small_store.path)]) == 1
     assert "incomplete block" in capsys.readouterr().out
+
+
+def test_peak_memory_does_not_grow_with_checkpoints(tmp_path):
+    """Peak RSS of a run over 4x more checkpoints stays within a few MB (one block in memory at a time)."""
+    script = ("import resource, sys; from plateaulab.run import probe_store; "
+              "probe_store(sys.argv[1], sys.argv[2], shots=[1, 5], seeds=2, quiet=True, backend='cpu'); "
+              "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    peaks = []
+    for n in (3, 12):
+        store = make_store(tmp_path / f"s{n}", n_checkpoints=n, n_layers=2, dim=256,
+                           datasets={"toy": (20, 10, 4000)})
+        out = subprocess.run([sys.executable, "-c", script, str(store.path), str(tmp_path / f"r{n}")],
+                             check=True, capture_output=True, text=True).stdout
+        peaks.append(int(out.split()[-1]) / 1024)  # MiB
+    # One block is ~4.6 MB of fp16 features (x2 as float32 while scored); 9 more checkpoints would
+    # add ~80 MB if blocks or results accumulated.
+    assert peaks[1] - peaks[0] < 20, peaks
