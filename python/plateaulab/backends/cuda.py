@@ -1,12 +1,27 @@
-"""The CUDA backend slot.
+"""The CUDA backend: the engine of ``_engine`` over CuPy, with the fused arg-max kernel of
+csrc/cuda/score_cuda.cu (module plateaulab._cuda, built when nvcc is present).
 
-The compiled kernels live in csrc/cuda (module plateaulab._cuda, built when nvcc is present) and
-CuPy provides device arrays. Importing this module imports neither: both load on first use.
+Importing this module imports neither CuPy nor the CUDA module: both load on first use. What runs
+on the device: the upload of each block's features (fp16 stays fp16 over PCIe), their conversion
+and centring, the batched float64 Gram matrices and eigendecompositions (cuSOLVER through CuPy),
+the folded weights, one float32 GEMM per chunk of test rows (cuBLAS, TF32 off unless CuPy is told
+otherwise), and the fused arg-max/count kernel. Chunks shrink on out-of-memory instead of failing.
+
+Status: this is the first, straightforward GPU path: it shares its maths (and its tests, through
+the `cpu` backend) with the CPU engine. The kernels that issue 6 calls for (shared-memory solves
+for small systems, fp16 tensor-core Gram matrices, streamed double buffering) are not in it yet,
+and it has not yet been run on a GPU: see bench/RESULTS.md.
 """
 
 from __future__ import annotations
 
+import numpy as np
+
+from .. import protocol as P
+from . import _engine
+
 name = "cuda"
+_ops = None
 
 
 def unavailable_reason() -> str:
@@ -21,18 +36,77 @@ def unavailable_reason() -> str:
         return "CuPy is not installed; install plateaulab[gpu] (cupy-cuda13x)"
     if _cuda.device_count() == 0:
         return "no CUDA device is visible to the CUDA runtime"
-    return "the CUDA probe path is not in this build yet; use --backend cpu"
+    return ""
 
 
 def is_available() -> bool:
-    return False
+    return unavailable_reason() == ""
 
 
 def device() -> str:
-    return "cuda"
+    if not is_available():
+        return "cuda (unavailable)"
+    import cupy as cp
+
+    props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
+    name_ = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+    return (f"cuda: {name_}, {props['totalGlobalMem'] / 2**30:.0f} GiB, CUDA runtime "
+            f"{cp.cuda.runtime.runtimeGetVersion()}, driver {cp.cuda.runtime.driverGetVersion()}")
 
 
-def probe_block(*args, **kwargs):
-    from ..errors import BackendUnavailable
+class CupyOps:
+    """Device arrays through CuPy; the fused scorer from plateaulab._cuda."""
 
-    raise BackendUnavailable(f"backend 'cuda' is not available: {unavailable_reason()}")
+    def __init__(self):
+        import cupy as cp
+
+        from .. import _cuda
+
+        self.xp = cp
+        self._cuda = _cuda
+        self.out_of_memory = cp.cuda.memory.OutOfMemoryError
+        free, _total = cp.cuda.runtime.memGetInfo()
+        # Logits of one chunk use at most an eighth of the free memory (and 1 GiB).
+        self.chunk_bytes = int(min(1 << 30, max(free // 8, 16 << 20)))
+
+    def centred_f32(self, x, m0=None):
+        cp = self.xp
+        d = cp.asarray(np.ascontiguousarray(x)).astype(cp.float32)
+        if m0 is None:
+            m0 = d.mean(axis=0, dtype=cp.float64)
+        d -= m0.astype(cp.float32)
+        return d, m0
+
+    def labels(self, y):
+        return self.xp.asarray(np.ascontiguousarray(y, dtype=np.int64))
+
+    def counters(self, n: int):
+        return self.xp.zeros(n, self.xp.uint64), self.xp.zeros(n, self.xp.uint64)
+
+    def score_argmax(self, logits, bias, labels, num_classes, counts) -> None:
+        cp = self.xp
+        logits = cp.ascontiguousarray(logits, dtype=cp.float32)
+        rows, width = logits.shape
+        self._cuda.score_argmax(logits.data.ptr, rows, width, bias.data.ptr, labels.data.ptr,
+                                width // num_classes, num_classes, P.TIE_RTOL, counts[0].data.ptr,
+                                counts[1].data.ptr, cp.cuda.get_current_stream().ptr)
+
+    def to_host_counts(self, counts):
+        cp = self.xp
+        return cp.asnumpy(counts[0]).astype(np.int64), cp.asnumpy(counts[1]).astype(np.int64)
+
+    def release_memory(self) -> None:
+        self.xp.get_default_memory_pool().free_all_blocks()
+
+
+def probe_block(x_train, y_train, x_test, y_test, tasks, l2s, num_classes, *,
+                x_val=None, y_val=None, loo=False):
+    global _ops
+    if _ops is None:
+        if not is_available():
+            from ..errors import BackendUnavailable
+
+            raise BackendUnavailable(f"backend 'cuda' is not available: {unavailable_reason()}")
+        _ops = CupyOps()
+    return _engine.probe_block(_ops, x_train, y_train, x_test, y_test, tasks, l2s, num_classes,
+                               x_val=x_val, y_val=y_val, loo=loo)

@@ -1,0 +1,224 @@
+"""The fast probe engine, written once over an array module (numpy for `cpu`, CuPy for `cuda`).
+
+Same decomposition as the reference (float64 eigh of the smaller Gram matrix, one per task, shared
+by every l2; tasks of equal size are decomposed as one batch), different scoring. Where the time
+goes is the test GEMM: T tasks x L l2 x C classes logits for each of m test rows. Three things make
+it cheap:
+
+1. Fold the standardisation into the weights. With x_c = x - m0 (m0: the test split's mean, removed
+   once per block in float32 so that the folded terms below stay small and fp32 keeps its digits),
+       x_std @ W[:D] + 100 W[D] = x_c @ (W[:D] / std) + [100 W[D] - ((mean - m0) / std) @ W[:D]],
+   so the raw test features are converted to float32 once per block and every task and l2 is one
+   column group of a single stacked weight matrix: one GEMM per chunk of test rows.
+2. Dual tasks (n < D + 1) whose kernel form is cheaper score through it: W = xs^T A_l with
+   A_l = Q diag(1/(e + l2)) Q^T Y, so logits = K A_l with K = x_std xs^T (m x n), computed once and
+   shared by every l2. Per test row that costs n D + n L C instead of D L C multiply-adds. The bias
+   column contributes the constant 100 * 100 to K; it is kept out of the fp32 product and added
+   exactly as the per-class bias 1e4 * colsum(A_l).
+3. Arg-max, correct count and near-tie count are fused in a compiled kernel (csrc/cpu/score_cpu.cpp,
+   csrc/cuda/score_cuda.cu) over each chunk of logits, so full logits (m x T x L x C) never exist.
+
+An ``Ops`` object supplies the array module and the few things that differ by device: moving
+arrays, the fused scorer, and the chunk size.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+
+from .. import protocol as P
+from .base import BlockScores
+
+
+class _Scorer:
+    """Stacked primal weight groups plus kernel-form heads, scored chunk by chunk."""
+
+    def __init__(self, ops, dim: int, num_classes: int, n_l2: int):
+        self.ops, self.xp = ops, ops.xp
+        self.dim, self.C, self.L = dim, num_classes, n_l2
+        self.w_cols, self.w_bias, self.slots = [], [], []
+        self.k_heads: list[dict] = []
+
+    def add_primal(self, t: int, j: int, w_folded, bias) -> None:
+        self.w_cols.append(w_folded.astype(np.float32))
+        self.w_bias.append(bias.astype(np.float32))
+        self.slots.append((t, j))
+
+    def add_kernel(self, t: int, basis, offset, a_stack, bias) -> None:
+        """logits of l2 j = (x_c basis + offset) a_stack[:, jC:(j+1)C] + bias[jC:(j+1)C]."""
+        xp = self.xp
+        self.k_heads.append({"t": t, "basis": basis.astype(np.float32), "offset": offset.astype(np.float32),
+                             "a": xp.ascontiguousarray(a_stack.astype(np.float32)),
+                             "bias": xp.ascontiguousarray(bias.astype(np.float32))})
+
+    def finalize(self) -> None:
+        xp = self.xp
+        if self.w_cols:
+            self.W = xp.ascontiguousarray(xp.concatenate(self.w_cols, axis=1))
+            self.b = xp.ascontiguousarray(xp.concatenate(self.w_bias))
+        else:
+            self.W = xp.zeros((self.dim, 0), np.float32)
+            self.b = xp.zeros(0, np.float32)
+        self.w_cols = self.w_bias = None
+        if self.k_heads:
+            self.K_basis = xp.ascontiguousarray(xp.concatenate([h["basis"] for h in self.k_heads], axis=1))
+            self.K_offset = xp.concatenate([h["offset"] for h in self.k_heads])
+            lo = 0
+            for h in self.k_heads:
+                hi = lo + h["basis"].shape[1]
+                h["cols"] = slice(lo, hi)
+                h["basis"] = h["offset"] = None
+                lo = hi
+
+    def _chunk_rows(self) -> int:
+        widths = [self.W.shape[1]] + [h["a"].shape[1] for h in self.k_heads]
+        if self.k_heads:
+            widths.append(self.K_basis.shape[1])
+        return int(np.clip(self.ops.chunk_bytes // (4 * max(max(widths), 1)), 32, 1 << 16))
+
+    def score(self, x, y, correct: np.ndarray, ties: np.ndarray) -> None:
+        """Add the hits and near-ties of rows ``x`` (float32, centred, on the device) to correct/ties[t, l]."""
+        xp, ops, C = self.xp, self.ops, self.C
+        g_counts = ops.counters(len(self.slots))
+        k_counts = [ops.counters(self.L) for _ in self.k_heads]
+        rows = self._chunk_rows()
+        r0 = 0
+        while r0 < x.shape[0]:
+            try:
+                xc, yc = x[r0:r0 + rows], y[r0:r0 + rows]
+                if self.slots:
+                    ops.score_argmax(xc @ self.W, self.b, yc, C, g_counts)
+                if self.k_heads:
+                    kmat = xc @ self.K_basis
+                    kmat += self.K_offset
+                    for h, counts in zip(self.k_heads, k_counts):
+                        ops.score_argmax(xp.ascontiguousarray(kmat[:, h["cols"]]) @ h["a"], h["bias"], yc, C, counts)
+            except ops.out_of_memory:
+                if rows <= 32:
+                    raise
+                rows //= 2  # nothing of this chunk was counted yet: retry it smaller
+                ops.release_memory()
+                continue
+            r0 += rows
+        g_correct, g_ties = ops.to_host_counts(g_counts)
+        for (t, j), c, tie in zip(self.slots, g_correct, g_ties):
+            correct[t, j] += c
+            ties[t, j] += tie
+        for h, counts in zip(self.k_heads, k_counts):
+            kc, kt = ops.to_host_counts(counts)
+            correct[h["t"]] += kc
+            ties[h["t"]] += kt
+
+
+def _loo(xp, xs, yt, y, e, q, primal: bool, l2s) -> tuple[np.ndarray, np.ndarray]:
+    """Exact leave-one-out accuracy and squared error for every l2 (see protocol.loo_scores)."""
+    accs, mses = [], []
+    p = xs @ q if primal else None
+    for l2 in l2s:
+        if primal:
+            f = 1.0 / (e + l2)
+            h = xp.einsum("ik,k,ik->i", p, f, p)
+            fit = (p * f[None, :]) @ (q.T @ (xs.T @ yt))
+        else:
+            g = e / (e + l2)
+            h = xp.einsum("ik,k,ik->i", q, g, q)
+            fit = (q * g[None, :]) @ (q.T @ yt)
+        resid = (yt - fit) / xp.maximum(1.0 - h, 1e-12)[:, None]
+        accs.append(float(xp.mean(xp.argmax(yt - resid, axis=1) == y)))
+        mses.append(float(xp.mean(resid ** 2)))
+    return np.asarray(accs), np.asarray(mses)
+
+
+def probe_block(ops, x_train, y_train, x_test, y_test, tasks, l2s, num_classes, *,
+                x_val=None, y_val=None, loo=False) -> BlockScores:
+    xp = ops.xp
+    l2_host = np.asarray(l2s, dtype=np.float64)
+    L, C = len(l2_host), num_classes
+    xt, m0 = ops.centred_f32(x_test)
+    xv = None if x_val is None else ops.centred_f32(x_val, m0)[0]
+    D = xt.shape[1]
+    out = BlockScores.empty(len(tasks), L, len(y_test), loo, 0 if y_val is None else len(y_val))
+    scorer = _Scorer(ops, D, C, L)
+    eye = xp.eye(C, dtype=np.float64)
+
+    by_size = defaultdict(list)
+    for t, task in enumerate(tasks):
+        by_size[task.n_train].append(t)
+    for n, tids in by_size.items():
+        # One batch per training-set size: (B, n, D) rows gathered on the host, decomposed together.
+        X = xp.asarray(np.stack([np.asarray(x_train[tasks[t].indices], dtype=np.float64) for t in tids]))
+        Y = xp.asarray(np.stack([y_train[tasks[t].indices] for t in tids]))
+        mean = X.mean(axis=1, keepdims=True)
+        std = X.std(axis=1, keepdims=True) + P.STD_EPS
+        xs = xp.concatenate([(X - mean) / std, xp.full((len(tids), n, 1), P.BIAS_CONSTANT)], axis=2)
+        yt = 2.0 * eye[Y] - 1.0                                      # (B, n, C)
+        del X
+        primal = n >= D + 1
+        xsT = xp.swapaxes(xs, 1, 2)
+        e, q = xp.linalg.eigh(xsT @ xs if primal else xs @ xsT)       # batched, float64
+        for b, t in enumerate(tids):
+            mean_t, std_t = mean[b, 0], std[b, 0]
+            shift = (mean_t - m0) / std_t                             # (D,)
+            if primal:
+                rhs = q[b].T @ (xsT[b] @ yt[b])                       # (D', C)
+                for j, l2 in enumerate(l2_host):
+                    w = (q[b] * (1.0 / (e[b] + l2))[None, :]) @ rhs   # (D', C) float64
+                    scorer.add_primal(t, j, w[:D] / std_t[:, None], P.BIAS_CONSTANT * w[D] - shift @ w[:D])
+            else:
+                rhs = q[b].T @ yt[b]                                  # (n, C)
+                a = xp.concatenate([(q[b] * (1.0 / (e[b] + l2))[None, :]) @ rhs for l2 in l2_host], axis=1)
+                x_s = xs[b, :, :D]
+                if n * D + n * L * C < L * C * D:                     # kernel form (point 2)
+                    scorer.add_kernel(t, (x_s / std_t[None, :]).T, -(shift @ x_s.T), a,
+                                      (P.BIAS_CONSTANT ** 2) * a.sum(axis=0))
+                else:                                                  # W = xs^T A_l, folded
+                    w_all = xs[b].T @ a                                # (D', L*C)
+                    for j in range(L):
+                        w = w_all[:, j * C:(j + 1) * C]
+                        scorer.add_primal(t, j, w[:D] / std_t[:, None], P.BIAS_CONSTANT * w[D] - shift @ w[:D])
+            if loo:
+                out.loo_acc[t], out.loo_mse[t] = _loo(xp, xs[b], yt[b], Y[b], e[b], q[b], primal, l2_host)
+        del xs, xsT, q, yt
+    scorer.finalize()
+    scorer.score(xt, ops.labels(y_test), out.correct, out.ties)
+    if xv is not None:
+        scratch = np.zeros_like(out.val_correct)
+        scorer.score(xv, ops.labels(y_val), out.val_correct, scratch)
+    return out
+
+
+class NumpyOps:
+    """Host arrays, BLAS GEMMs, the C++ scorer."""
+
+    xp = np
+    chunk_bytes = 16 << 20          # logits of one chunk of test rows stay below this
+    out_of_memory = MemoryError
+
+    def __init__(self):
+        from .. import _core
+
+        self._core = _core
+
+    def centred_f32(self, x, m0=None):
+        xf = np.array(x, dtype=np.float32, copy=True, order="C")
+        if m0 is None:
+            m0 = xf.mean(axis=0, dtype=np.float64)
+        xf -= m0.astype(np.float32)
+        return xf, m0
+
+    def labels(self, y):
+        return np.ascontiguousarray(y, dtype=np.int64)
+
+    def counters(self, n: int):
+        return np.zeros(n, np.int64), np.zeros(n, np.int64)
+
+    def score_argmax(self, logits, bias, labels, num_classes, counts) -> None:
+        self._core.score_argmax(logits, bias, labels, num_classes, P.TIE_RTOL, counts[0], counts[1])
+
+    def to_host_counts(self, counts):
+        return counts
+
+    def release_memory(self) -> None:
+        pass
