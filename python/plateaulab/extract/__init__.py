@@ -64,6 +64,7 @@ class PairReport:
     layers: list[str] = field(default_factory=list)
     rows: int = 0
     seconds: float = 0.0
+    batch_size: int = 0  # after any out-of-memory back-off
 
     @property
     def images_per_second(self) -> float:
@@ -247,7 +248,7 @@ class _Run:
                 "layers": names, "pooling": {n: pooling.get(n) for n in names}, "dtype": self.opt.dtype})
             rows = sum(r.labels.size for r in results.values())
             secs = sum(r.seconds for r in results.values())
-            return PairReport(checkpoint, dataset, "extracted", names, rows, secs)
+            return PairReport(checkpoint, dataset, "extracted", names, rows, secs, self.batch_size)
         finally:
             for r in results.values():
                 r.features.clear()

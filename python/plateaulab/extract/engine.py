@@ -138,7 +138,7 @@ class _Capture:
         self.pooling, self.token_pooling, self.where = pooling, token_pooling, where
         self.features: dict[str, np.ndarray] = {}
         self.used: dict[str, str] = {}
-        self.offset, self.chunk_rows, self.mask, self.fired = 0, 0, None, {}
+        self.offset, self.chunk_rows, self.mask, self.fired, self.pending = 0, 0, None, {}, {}
 
     def mode_for(self, name):
         return self.pooling.get(name, self.pooling.get("*", "auto")) if isinstance(self.pooling, dict) else self.pooling
@@ -165,24 +165,32 @@ class _Capture:
                 "the layer is not batch-first (e.g. a sequence-first transformer); name another layer or "
                 "pass a pooling callable that handles its layout"
             )
-        a = pooled.detach().to("cpu").numpy()
-        if self.out_dtype == np.float16:
-            big = float(np.abs(a).max(initial=0.0))
-            if big > FP16_MAX:
-                raise InputError(
-                    f"{self.where}, layer {name!r}: pooled features reach {big:.4g}, beyond the float16 range "
-                    f"({FP16_MAX:.0f}); extract with dtype='float32' (--dtype float32)"
-                )
-        buf = self.features.get(name)
-        if buf is None:
-            buf = np.lib.format.open_memmap(self.tmpdir / f"{index:04d}.npy", mode="w+", dtype=self.out_dtype,
-                                            shape=(self.rows, a.shape[1]))
-            self.features[name] = buf
-            self.used[name] = how
-        elif buf.shape[1] != a.shape[1]:
-            raise InputError(f"{self.where}, layer {name!r}: pooled width changed from {buf.shape[1]} to "
-                             f"{a.shape[1]} between batches; inputs of one split must share a shape")
-        buf[self.offset:self.offset + a.shape[0]] = a
+        # Kept on the device until the forward pass ends: copying to the host here would make the
+        # host wait for the GPU at every layer, and the GPU wait for the host to launch the next one.
+        self.pending[name] = (index, pooled, how)
+
+    def store_chunk(self) -> None:
+        """Copy the finished chunk's pooled outputs to the host and into their rows of each memmap."""
+        for name, (index, pooled, how) in self.pending.items():
+            a = pooled.detach().to("cpu").numpy()
+            if self.out_dtype == np.float16:
+                big = float(np.abs(a).max(initial=0.0))
+                if big > FP16_MAX:
+                    raise InputError(
+                        f"{self.where}, layer {name!r}: pooled features reach {big:.4g}, beyond the float16 range "
+                        f"({FP16_MAX:.0f}); extract with dtype='float32' (--dtype float32)"
+                    )
+            buf = self.features.get(name)
+            if buf is None:
+                buf = np.lib.format.open_memmap(self.tmpdir / f"{index:04d}.npy", mode="w+", dtype=self.out_dtype,
+                                                shape=(self.rows, a.shape[1]))
+                self.features[name] = buf
+                self.used[name] = how
+            elif buf.shape[1] != a.shape[1]:
+                raise InputError(f"{self.where}, layer {name!r}: pooled width changed from {buf.shape[1]} to "
+                                 f"{a.shape[1]} between batches; inputs of one split must share a shape")
+            buf[self.offset:self.offset + a.shape[0]] = a
+        self.pending = {}
 
 
 def run_split(model, layers: list[Layer], source: SplitSource, *, device, amp_dtype, batch_size: int,
@@ -223,7 +231,7 @@ def run_split(model, layers: list[Layer], source: SplitSource, *, device, amp_dt
                 while i < b:
                     j = min(b, i + micro)
                     chunk = _to(_slice(xb, i, j), device, non_blocking=on_gpu)
-                    cap.offset, cap.chunk_rows, cap.fired = offset + i, j - i, {}
+                    cap.offset, cap.chunk_rows, cap.fired, cap.pending = offset + i, j - i, {}, {}
                     cap.mask = chunk.get("attention_mask") if isinstance(chunk, dict) else None
                     try:
                         _call(model, chunk)
@@ -231,6 +239,7 @@ def run_split(model, layers: list[Layer], source: SplitSource, *, device, amp_dt
                         if not (on_gpu and _is_oom(exc)):
                             raise
                         del chunk
+                        cap.pending = {}
                         torch.cuda.empty_cache()
                         if micro == 1:
                             raise InputError(f"{where}: out of GPU memory with a batch of 1 example") from None
@@ -244,6 +253,7 @@ def run_split(model, layers: list[Layer], source: SplitSource, *, device, amp_dt
                                 f"{where}, layer {layer.name!r}: the module ran {n_calls} times in one forward pass; "
                                 "capture needs a module that runs exactly once per forward (name another layer)"
                             )
+                    cap.store_chunk()
                     i = j
                 offset += b
                 bar.update(b)

@@ -187,11 +187,15 @@ def pool(x, mode: str, token_pooling: str, mask=None, layer: str = ""):
     are pooled ("auto" and "gap" defer to ``token_pooling`` and to the mean respectively). 4-D maps
     are always globally average-pooled and 2-D outputs kept, whatever ``mode`` says.
     """
-    x = x.float()
+    import torch
+
+    # Reduce first and cast the (N, D) result: a float32 copy of a whole (N, tokens, D) output would
+    # double the activation memory, and a view into it would keep it alive until the pass ends.
+    f32 = torch.float32
     if x.ndim == 2:
-        return x, "none"
+        return x.to(f32, copy=True), "none"
     if x.ndim == 4:
-        return x.mean(dim=(2, 3)), "gap"
+        return x.mean(dim=(2, 3), dtype=f32), "gap"
     if x.ndim != 3:
         raise InputError(
             f"layer {layer!r} outputs shape {tuple(x.shape)}; expected (N, D), (N, tokens, D) or (N, C, H, W); "
@@ -199,8 +203,8 @@ def pool(x, mode: str, token_pooling: str, mask=None, layer: str = ""):
         )
     how = token_pooling if mode == "auto" else ("mean" if mode == "gap" else mode)
     if how == "cls":
-        return x[:, 0], "cls"
+        return x[:, 0].to(f32, copy=True), "cls"
     if mask is not None and tuple(mask.shape) == tuple(x.shape[:2]):
-        w = mask.to(device=x.device, dtype=x.dtype).unsqueeze(-1)
-        return (x * w).sum(dim=1) / w.sum(dim=1).clamp(min=1.0), "mean_masked"
-    return x.mean(dim=1), "mean"
+        w = mask.to(device=x.device, dtype=f32).unsqueeze(-1)
+        return (x.to(f32) * w).sum(dim=1) / w.sum(dim=1).clamp(min=1.0), "mean_masked"
+    return x.mean(dim=1, dtype=f32), "mean"
