@@ -1,0 +1,71 @@
+"""Checks that run in Python before any kernel: they convert and return arrays, or raise InputError
+saying what was expected, what was received and what to do."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import InputError
+
+ON_CHOICES = ("hull", "all")
+LOSS_CHOICES = ("l2", "huber", "log")
+
+
+def choice(name: str, value, allowed) -> str:
+    if value not in allowed:
+        raise InputError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
+    return value
+
+
+def accuracy_pair(us_acc, ds_acc, *, where: str = "", min_points: int = 2,
+                  weights=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Validate paired accuracies on the 0-1 scale; returns float64 (us, ds, weights)."""
+    ctx = f" ({where})" if where else ""
+    try:
+        us = np.asarray(us_acc, dtype=np.float64).reshape(-1)
+        ds = np.asarray(ds_acc, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"accuracies must be numeric{ctx}: {exc}") from None
+    if us.size != ds.size:
+        raise InputError(f"US and DS accuracies must have the same length{ctx}; got {us.size} and {ds.size}")
+    for name, a in (("US", us), ("DS", ds)):
+        bad = ~np.isfinite(a)
+        if bad.any():
+            raise InputError(
+                f"{name} accuracy has {int(bad.sum())} NaN/inf value(s){ctx}, first at position "
+                f"{int(np.flatnonzero(bad)[0])}; drop those rows first (load_table(..., nan='drop') does)")
+        lo, hi = float(a.min(initial=0.0)), float(a.max(initial=0.0))
+        if lo < 0.0 or hi > 1.0:
+            hint = (" The values look like percentages: divide by 100 or load with scale='percent'."
+                    if hi <= 100.0 and lo >= 0.0 else "")
+            raise InputError(f"{name} accuracy must lie in [0, 1]{ctx}; got values in [{lo:g}, {hi:g}].{hint}")
+    if us.size < min_points:
+        raise InputError(f"need at least {min_points} points to fit{ctx}; got {us.size}")
+    if weights is None:
+        w = np.ones(us.size)
+    else:
+        w = np.asarray(weights, dtype=np.float64).reshape(-1)
+        if w.size != us.size:
+            raise InputError(f"weights must have one value per point{ctx}; got {w.size} for {us.size} points")
+        if not np.all(np.isfinite(w)) or (w < 0).any():
+            raise InputError(f"weights must be finite and >= 0{ctx}")
+        if not (w > 0).sum() >= min_points:
+            raise InputError(f"need at least {min_points} points with positive weight{ctx}")
+    if np.ptp(us[w > 0]) == 0.0:
+        raise InputError(f"US accuracy is constant ({us[0]:g}) over all {us.size} points{ctx}: "
+                         "there is no relation to fit; check the US column")
+    if np.ptp(ds[w > 0]) == 0.0:
+        raise InputError(f"DS accuracy is constant ({ds[0]:g}) over all {ds.size} points{ctx}: "
+                         "eq. (1) is not identified; check the DS column")
+    return np.ascontiguousarray(us), np.ascontiguousarray(ds), np.ascontiguousarray(w)
+
+
+def bayes_error(us: np.ndarray, us_bayes_error: float, where: str = "") -> float:
+    b = float(us_bayes_error)
+    if not (0.0 <= b < 1.0):
+        raise InputError(f"us_bayes_error must be in [0, 1); got {us_bayes_error!r}")
+    if b > 0 and (1.0 - us - b).min() < 0.0:
+        raise InputError(f"us_bayes_error={b:g} exceeds the US error of some points "
+                         f"(largest US accuracy {us.max():g}){' (' + where + ')' if where else ''}: "
+                         "e_US - Bayes error must be >= 0")
+    return b

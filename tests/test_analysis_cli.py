@@ -1,0 +1,72 @@
+"""`plateaulab fit` and `plateaulab sensitivity` on the real shared tables (open_clip: mlfoundations/open_clip
+docs/openclip_results.csv 29b90b8d; model soups: mlfoundations/model-soups individual_model_results.jsonl 3bb0f409)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from plateaulab.analysis import bootstrap_fit, fit_saturating_power_law, load_openclip
+from plateaulab.cli import main
+
+SHARED = Path("/work/shared/data")
+SOUPS = SHARED / "model_soups" / "individual_model_results.jsonl"
+FIT_KEYS = {"ds", "on", "k", "alpha", "e_ir", "saturation", "sse", "n_points", "hull_points", "identified", "on_bound"}
+
+
+def run_json(capsys, argv):
+    assert main(argv) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_fit_packaged_openclip_with_bootstrap(capsys):
+    out = run_json(capsys, ["fit", "builtin:openclip", "--ds", "CIFAR-100,EuroSAT", "--bootstrap", "50",
+                            "--seed", "3", "--json"])
+    assert [f["ds"] for f in out["fits"]] == ["CIFAR-100", "EuroSAT"]
+    table = load_openclip()
+    for f in out["fits"]:
+        assert FIT_KEYS <= set(f) and set(f["ci"]) == {"k", "alpha", "e_ir", "saturation"}
+        assert f["n_boot"] == 50 and {"n_failed", "n_on_bound", "n_unidentified"} <= set(f)
+        us, ds = table.pair(f["ds"])
+        ref = fit_saturating_power_law(us, ds)
+        assert f["saturation"] == pytest.approx(ref.saturation) and f["hull_points"] == ref.hull_points
+        bs = bootstrap_fit(us, ds, 50, seed=3)
+        assert f["ci"]["saturation"] == pytest.approx(list(bs.ci["saturation"]))
+
+
+def test_fit_csv_in_percent_and_all_points(tmp_path, capsys):
+    table = load_openclip().wide()
+    pct = table[["model", "ImageNet 1k", "Caltech-101", "Food-101"]].copy()
+    pct[["ImageNet 1k", "Caltech-101", "Food-101"]] *= 100
+    pct.loc[3, "Food-101"] = np.nan
+    path = tmp_path / "pct.csv"
+    pct.to_csv(path, index=False)
+    out = run_json(capsys, ["fit", str(path), "--us", "ImageNet 1k", "--on", "all"])
+    assert out["scale_detected"] == "percent" and out["n_dropped_nan"] == 1
+    by = {f["ds"]: f for f in out["fits"]}
+    assert by["Caltech-101"]["n_points"] == 121 and by["Food-101"]["n_points"] == 120
+    us, ds = load_openclip().pair("Caltech-101")
+    assert by["Caltech-101"]["alpha"] == pytest.approx(fit_saturating_power_law(us, ds, on="all").alpha)
+    # --nan raise turns the dropped row into an error naming the model.
+    assert main(["fit", str(path), "--us", "ImageNet 1k", "--nan", "raise"]) == 2
+    assert "missing" in capsys.readouterr().err
+
+
+def test_fit_model_soups_jsonl(capsys):
+    out = run_json(capsys, ["fit", str(SOUPS), "--us", "ImageNet", "--ds", "ImageNetV2,ObjectNet",
+                            "--model-col", "model_name"])
+    assert [f["ds"] for f in out["fits"]] == ["ImageNetV2", "ObjectNet"]
+    assert all(f["n_points"] >= 2 for f in out["fits"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["fit", "builtin:openclip", "--ds", "Nope"], "unknown DS column"),
+    (["fit", str(SOUPS), "--us", "ImageNetX"], "known columns"),
+    (["fit", "/nonexistent/table.csv", "--us", "a"], "does not exist"),
+])
+def test_fit_bad_input_exit_2(capsys, argv, message):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.startswith("plateaulab fit: error:")
