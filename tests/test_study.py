@@ -106,8 +106,9 @@ def test_report_summaries_and_flags(default_report):
         assert f"not identified: hull has {row['hull_points']} points" in row["flags"]
     for _, row in params.iterrows():
         assert row["saturation_lo"] <= row["saturation_hi"]
-        assert f"saturates at {row['saturation']:.2f} [{row['saturation_lo']:.2f}, {row['saturation_hi']:.2f}]" \
-               in row["summary"]
+        d = 3 if row["saturation_hi"] - row["saturation_lo"] < 0.02 else 2
+        assert (f"saturates at {row['saturation']:.{d}f} [{row['saturation_lo']:.{d}f}, "
+                f"{row['saturation_hi']:.{d}f}]") in row["summary"]
         assert f"{row['hull_points']} hull points" in row["summary"]
         assert row["ds_task"] in html
     power = pd.read_csv(default_report / "tables" / "prediction_power.csv")

@@ -90,11 +90,9 @@ def saturation_grid(groups, us_name: str, scale: str = "linear", planted: dict |
         if planted and r.task in planted:
             ax.axhline(_scale(np.array([planted[r.task]]), scale)[0], color="#2ca02c", ls="-.", lw=1.2,
                        label="planted saturation")
-        sat = f"sat. {f.saturation:.2f}"
-        if r.boot is not None and "saturation" in r.boot.ci:
-            lo, hi = r.boot.ci["saturation"]
-            if np.isfinite(lo) and np.isfinite(hi):
-                sat += f" [{lo:.2f}, {hi:.2f}]"
+        from .study import saturation_text
+
+        sat = "sat. " + saturation_text(r)
         ax.set_title(f"{_wrap(r.label, 34)}\n{sat}", fontsize=9.5)
         ax.grid(alpha=0.25, lw=0.5)
         if scale == "linear":
@@ -148,22 +146,35 @@ def sensitivity_plot(sens: pd.DataFrame):
 
 
 def params_vs_shots_plot(df: pd.DataFrame):
-    """Figure 2 / F.4-F.5: k, alpha and e_IR of the hull fit against the number of shots."""
+    """Figure 2 / F.4-F.5: k, alpha and e_IR of the hull fit against the number of shots. Hollow markers:
+    fits that are not identified (hull of <= 3 points, or k = 0)."""
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.9), squeeze=False)
     tasks = list(dict.fromkeys(df["ds_task"]))
     cmap = plt.get_cmap("tab10" if len(tasks) <= 10 else "tab20")
+    shots = sorted(df["shots"].unique())
     for ax, (p, name) in zip(axes.flat, (("k", "k"), ("alpha", "alpha"), ("e_ir", "e_IR"))):
         for i, t in enumerate(tasks):
             g = df[df["ds_task"] == t].sort_values("shots")
-            ax.plot(g["shots"], g[p], "-o", ms=4, color=cmap(i % cmap.N), label=t)
+            color = cmap(i % cmap.N)
+            ax.plot(g["shots"], g[p], "-", color=color, label=t)
+            ident = g["identified"].astype(bool) if "identified" in g else np.ones(len(g), bool)
+            ax.plot(g["shots"][ident], g[p][ident], "o", ms=5, color=color)
+            ax.plot(g["shots"][~ident], g[p][~ident], "o", ms=6, mfc="white", mec=color, mew=1.4)
         ax.set_xscale("log")
+        ax.set_xticks(shots, [f"{int(s)}" if float(s).is_integer() else f"{s:g}" for s in shots])
+        ax.minorticks_off()
+        vals = df[p].to_numpy(float)
+        vals = vals[np.isfinite(vals) & (vals > 0)]
+        if p != "e_ir" and vals.size and vals.max() / vals.min() > 100:
+            ax.set_yscale("log")
         ax.set_xlabel("shots")
         ax.set_ylabel(name)
         ax.set_title(f"{name} of the hull fit vs shots")
         ax.grid(alpha=0.3, lw=0.5)
-    fig.tight_layout(rect=(0, 0, 0.84, 1))
+    fig.tight_layout(rect=(0, 0, 0.87 if len(tasks) <= 20 else 1, 1))
     if len(tasks) <= 20:
-        fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="center right", frameon=False, fontsize=8)
+        fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="center left", bbox_to_anchor=(0.875, 0.5),
+                   frameon=False, fontsize=8.5, title="DS task")
     return fig
 
 

@@ -174,13 +174,25 @@ def flags(r: GroupResult) -> list[str]:
     return out
 
 
-def summary_sentence(r: GroupResult) -> str:
-    f = r.fit_hull
-    text = f"saturates at {f.saturation:.2f}"
+def saturation_text(r: GroupResult) -> str:
+    """'0.78 [0.74, 0.81]': the saturation and its CI, with a third decimal when the CI is narrower than
+    0.02 (two decimals would print [0.65, 0.65])."""
+    sat = r.fit_hull.saturation
+    lo = hi = None
     if r.boot is not None and "saturation" in r.boot.ci:
         lo, hi = r.boot.ci["saturation"]
-        if np.isfinite(lo) and np.isfinite(hi):
-            text += f" [{lo:.2f}, {hi:.2f}]"
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            lo = hi = None
+    d = 3 if lo is not None and hi - lo < 0.02 else 2
+    text = f"{sat:.{d}f}"
+    if lo is not None:
+        text += f" [{lo:.{d}f}, {hi:.{d}f}]"
+    return text
+
+
+def summary_sentence(r: GroupResult) -> str:
+    f = r.fit_hull
+    text = f"saturates at {saturation_text(r)}"
     text += f"; {int(f.hull_points)} hull points of {len(r.us)} models"
     best = float(np.max(r.ds))
     gap = f.saturation - best
@@ -281,9 +293,10 @@ def analyse(inp: StudyInput, *, n_boot: int = DEFAULT_BOOTSTRAP, seed: int = 0, 
     shots_present = sorted({r.shots for r in groups if r.shots is not None})
     if len(shots_present) >= 2:
         df = pd.DataFrame([{"ds_task": r.task, "shots": r.shots, "k": r.fit_hull.k, "alpha": r.fit_hull.alpha,
-                            "e_ir": r.fit_hull.e_ir} for r in groups if r.shots is not None])
+                            "e_ir": r.fit_hull.e_ir, "identified": bool(r.fit_hull.identified)}
+                           for r in groups if r.shots is not None])
         try:
-            res.shots_table = pd.DataFrame(params_vs_shots(df))
+            res.shots_table = pd.DataFrame(params_vs_shots(df[["ds_task", "shots", "k", "alpha", "e_ir"]]))
         except PlateaulabError as exc:
             res.failed["parameters vs shots"] = str(exc)
         res.params["shots_long"] = df
