@@ -24,11 +24,11 @@ plt.rcParams.update({"font.size": 9, "axes.titlesize": 9, "axes.labelsize": 9, "
 
 
 def _scale(p, scale: str):
-    from ..analysis import scale_accuracy
-
     p = np.asarray(p, dtype=float)
     if scale == "linear":
         return p
+    from ..analysis import scale_accuracy
+
     return np.asarray(scale_accuracy(np.clip(p, 1e-6, 1 - 1e-6), scale), dtype=float)
 
 
