@@ -211,7 +211,7 @@ def summary_sentence(r: GroupResult) -> str:
     best = float(np.max(r.ds))
     gap = f.saturation - best
     if gap < -0.01:
-        text += f"; the fitted plateau lies below the best model ({best:.2f}): the hull descends after its peak"
+        text += f"; the fitted plateau lies below the best model ({best:.2f})"
     elif gap <= 0.01:
         text += f"; the best model ({best:.2f}) is already at the plateau"
     else:

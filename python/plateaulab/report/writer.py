@@ -143,7 +143,12 @@ def write_report(res: StudyResult, out: Path, *, axis_scale: str = "linear", for
     if planted:
         body.append(_planted_section(groups, planted))
     body.append('<ul class="summary">')
-    for r in sorted(groups, key=lambda r: (-r.fit_hull.saturation, r.task)):
+    if shots:   # several shot counts: keep each task's shots together, in order
+        order = {t: i for i, t in enumerate(tasks)}
+        ranked = sorted(groups, key=lambda r: (order[r.task], r.shots if r.shots is not None else -1))
+    else:       # one point set per task: highest plateau first
+        ranked = sorted(groups, key=lambda r: (-r.fit_hull.saturation, r.task))
+    for r in ranked:
         body.append(f"<li><b>{H.esc(r.label)}</b>: {H.esc(summary_sentence(r))}</li>")
     body.append("</ul>")
 
@@ -305,7 +310,7 @@ def _planted_section(groups, planted: dict) -> str:
         if r.boot is not None and "saturation" in r.boot.ci:
             lo, hi = r.boot.ci["saturation"]
         p = planted[r.task]
-        rows.append({"ds_task": r.task, "shots": r.shots, "planted saturation": p,
+        rows.append({"ds_task": r.task, "shots": "" if r.shots is None else f"{r.shots:g}", "planted saturation": p,
                      "fitted saturation": r.fit_hull.saturation, "ci_lo": lo, "ci_hi": hi,
                      "planted inside CI": bool(lo <= p <= hi) if np.isfinite(lo) else None})
     if not rows:
