@@ -278,8 +278,75 @@ def test_bad_options():
 
 
 def test_import_plateaulab_does_not_import_torch():
-    code = ("import sys, plateaulab, plateaulab.extract, plateaulab.cli.extract; "
+    # Without an editable install's import redirector, so that this checkout's modules are the ones imported.
+    code = ("import sys; sys.meta_path[:] = [f for f in sys.meta_path if 'ScikitBuild' not in type(f).__name__]; "
+            "import plateaulab, plateaulab.extract, plateaulab.cli.extract, plateaulab.extract.engine; "
+            "assert plateaulab.extract.extract; "
             "assert 'torch' not in sys.modules, 'torch imported'; print('ok')")
     env = {"PYTHONPATH": str(ROOT / "python"), "PATH": "/usr/bin:/bin"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr
+
+
+def test_out_of_memory_halves_the_batch_and_rewrites_the_rows(tmp_path):
+    """A batch that runs out of device memory is split and re-run; features stay exact."""
+
+    class Picky(M.TinyResNet):
+        def forward(self, x):
+            # Fail like the CUDA caching allocator does, after some layers' hooks have already fired.
+            h = self.layer1(torch.relu(self.bn1(self.conv1(x))))
+            if x.shape[0] > 5:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return self.fc(self.layer3(self.layer2(h)).mean(dim=(2, 3)))
+
+    torch.manual_seed(0)
+    model = Picky().eval()
+    x, y = M.images(30, seed=3), np.arange(30) % 3
+    rep = extract(model, tmp_path / "st", "d", train=(x[:22], y[:22]), test=(x[22:], y[22:]), batch_size=16,
+                  dtype="float32", progress=False)
+    assert rep.pairs[0].batch_size == 4  # 16 -> 8 -> 4
+    st = FeatureStore.open(tmp_path / "st")
+    want = M.manual_resnet(model, x[:22])
+    for layer in ("layer1", "layer3", "pre_logits"):
+        np.testing.assert_allclose(st.block("model", "d", layer).train, want[layer], rtol=1e-5, atol=1e-5)
+
+
+def test_pooling_callable_and_per_layer_modes(tmp_path):
+    torch.manual_seed(0)
+    model = M.TinyViT().eval()
+    x, y = M.images(14), np.arange(14) % 2
+
+    def last_token(t):
+        return t[:, -1]
+
+    extract(model, tmp_path / "st", "d", train=(x[:10], y[:10]), test=(x[10:], y[10:]), dtype="float32",
+            pooling={"blocks.0": last_token, "blocks.1": "mean", "*": "cls"}, progress=False)
+    st = FeatureStore.open(tmp_path / "st")
+    with torch.no_grad():
+        t0 = model.blocks[0](model.tokens(torch.as_tensor(x[:10])))
+        t1 = model.blocks[1](t0)
+        t2 = model.blocks[2](t1)
+    for layer, want in (("blocks.0", t0[:, -1]), ("blocks.1", t1.mean(dim=1)), ("blocks.2", t2[:, 0])):
+        np.testing.assert_allclose(st.block("model", "d", layer).train, want.numpy(), rtol=1e-5, atol=1e-5)
+    assert st.checkpoint_meta("model")["extraction"]["pooling"]["blocks.0"] == "last_token"
+
+
+def test_token_pooling_follows_the_model():
+    from plateaulab.extract.layers import default_token_pooling
+
+    vit = M.TinyViT()
+    assert default_token_pooling(vit) == "cls"
+    vit.global_pool = "avg"  # a timm ViT trained with average pooling
+    assert default_token_pooling(vit) == "mean"
+    assert default_token_pooling(M.TinyMixer()) == "mean"
+
+
+def test_dataset_with_non_integer_labels(tmp_path):
+    class Named(PairDataset):
+        def __getitem__(self, i):
+            return torch.from_numpy(self.x[i]), "cat"
+
+    x = M.images(6)
+    with pytest.raises(InputError, match="integer class ids"):
+        extract(M.TinyResNet(), tmp_path / "st", "d", train=Named(x, np.zeros(6)), test=(x, np.arange(6) % 2),
+                progress=False)

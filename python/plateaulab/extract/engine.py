@@ -226,7 +226,11 @@ def run_split(model, layers: list[Layer], source: SplitSource, *, device, amp_dt
                 if offset + b > source.rows:
                     raise InputError(f"{source.split} split ({source.description}) yielded more than its "
                                      f"{source.rows} examples")
-                labels[offset:offset + b] = np.asarray(yb.cpu() if hasattr(yb, "cpu") else yb, dtype=np.int64)
+                try:
+                    labels[offset:offset + b] = np.asarray(yb.cpu() if hasattr(yb, "cpu") else yb, dtype=np.int64)
+                except (TypeError, ValueError) as exc:
+                    raise InputError(f"{source.split} split ({source.description}): labels must be {b} integer "
+                                     f"class ids per batch of {b} ({exc})") from None
                 i = 0
                 while i < b:
                     j = min(b, i + micro)
@@ -235,14 +239,15 @@ def run_split(model, layers: list[Layer], source: SplitSource, *, device, amp_dt
                     cap.mask = chunk.get("attention_mask") if isinstance(chunk, dict) else None
                     try:
                         _call(model, chunk)
-                    except Exception as exc:  # noqa: BLE001 - only OOM is handled, the rest re-raised
-                        if not (on_gpu and _is_oom(exc)):
+                    except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled, the rest re-raised
+                        if not _is_oom(exc):
                             raise
                         del chunk
                         cap.pending = {}
-                        torch.cuda.empty_cache()
+                        if on_gpu:
+                            torch.cuda.empty_cache()
                         if micro == 1:
-                            raise InputError(f"{where}: out of GPU memory with a batch of 1 example") from None
+                            raise InputError(f"{where}: out of device memory with a batch of 1 example") from None
                         micro = max(1, micro // 2)
                         bar.set_postfix_str(f"batch {micro} after OOM")
                         continue

@@ -113,7 +113,6 @@ class SplitSource:
     labels: np.ndarray | None = None
     class_names: list[str] | None = None
     description: str = ""
-    pin: bool = False
 
 
 def _check_array_inputs(X, y, split: str, what: str):
@@ -162,7 +161,7 @@ def _array_source(X, y, split: str, what: str) -> SplitSource:
                 xb = to_tensor(X[i:i + batch_size])
             yield xb, y[i:i + batch_size]
 
-    return SplitSource(split, n, batches, labels=y, description=what, pin=True)
+    return SplitSource(split, n, batches, labels=y, description=what)
 
 
 def _npz_source(path: Path, split: str) -> SplitSource:
@@ -192,8 +191,7 @@ def _loader_source(loader, split: str, what: str) -> SplitSource:
     return SplitSource(split, n, lambda batch_size: iter(loader), description=what)
 
 
-def _dataset_source(ds, split: str, what: str, num_workers: int, class_names=None, labels=None,
-                    pin=False) -> SplitSource:
+def _dataset_source(ds, split: str, what: str, num_workers: int, class_names=None, labels=None) -> SplitSource:
     torch = deps.torch()
     try:
         n = len(ds)
@@ -203,10 +201,9 @@ def _dataset_source(ds, split: str, what: str, num_workers: int, class_names=Non
         raise InputError(f"{split} dataset ({what}) is empty")
 
     def batches(batch_size: int):
-        return iter(torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                                                pin_memory=pin, persistent_workers=False))
+        return iter(torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers))
 
-    return SplitSource(split, n, batches, labels=labels, class_names=class_names, description=what, pin=False)
+    return SplitSource(split, n, batches, labels=labels, class_names=class_names, description=what)
 
 
 def split_source(obj, split: str, *, transform: ImageTransform | None = None,
