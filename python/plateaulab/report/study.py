@@ -254,7 +254,8 @@ def power_table(groups: list[GroupResult]) -> pd.DataFrame:
         if r.power is None:
             continue
         row = {"ds_task": r.task, "shots": r.shots}
-        row.update({k: float(v) for k, v in r.power.items() if np.isscalar(v)})
+        row.update({k: (float(v) if isinstance(v, (int, float, np.number)) and not isinstance(v, bool) else v)
+                    for k, v in r.power.items() if np.isscalar(v)})
         rows.append(row)
     df = pd.DataFrame(rows)
     if not df.empty and df["shots"].isna().all():
@@ -335,40 +336,24 @@ def _main_shots(inp: StudyInput):
     return max(shots) if shots else None
 
 
-def _wide(inp: StudyInput) -> tuple[pd.DataFrame, pd.Series]:
-    """Models x DS tasks at the main shot count, and the models' US accuracy."""
-    pts = inp.points
-    main = _main_shots(inp)
-    if main is not None:
-        pts = pts[pts["shots"] == main]
-    wide = pts.pivot_table(index="model", columns="ds_task", values="ds", aggfunc="mean")
-    us = pts.groupby("model")["us"].first().reindex(wide.index)
-    return wide, us
-
-
 def _spearman(inp: StudyInput, res: StudyResult):
+    """DS x DS and DS x US Spearman matrices over models, at the main shot count."""
     spearman_matrices = _analysis("spearman_matrices")
     if spearman_matrices is None:
         res.failed["Spearman matrices (Figures F.20, F.21)"] = _missing("spearman_matrices")
         return None
-    wide, us = _wide(inp)
-    if wide.shape[1] < 1 or wide.shape[0] < 3:
-        return None
-    pts = inp.points
+    from ..analysis import AccuracyTable
+
+    fitted = list(dict.fromkeys(r.task for r in res.groups))
+    pts = inp.points[inp.points["ds_task"].isin(fitted)]
     main = _main_shots(inp)
-    if main is not None:
-        pts = pts[pts["shots"] == main]
+    table = AccuracyTable(long=pts[["model", "ds_task", "ds", "us", "shots"]].reset_index(drop=True),
+                          us_name=inp.us_name, ds_tasks=fitted, scale_detected="unit", source=inp.source)
     try:
-        out = spearman_matrices(pts[["model", "ds_task", "us", "ds"]].reset_index(drop=True))
-    except (PlateaulabError, TypeError, KeyError, ValueError):
-        try:
-            table = wide.copy()
-            table.insert(0, inp.us_name, us)
-            out = spearman_matrices(table)
-        except (PlateaulabError, TypeError, KeyError, ValueError) as exc:
-            res.failed["Spearman matrices"] = str(exc)
-            return None
-    ds_ds, ds_us = out
+        ds_ds, ds_us = spearman_matrices(table, shots=main)
+    except PlateaulabError as exc:
+        res.failed["Spearman matrices (Figures F.20, F.21)"] = str(exc)
+        return None
     return pd.DataFrame(ds_ds), pd.Series(ds_us)
 
 

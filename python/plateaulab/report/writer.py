@@ -230,9 +230,12 @@ def write_report(res: StudyResult, out: Path, *, axis_scale: str = "linear", for
         body.append(H.figure(png, "Few-shot accuracy of a probe on each layer's features"
                                   + (f" ({F._shots_label(main_shots)})" if main_shots is not None else "")
                                   + ". One line per checkpoint, coloured by US accuracy.", "Figure 6 layers"))
-        if res.layer_table is not None:
-            body.append(H.table(res.layer_table.head(60), text_cols=tuple(
-                c for c in res.layer_table.columns if res.layer_table[c].dtype == object)))
+        summary = _layer_summary(res.layer_table)
+        if summary is not None:
+            art.table("layer_summary", summary)
+            body.append("<p>Per DS task: the mean best layer and the mean earliest layer within 0.01 of the best "
+                        "(over checkpoints), and the share of checkpoints whose last layer is not needed.</p>")
+            body.append(H.table(summary, text_cols=("dataset",)))
 
     # --- files ------------------------------------------------------------------------------------
     body.append("<h2>Files</h2><p>Every figure of this page is saved under <code>figures/</code> (PNG and SVG); "
@@ -288,11 +291,26 @@ def _scalars(d: dict) -> dict:
     return out
 
 
+def _layer_summary(table: pd.DataFrame | None) -> pd.DataFrame | None:
+    """Per dataset: mean best and earliest-near-best layer over checkpoints, and how often the earliest
+    near-best layer is below the checkpoint's last layer (the paper's early-saturating tasks)."""
+    if table is None or table.empty or not {"dataset", "best_layer", "earliest_layer", "checkpoint"} <= set(table.columns):
+        return None
+    per_ck = table.groupby(["dataset", "checkpoint"], sort=False).agg(
+        best_layer=("best_layer", "first"), earliest_layer=("earliest_layer", "first"),
+        deepest=("layer_index", "max")).reset_index()
+    per_ck["not_last"] = per_ck["earliest_layer"] < per_ck["deepest"]
+    return (per_ck.groupby("dataset", sort=False)
+            .agg(checkpoints=("checkpoint", "size"), mean_best_layer=("best_layer", "mean"),
+                 mean_earliest_layer=("earliest_layer", "mean"), share_last_layer_not_needed=("not_last", "mean"))
+            .reset_index())
+
+
 def _best_layers(table: pd.DataFrame | None) -> pd.DataFrame | None:
     """Rows of the layer-profile table that mark each checkpoint's earliest near-best layer."""
     if table is None or table.empty:
         return None
-    for flag in ("is_earliest_best", "earliest", "earliest_best"):
+    for flag in ("is_earliest", "is_earliest_best", "earliest_best"):
         if flag in table.columns and table[flag].dtype == bool:
             return table[table[flag]]
     need = {"checkpoint", "dataset", "earliest_layer_index", "earliest_accuracy"}
