@@ -14,7 +14,7 @@ import sys
 from ..errors import PlateaulabError
 
 # Modules of plateaulab.cli, in the order their commands appear in --help.
-COMMANDS = ("store", "probe", "extract", "study", "synth", "fit")
+COMMANDS = ("store", "probe", "extract", "study", "synth", "fit", "sensitivity")
 
 
 def build_parser() -> argparse.ArgumentParser:
