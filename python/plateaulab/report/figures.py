@@ -178,8 +178,12 @@ def params_vs_shots_plot(df: pd.DataFrame):
     return fig
 
 
-def spearman_heatmap(ds_ds: pd.DataFrame):
-    """Figure F.20: Spearman rank correlation between DS tasks over models."""
+def spearman_heatmap(ds_ds: pd.DataFrame, order=None):
+    """Figure F.20: Spearman rank correlation between DS tasks over models, rows and columns in ``order``
+    (the report passes the tasks sorted by their correlation with US, so similar tasks sit together)."""
+    if order is not None:
+        order = [t for t in order if t in ds_ds.index] + [t for t in ds_ds.index if t not in set(order)]
+        ds_ds = ds_ds.loc[order, order]
     n = ds_ds.shape[0]
     size = max(5.0, min(10.5, 0.26 * n + 2.5))
     fig, ax = plt.subplots(figsize=(size + 1.2, size))
@@ -208,6 +212,7 @@ def spearman_us_bars(ds_us: pd.Series, us_name: str):
     ax.barh(range(len(s)), s.values, color=colors)
     ax.set_yticks(range(len(s)), [str(i) for i in s.index], fontsize=8)
     ax.set_xlim(min(-0.05, float(s.min()) - 0.05), 1.0)
+    ax.set_ylim(-0.6, len(s) - 0.4)
     ax.axvline(0, color="black", lw=0.6)
     ax.set_xlabel(f"Spearman correlation with US accuracy ({us_name})")
     ax.set_title("DS x US rank correlation over models")

@@ -177,7 +177,13 @@ def write_report(res: StudyResult, out: Path, *, axis_scale: str = "linear", for
         body.append("<p>std_residual: standard deviation of DS accuracy minus eq. (1) fitted on all points; std_mean: "
                     "standard deviation around the mean DS accuracy (predicting the mean); ratio = std_residual / "
                     "std_mean. A small ratio means US accuracy alone predicts DS accuracy well.</p>")
-        body.append(H.table(power, text_cols=("ds_task",), digits=4))
+        shown = [c for c in ("ds_task", "shots", "n_points", "std_residual", "std_mean", "ratio") if c in power]
+        view = power[shown].copy()
+        if "n_points" in view:
+            view["n_points"] = view["n_points"].astype(int)
+        if "shots" in view:
+            view["shots"] = view["shots"].map(lambda v: "" if pd.isna(v) else f"{v:g}")
+        body.append(H.table(view, text_cols=("ds_task",), digits=4))
 
     # --- sensitivity ----------------------------------------------------------------------------
     if res.sensitivity is not None:
@@ -208,8 +214,10 @@ def write_report(res: StudyResult, out: Path, *, axis_scale: str = "linear", for
         body.append(H.figure(png, "Spearman correlation of each DS task's accuracy with US accuracy, over models.",
                              "Spearman DS vs US"))
         if ds_ds.shape[0] >= 2:
-            png = art.figure("figF20_spearman_ds_ds", F.spearman_heatmap(ds_ds))
-            body.append(H.figure(png, "Spearman correlation between DS tasks, over models.", "Spearman DS vs DS"))
+            order = list(ds_us.dropna().sort_values(ascending=False).index)
+            png = art.figure("figF20_spearman_ds_ds", F.spearman_heatmap(ds_ds, order))
+            body.append(H.figure(png, "Spearman correlation between DS tasks, over models; tasks in order of their "
+                                      "correlation with US accuracy.", "Spearman DS vs DS"))
 
     # --- overlay ----------------------------------------------------------------------------------
     if res.overlay_ref is not None:
