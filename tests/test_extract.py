@@ -350,3 +350,32 @@ def test_dataset_with_non_integer_labels(tmp_path):
     with pytest.raises(InputError, match="integer class ids"):
         extract(M.TinyResNet(), tmp_path / "st", "d", train=Named(x, np.zeros(6)), test=(x, np.arange(6) % 2),
                 progress=False)
+
+
+def test_hugging_face_vision_models_match_their_hidden_states(tmp_path):
+    """HF models report every layer's output (output_hidden_states): the hooks must capture the same."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    vit = transformers.ViTForImageClassification(transformers.ViTConfig(
+        hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64, image_size=16,
+        patch_size=4, num_labels=4)).eval()
+    resnet = transformers.ResNetForImageClassification(transformers.ResNetConfig(
+        embedding_size=8, hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 2, 1], num_labels=3)).eval()
+    x, y = M.images(12, seed=6), np.arange(12) % 3
+    st = FeatureStore.create(tmp_path / "st")
+    for ck, model in (("vit", vit), ("resnet", resnet)):
+        extract(model, st, "d", train=(x[:8], y[:8]), test=(x[8:], y[8:]), checkpoint=ck, dtype="float32",
+                progress=False)
+        with torch.no_grad():
+            out = model(torch.as_tensor(x[:8]), output_hidden_states=True)
+        layers = st.layers(ck, "d")
+        assert layers[-1] == "pre_logits" and len(layers) == 1 + (3 if ck == "vit" else 4)
+        for i, layer in enumerate(layers[:-1]):
+            h = out.hidden_states[i + 1]  # hidden_states[0] is the embedding / stem output
+            want = h[:, 0] if ck == "vit" else h.mean(dim=(2, 3))
+            np.testing.assert_allclose(st.block(ck, "d", layer).train, want.numpy(), rtol=1e-4, atol=1e-5,
+                                       err_msg=f"{ck} {layer}")
+    assert st.checkpoint_meta("vit")["extraction"]["pooling"][st.layers("vit", "d")[0]] == "cls"
+    with torch.no_grad():
+        pooled = resnet.resnet(torch.as_tensor(x[:8])).pooler_output.flatten(1)
+    np.testing.assert_allclose(st.block("resnet", "d", "pre_logits").train, pooled.numpy(), rtol=1e-5, atol=1e-6)

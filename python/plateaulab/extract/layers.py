@@ -85,6 +85,9 @@ def pre_logits_layer(model) -> Layer | None:
     modules = dict(model.named_modules())
     for name in _HEAD_NAMES:
         mod = modules.get(name)
+        # Hugging Face CNN heads are Sequential(Flatten, Linear): the pre-logits feed the last Linear.
+        if isinstance(mod, nn.Sequential) and len(mod) and isinstance(mod[-1], nn.Linear):
+            mod = mod[-1]
         if isinstance(mod, (nn.Linear, nn.Identity)):
             return Layer(PRE_LOGITS, mod, hook="input")
     return None
@@ -142,16 +145,16 @@ def resolve_layers(model, layers) -> list[Layer]:
 def default_token_pooling(model) -> str:
     """"cls" when the model classifies from a class token, else "mean".
 
-    timm ViTs say so in ``global_pool`` ('token' or 'avg'); a ``cls_token`` / ``class_token`` /
-    ``class_embedding`` parameter (timm, torchvision, CLIP) marks a class-token model otherwise.
-    Mixers and text encoders without such a parameter are mean-pooled (sentence-transformers'
-    MiniLM is trained with mean pooling).
+    timm ViTs say so in ``global_pool`` ('token' or 'avg'); otherwise a parameter named
+    ``cls_token`` / ``class_token`` / ``class_embedding`` anywhere in the model (timm, torchvision,
+    Hugging Face ViT's ``embeddings.cls_token``, CLIP) marks a class-token model. Mixers and text
+    encoders have none and are mean-pooled (sentence-transformers' MiniLM is trained with mean pooling).
     """
     gp = getattr(model, "global_pool", None)
     if isinstance(gp, str) and gp:
         return "cls" if gp == "token" else "mean"
-    for attr in ("cls_token", "class_token", "class_embedding"):
-        if getattr(model, attr, None) is not None:
+    for name, _ in model.named_parameters():
+        if name.rsplit(".", 1)[-1] in ("cls_token", "class_token", "class_embedding"):
             return "cls"
     return "mean"
 
