@@ -272,7 +272,8 @@ def build_model(architecture, num_classes: int | None = None):
     else:
         timm = deps.require("timm", f"architecture {architecture!r}")
         name = architecture.removeprefix("timm:")
-        kw = {} if num_classes is None else {"num_classes": num_classes}
+        # A checkpoint without classifier weights is a headless feature extractor: timm's num_classes=0.
+        kw = {"num_classes": 0 if num_classes is None else num_classes}
         try:
             model = timm.create_model(name, pretrained=False, **kw)
         except RuntimeError as exc:
