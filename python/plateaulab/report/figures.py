@@ -53,10 +53,16 @@ def _wrap(text: str, width: int = 28) -> str:
 
 
 def _curve_grid(r, scale: str) -> np.ndarray:
-    lo = float(np.min(r.us))
-    lo = max(0.0, lo - 0.02)
-    hi = 1.0 if scale == "linear" else 1.0 - 0.5 * max(1e-3, 1.0 - float(np.max(r.us)))
-    return np.linspace(lo, hi, 200)
+    """US accuracies at which curves are drawn. Linear axes reach US = 1, where the curve meets its
+    saturation; logit and -log(1 - p) axes cannot show 0 or 1, so they stay near the data."""
+    if scale == "linear":
+        lo, hi = max(0.0, float(np.min(r.us)) - 0.02), 1.0
+        return np.linspace(lo, hi, 200)
+    lo = max(1e-3, float(np.min(r.us)))
+    hi = 1.0 - 0.5 * max(1e-3, 1.0 - float(np.max(r.us)))
+    # dense near both ends, where logit and -log(1 - p) stretch the axis
+    return np.unique(np.concatenate([np.linspace(lo, hi, 200), np.geomspace(lo, hi, 100),
+                                     1.0 - np.geomspace(1.0 - hi, 1.0 - lo, 100)]))
 
 
 def saturation_grid(groups, us_name: str, scale: str = "linear", planted: dict | None = None):
@@ -73,7 +79,7 @@ def saturation_grid(groups, us_name: str, scale: str = "linear", planted: dict |
         grid = _curve_grid(r, scale)
         if r.band is not None:
             bg, blo, bhi = r.band
-            keep = bg <= grid[-1] + 1e-12
+            keep = (bg >= grid[0] - 1e-12) & (bg <= grid[-1] + 1e-12)
             ax.fill_between(_scale(bg[keep], scale), _scale(blo[keep], scale), _scale(bhi[keep], scale),
                             color=COLORS["band"], alpha=0.45, lw=0, label="95% bootstrap band (hull fit)")
         ax.scatter(x_pts, y_pts, s=9, color=COLORS["points"], alpha=0.7, lw=0, label="models")
@@ -97,8 +103,12 @@ def saturation_grid(groups, us_name: str, scale: str = "linear", planted: dict |
         ax.grid(alpha=0.25, lw=0.5)
         if scale == "linear":
             ax.set_xlim(grid[0], 1.0)
-        ylo = min(float(np.min(y_pts)), float(np.nanmin(_scale(np.array([f.saturation]), scale))))
-        yhi = max(float(np.max(y_pts)), float(_scale(np.array([f.saturation]), scale)[0]))
+        ylo, yhi = float(np.min(y_pts)), float(np.max(y_pts))
+        sat_y = float(_scale(np.array([f.saturation]), scale)[0])
+        # On logit-type axes a saturation of ~1 lies near infinity: keep the axes on the data then (the
+        # value is in the panel title).
+        if np.isfinite(sat_y) and (scale == "linear" or sat_y <= yhi + 0.5 * (yhi - ylo)):
+            ylo, yhi = min(ylo, sat_y), max(yhi, sat_y)
         pad = 0.06 * (yhi - ylo) + 1e-3
         ax.set_ylim(ylo - pad, yhi + pad)
     handles, labels = [], []

@@ -124,8 +124,12 @@ def analyse_group(task, shots, g: pd.DataFrame, *, n_boot: int, seed: int, on_al
                     models=g["model"].astype(str).to_numpy(), hull=hull, fit_hull=fit_hull,
                     fit_all=fit_all, boot=boot, power=dict(power) if power is not None else None)
     if boot is not None:
-        lo = min(float(us.min()), 0.0 if us.min() < 0.2 else float(us.min()))
-        r.band = _band(boot, np.linspace(lo, 1.0, 120))
+        lo = 0.0 if us.min() < 0.2 else float(us.min())
+        lo_pos = max(1e-3, float(us.min()))
+        # linear spacing for linear axes, plus points dense near both ends for logit-type axes
+        grid = np.unique(np.concatenate([np.linspace(lo, 1.0, 120), np.geomspace(lo_pos, 1.0, 60),
+                                         1.0 - np.geomspace(1e-4, 1.0 - lo_pos, 60)]))
+        r.band = _band(boot, grid)
     return r
 
 
