@@ -150,7 +150,9 @@ def _array_source(X, y, split: str, what: str) -> SplitSource:
 
     def to_tensor(a):
         # Feed float64 arrays as float32 (what models hold); other dtypes (token ids) pass unchanged.
-        a = np.ascontiguousarray(a[...] if a.dtype != np.float64 else a.astype(np.float32))
+        a = np.ascontiguousarray(a if a.dtype != np.float64 else a.astype(np.float32))
+        if not a.flags.writeable:  # read-only memmaps: torch.from_numpy would warn on every batch
+            a = a.copy()
         return torch.from_numpy(a)
 
     def batches(batch_size: int):
