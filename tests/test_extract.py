@@ -1,5 +1,6 @@
 """Extraction of one in-memory model: layer discovery, hooks, pooling, inputs, store writes, errors."""
 
+import copy
 import importlib.util
 import subprocess
 import sys
@@ -379,3 +380,23 @@ def test_hugging_face_vision_models_match_their_hidden_states(tmp_path):
     with torch.no_grad():
         pooled = resnet.resnet(torch.as_tensor(x[:8])).pooler_output.flatten(1)
     np.testing.assert_allclose(st.block("resnet", "d", "pre_logits").train, pooled.numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.gpu
+def test_gpu_mixed_precision_matches_cpu(tmp_path):
+    """On a GPU the pass runs under autocast (bf16/fp16); features must stay close to the fp32 CPU ones."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    torch.manual_seed(0)
+    x, y = M.images(64, seed=7), np.arange(64) % 4
+    st = FeatureStore.create(tmp_path / "st")
+    model = M.TinyViT(d=32).eval()
+    for ck, device in (("cpu", "cpu"), ("gpu", "cuda")):
+        # extract() moves the model to its device: give each run its own copy of the same weights.
+        rep = extract(copy.deepcopy(model), st, "d", train=(x[:48], y[:48]), test=(x[48:], y[48:]), checkpoint=ck, device=device,
+                      dtype="float32", progress=False)
+        assert rep.pairs[0].status == "extracted"
+    for layer in st.layers("cpu", "d"):
+        a, b = np.asarray(st.block("cpu", "d", layer).train), np.asarray(st.block("gpu", "d", layer).train)
+        # bf16 keeps 8 mantissa bits: a few 1e-2 relative error through three blocks.
+        assert np.linalg.norm(a - b) <= 5e-2 * np.linalg.norm(a), layer
