@@ -57,6 +57,11 @@ def table(df: pd.DataFrame, *, text_cols=(), flag_col: str | None = None, digits
           nowrap_cols=()) -> str:
     """An HTML table; numbers right-aligned and rounded, text columns left-aligned, flagged rows tinted."""
     cols = list(df.columns)
+    text_cols = set(text_cols) | {c for c in cols if not pd.api.types.is_numeric_dtype(df[c])
+                                  and not pd.api.types.is_bool_dtype(df[c])}
+    # numeric columns holding only whole numbers (counts, shots) print without decimals
+    whole = {c for c in cols if pd.api.types.is_float_dtype(df[c]) and df[c].notna().any()
+             and np.all(np.mod(df[c].dropna().to_numpy(float), 1.0) == 0) and df[c].abs().max() < 1e9}
     out = ['<div class="tablewrap"><table><thead><tr>']
     for c in cols:
         cls = ' class="text"' if c in text_cols else ""
@@ -70,7 +75,10 @@ def table(df: pd.DataFrame, *, text_cols=(), flag_col: str | None = None, digits
             if c == flag_col:
                 classes.append("flags")
             cls = f' class="{" ".join(classes)}"' if classes else ""
-            out.append(f"<td{cls}>{esc(fmt(row[c], digits))}</td>")
+            value = row[c]
+            if c in whole and value is not None and np.isfinite(value):
+                value = int(value)
+            out.append(f"<td{cls}>{esc(fmt(value, digits))}</td>")
         out.append("</tr>")
     out.append("</tbody></table></div>")
     return "".join(out)

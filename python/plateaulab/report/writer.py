@@ -248,9 +248,16 @@ def write_report(res: StudyResult, out: Path, *, axis_scale: str = "linear", for
     # --- files ------------------------------------------------------------------------------------
     body.append("<h2>Files</h2><p>Every figure of this page is saved under <code>figures/</code> (PNG and SVG); "
                 "every table under <code>tables/</code> (CSV and JSON). <code>fits.json</code> has the schema of "
-                "<code>plateaulab fit --json</code>.</p><ul>")
+                "<code>plateaulab fit --json</code>.</p>")
+    stems: dict = {}
     for f in art.files:
-        body.append(f"<li><code>{H.esc(f)}</code></li>")
+        folder, _, name = f.rpartition("/")
+        stem, _, ext = name.rpartition(".")
+        stems.setdefault(folder, {}).setdefault(stem, []).append(ext)
+    body.append("<ul>")
+    for folder, items in stems.items():
+        listed = ", ".join(f"<code>{H.esc(stem)}</code> ({'/'.join(exts)})" for stem, exts in items.items())
+        body.append(f"<li><b>{H.esc(folder or '.')}/</b>: {listed}</li>")
     body.append("</ul>")
 
     path = out / "report.html"
