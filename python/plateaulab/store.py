@@ -226,11 +226,12 @@ def check_features(x, where: str, split: str, rows: int, dim: int | None = None)
         )
     if arr.shape[1] == 0:
         raise StoreError(f"{where}: {split} features have zero width")
-    bad = ~np.isfinite(arr)
-    if bad.any():
-        r, c = np.argwhere(bad)[0]
+    n_bad = count_nonfinite(arr)  # in chunks: no full-size boolean mask for big splits
+    if n_bad:
+        r = next(i for i in range(arr.shape[0]) if not np.isfinite(arr[i]).all())
+        c = int(np.flatnonzero(~np.isfinite(arr[r]))[0])
         raise StoreError(
-            f"{where}: {split} features contain {int(bad.sum())} NaN/Inf values (first at row {r}, column {c}); "
+            f"{where}: {split} features contain {n_bad} NaN/Inf values (first at row {r}, column {c}); "
             "fix the extraction (fp16 overflow is a common cause) before storing"
         )
     return arr
