@@ -250,3 +250,24 @@ def test_report_renders_in_chromium(default_report, tmp_path):
     # colour present (red fits, blue points): an all-grey page means the images failed to load
     rgb = img[1000:3000]
     assert (np.abs(rgb[..., 0] - rgb[..., 2]) > 0.25).mean() > 0.002
+
+
+def test_public_table_recognised_by_name_and_ds_subset(tmp_path):
+    """A copy of openclip_results.csv keeps its loader (model id name/pretrained, US ImageNet 1k); the
+    same file under another name needs --us like any table."""
+    import shutil
+
+    import plateaulab
+
+    src = Path(plateaulab.__file__).parent / "data" / "openclip_results.csv"
+    shutil.copy(src, tmp_path / "openclip_results.csv")
+    html = run_study(tmp_path / "openclip_results.csv", tmp_path / "rep", ds="CIFAR-10,SUN397", n_boot=20,
+                     sensitivity=False).read_text()
+    assert [f["ds"] for f in read_fits(tmp_path / "rep")] == ["CIFAR-10", "SUN397"]
+    assert "29b90b8d" in html
+    with pytest.raises(InputError, match="--us"):
+        run_study(tmp_path / "openclip_results.csv", tmp_path / "rep2", us="CIFAR-10", n_boot=20)
+    shutil.copy(src, tmp_path / "renamed.csv")
+    run_study(tmp_path / "renamed.csv", tmp_path / "rep3", us="ImageNet 1k", ds=["CIFAR-10"], n_boot=20,
+              sensitivity=False)
+    assert [f["ds"] for f in read_fits(tmp_path / "rep3")] == ["CIFAR-10"]

@@ -30,6 +30,11 @@ def register(subparsers) -> None:
                         "accuracies")
     p.add_argument("--input-scale", default="auto", choices=("auto", "unit", "percent"),
                    help="whether table accuracies are on 0-1 (unit) or 0-100 (percent)")
+    p.add_argument("--loader", default="auto",
+                   choices=("auto", "table", "openclip", "clip_benchmark", "model_soups"),
+                   help="how to read a table: auto recognises the public tables of shared/data by their published "
+                        "file names (openclip_results.csv, scaling_experiment_data2.json, "
+                        "individual_model_results.jsonl); table is the generic reader")
     p.add_argument("--overlay", default=None, metavar="TASK",
                    help="DS task whose hull is drawn over the others (Figure 5); default: the task ranked most "
                         "like US")
@@ -47,7 +52,7 @@ def run(args) -> int:
     t0 = time.perf_counter()
     path = run_study(args.input, args.output, us=args.us, ds=args.ds, n_boot=args.bootstrap, seed=args.seed,
                      axis_scale=args.scale, input_scale=args.input_scale, overlay=args.overlay,
-                     sensitivity=not args.no_sensitivity, sensitivity_trials=args.trials)
+                     sensitivity=not args.no_sensitivity, sensitivity_trials=args.trials, loader=args.loader)
     if not args.quiet:
         fits = read_fits(args.output)
         for f in sorted(fits, key=lambda f: -(f.get("saturation") or 0)):

@@ -38,6 +38,31 @@ def _grid_shape(n: int, max_cols: int = 4) -> tuple[int, int]:
     return int(math.ceil(n / cols)), cols
 
 
+def _shots_key(shots):
+    """Shot counts in increasing order, "full data" (-1, as in CLIP_benchmark) last."""
+    return float("inf") if shots is not None and shots < 0 else (shots if shots is not None else -1.0)
+
+
+def _panel_axes(groups, *, width: float, height: float, extra_top: float):
+    """A figure with one panel per group. With several shot counts, one row per task and one column per
+    shot count (so a column reads as one shots setting); otherwise a grid of up to 4 columns."""
+    shots = sorted({g.shots for g in groups if g.shots is not None}, key=_shots_key)
+    if 2 <= len(shots) <= 5:
+        tasks = list(dict.fromkeys(g.task for g in groups))
+        rows, cols = len(tasks), len(shots)
+        where = [(tasks.index(g.task), shots.index(g.shots) if g.shots in shots else 0) for g in groups]
+    else:
+        rows, cols = _grid_shape(len(groups))
+        where = [divmod(i, cols) for i in range(len(groups))]
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows + extra_top), squeeze=False)
+    used = set(where)
+    for i in range(rows):
+        for j in range(cols):
+            if (i, j) not in used:
+                axes[i, j].set_visible(False)
+    return fig, axes, [axes[i, j] for i, j in where]
+
+
 def _wrap(text: str, width: int = 28) -> str:
     if len(text) <= width:
         return text
@@ -68,12 +93,8 @@ def _curve_grid(r, scale: str) -> np.ndarray:
 def saturation_grid(groups, us_name: str, scale: str = "linear", planted: dict | None = None):
     """Figure 1: per (DS task, shots) the points, the upper hull, eq. (1) fitted on the hull and on all
     points, the bootstrap band and the saturation line 1 - e_IR."""
-    n = len(groups)
-    rows, cols = _grid_shape(n)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 2.9 * rows + 0.9), squeeze=False)
-    for ax in axes.flat[n:]:
-        ax.set_visible(False)
-    for ax, r in zip(axes.flat, groups):
+    fig, axes, panels = _panel_axes(groups, width=3.3, height=2.9, extra_top=0.9)
+    for ax, r in zip(panels, groups):
         f = r.fit_hull
         x_pts, y_pts = _scale(r.us, scale), _scale(r.ds, scale)
         grid = _curve_grid(r, scale)
@@ -112,7 +133,7 @@ def saturation_grid(groups, us_name: str, scale: str = "linear", planted: dict |
         pad = 0.06 * (yhi - ylo) + 1e-3
         ax.set_ylim(ylo - pad, yhi + pad)
     handles, labels = [], []
-    for ax in axes.flat[:n]:
+    for ax in panels:
         for hnd, lab in zip(*ax.get_legend_handles_labels()):
             if lab not in labels:
                 handles.append(hnd)
@@ -236,13 +257,8 @@ def hull_overlay_grid(groups, ref: str, us_name: str, scale: str = "linear"):
     from ..analysis import hull_overlay
 
     by_shots = {r.shots: r for r in groups if r.task == ref}
-    others = [r for r in groups]
-    n = len(others)
-    rows, cols = _grid_shape(n)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 2.7 * rows + 0.8), squeeze=False)
-    for ax in axes.flat[n:]:
-        ax.set_visible(False)
-    for ax, r in zip(axes.flat, others):
+    fig, axes, panels = _panel_axes(groups, width=3.3, height=2.7, extra_top=0.8)
+    for ax, r in zip(panels, groups):
         ref_r = by_shots.get(r.shots)
         ax.scatter(_scale(r.us, scale), _scale(r.ds, scale), s=8, color=COLORS["points"], alpha=0.7, lw=0,
                    label=f"task's models")
@@ -256,7 +272,7 @@ def hull_overlay_grid(groups, ref: str, us_name: str, scale: str = "linear"):
         ax.set_title(_wrap(r.label, 34), fontsize=8.5)
         ax.grid(alpha=0.25, lw=0.5)
     handles, labels = [], []
-    for ax in axes.flat[:n]:
+    for ax in panels:
         for hnd, lab in zip(*ax.get_legend_handles_labels()):
             if lab not in labels:
                 handles.append(hnd)

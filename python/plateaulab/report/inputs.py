@@ -19,6 +19,14 @@ from ..errors import InputError, PlateaulabError
 
 OPENCLIP_SOURCE = ("mlfoundations/open_clip, docs/openclip_results.csv, commit 29b90b8d (MIT licence): "
                    "zero-shot accuracies of 121 CLIP models on 38 evaluations")
+CLIP_BENCHMARK_SOURCE = ("LAION-AI/CLIP_benchmark, probe_benchmark/scaling_experiment_data2.json, commit b759cf60 (MIT "
+                         "licence): linear probes of 12 CLIP models, best learning rate and epochs per setting")
+MODEL_SOUPS_SOURCE = ("mlfoundations/model-soups, individual_model_results.jsonl, commit 3bb0f409 (MIT licence): 72 "
+                      "fine-tuned CLIP ViT-B/32 models")
+#: Public tables recognised by file name, read with their own loader (plateaulab.analysis).
+LOADERS = {"openclip_results.csv": "openclip", "scaling_experiment_data2.json": "clip_benchmark",
+           "individual_model_results.jsonl": "model_soups"}
+LOADER_CHOICES = ("auto", "table", "openclip", "clip_benchmark", "model_soups")
 RUN_FILES = ("results.parquet", "checkpoints.parquet", "manifest.json")
 DEFAULT_RUN_US = "upstream_accuracy"
 
@@ -61,11 +69,17 @@ def is_run_dir(path: Path) -> bool:
 
 
 def load_study_input(source=None, *, us: str | None = None, ds=None, input_scale: str = "auto",
-                     min_points: int = 3) -> StudyInput:
-    """Read ``source`` (None: the packaged open_clip table; a directory: a probe run; else a table)."""
+                     min_points: int = 3, loader: str = "auto") -> StudyInput:
+    """Read ``source`` (None: the packaged open_clip table; a directory: a probe run; else a table).
+
+    ``loader``: "auto" reads the three public tables of shared/data (open_clip, CLIP_benchmark, model soups)
+    with their own loaders when the file keeps its published name, and any other file with load_table;
+    the other choices force one reader."""
+    if loader not in LOADER_CHOICES:
+        raise InputError(f"loader {loader!r} is not one of {', '.join(LOADER_CHOICES)}")
     ds_list = _split_list(ds)
     if source is None:
-        inp = _from_table(None, us=us, ds=ds_list, input_scale=input_scale)
+        inp = _from_table(None, us=us, ds=ds_list, input_scale=input_scale, loader="openclip")
     else:
         path = Path(source)
         if path.is_dir():
@@ -77,7 +91,9 @@ def load_study_input(source=None, *, us: str | None = None, ds=None, input_scale
         elif not path.exists():
             raise InputError(f"study input {path} does not exist; pass a probe run directory or an accuracy table")
         else:
-            inp = _from_table(path, us=us, ds=ds_list, input_scale=input_scale)
+            if loader == "auto":
+                loader = LOADERS.get(path.name, "table")
+            inp = _from_table(path, us=us, ds=ds_list, input_scale=input_scale, loader=loader)
     _drop_thin_tasks(inp, min_points)
     if inp.points.empty:
         reasons = "; ".join(f"{t}: {r}" for t, r in inp.skipped.items()) or "no rows"
@@ -87,43 +103,50 @@ def load_study_input(source=None, *, us: str | None = None, ds=None, input_scale
 
 # --------------------------------------------------------------------------- tables
 
-def _from_table(path, *, us, ds, input_scale) -> StudyInput:
-    from ..analysis import load_openclip, load_table
+def _from_table(path, *, us, ds, input_scale, loader) -> StudyInput:
+    from .. import analysis
 
+    where = "the packaged open_clip table" if path is None else str(path)
     try:
-        if path is None:
-            table = load_openclip()
-            kind, source = "openclip", OPENCLIP_SOURCE
-            if us is not None and us != table.us_name:
-                raise InputError(f"the packaged open_clip table has US column {table.us_name!r}; "
-                                 f"--us {us!r} applies to table inputs only")
-        else:
+        if loader == "table":
             kwargs = {"scale": input_scale}
             if us is not None:
                 kwargs["us"] = us
             if ds is not None:
                 kwargs["ds"] = ds
-            table = load_table(path, **kwargs)
+            table = analysis.load_table(path, **kwargs)
             kind, source = "table", str(path)
+        else:
+            read = {"openclip": analysis.load_openclip, "clip_benchmark": analysis.load_clip_benchmark,
+                    "model_soups": analysis.load_model_soups}[loader]
+            table = read(path, scale=input_scale)
+            kind = "openclip" if loader == "openclip" else "table"
+            source = {"openclip": OPENCLIP_SOURCE, "clip_benchmark": CLIP_BENCHMARK_SOURCE,
+                      "model_soups": MODEL_SOUPS_SOURCE}[loader]
+            if path is not None:
+                source += f" (read from {path})"
+            if us is not None and us != table.us_name:
+                raise InputError(f"{where} is read with the {loader} loader, whose US column is "
+                                 f"{table.us_name!r}; --us {us!r} does not apply (pass --loader table to map "
+                                 "columns yourself)")
     except InputError:
         raise
     except PlateaulabError as exc:
         raise InputError(str(exc)) from None
-    except (KeyError, ValueError) as exc:
-        where = "the packaged open_clip table" if path is None else str(path)
+    except (KeyError, ValueError, OSError) as exc:
         raise InputError(f"{where}: {exc}") from None
     long = table.long.copy()
     if "shots" not in long.columns:
         long["shots"] = np.nan
     points = long[["model", "ds_task", "shots", "us", "ds"]].copy()
-    if ds is not None and path is None:
+    if ds is not None and loader != "table":
         unknown = [d for d in ds if d not in set(points["ds_task"])]
         if unknown:
-            raise InputError(f"--ds names {unknown} not in the open_clip table; known: {sorted(set(points['ds_task']))}")
+            raise InputError(f"--ds names {unknown} not in {where}; known: {sorted(set(points['ds_task']))}")
         points = points[points["ds_task"].isin(ds)]
     points["shots"] = pd.to_numeric(points["shots"], errors="coerce")
     inp = StudyInput(points=points.reset_index(drop=True), us_name=str(table.us_name), source=source, kind=kind)
-    if path is None:
+    if loader == "openclip":
         inp.notes.append("For these CLIP models ImageNet is not the pre-training task: as in Kornblith et al. (2019) "
                          "and Figure 5 of Abnar et al. (2022), ImageNet 1k zero-shot accuracy plays the upstream role. "
                          "Accuracies are zero-shot, not few-shot.")

@@ -73,6 +73,13 @@ def _shots_text(shots) -> str:
     return "full" if s == -1 else f"{s}-shot"
 
 
+def _shots_order(shots) -> float:
+    """Increasing shot counts, with "full data" (-1) last and no shots first."""
+    if shots is None:
+        return -1.0
+    return float("inf") if shots < 0 else float(shots)
+
+
 def _norm_shots(s):
     if s is None or (isinstance(s, float) and math.isnan(s)):
         return None
@@ -282,6 +289,8 @@ def analyse(inp: StudyInput, *, n_boot: int = DEFAULT_BOOTSTRAP, seed: int = 0, 
             failed[label] = str(exc)
         if progress:
             progress(label)
+    task_order = {t: i for i, t in enumerate(dict.fromkeys(r.task for r in groups))}
+    groups.sort(key=lambda r: (task_order[r.task], _shots_order(r.shots)))
     if not groups:
         raise InputError(f"{inp.source}: no downstream task could be fitted: "
                          + "; ".join(f"{k}: {v}" for k, v in failed.items()))
@@ -402,7 +411,7 @@ def _layers(inp: StudyInput, res: StudyResult) -> pd.DataFrame | None:
 def run_study(source=None, out_dir="study_report", *, us=None, ds=None, n_boot: int = DEFAULT_BOOTSTRAP,
               seed: int = 0, axis_scale: str = "linear", input_scale: str = "auto", overlay: str | None = None,
               sensitivity: bool = True, sensitivity_trials: int = 10, formats=("png", "svg"),
-              progress=None) -> Path:
+              loader: str = "auto", progress=None) -> Path:
     """Run the whole study and write ``out_dir`` (report.html, fits.json, figures/, tables/). Returns the
     path of report.html."""
     if axis_scale not in AXIS_SCALES:
@@ -411,7 +420,7 @@ def run_study(source=None, out_dir="study_report", *, us=None, ds=None, n_boot: 
         raise InputError(f"--scale {axis_scale} needs {_missing('scale_accuracy')}; use --scale linear")
     if n_boot < 0:
         raise InputError(f"--bootstrap must be >= 0, got {n_boot}")
-    inp = load_study_input(source, us=us, ds=ds, input_scale=input_scale)
+    inp = load_study_input(source, us=us, ds=ds, input_scale=input_scale, loader=loader)
     res = analyse(inp, n_boot=n_boot, seed=seed, sensitivity=sensitivity,
                   sensitivity_trials=sensitivity_trials, overlay=overlay, progress=progress)
     res.params["axis_scale"] = axis_scale
