@@ -271,3 +271,19 @@ def test_public_table_recognised_by_name_and_ds_subset(tmp_path):
     run_study(tmp_path / "renamed.csv", tmp_path / "rep3", us="ImageNet 1k", ds=["CIFAR-10"], n_boot=20,
               sensitivity=False)
     assert [f["ds"] for f in read_fits(tmp_path / "rep3")] == ["CIFAR-10"]
+
+
+def test_table_with_unusable_columns_reports_the_usable_ones(tmp_path):
+    """load_table refuses a table with a constant DS column; the study loads the other columns and names
+    the refused ones with load_table's reason."""
+    path = _wide_table(tmp_path / "acc.csv")
+    df = pd.read_csv(path)
+    df["constant_task"] = 50.0
+    df["empty_task"] = np.nan
+    df.to_csv(path, index=False)
+    html = run_study(path, tmp_path / "rep", us="upstream", n_boot=20, sensitivity=False).read_text()
+    assert {f["ds"] for f in read_fits(tmp_path / "rep")} == {"alpha_task", "beta_task"}
+    missing = pd.read_csv(tmp_path / "rep" / "tables" / "not_analysed.csv").set_index("what")["why"]
+    assert set(missing.index) == {"thin_task", "constant_task", "empty_task"}
+    assert "constant" in missing["constant_task"] and str(path) in missing["constant_task"]
+    assert "constant_task" in html and "empty_task" in html

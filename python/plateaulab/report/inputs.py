@@ -108,13 +108,9 @@ def _from_table(path, *, us, ds, input_scale, loader) -> StudyInput:
 
     where = "the packaged open_clip table" if path is None else str(path)
     try:
+        skipped: dict = {}
         if loader == "table":
-            kwargs = {"scale": input_scale}
-            if us is not None:
-                kwargs["us"] = us
-            if ds is not None:
-                kwargs["ds"] = ds
-            table = analysis.load_table(path, **kwargs)
+            table = _load_generic(path, us=us, ds=ds, input_scale=input_scale, skipped=skipped)
             kind, source = "table", str(path)
         else:
             read = {"openclip": analysis.load_openclip, "clip_benchmark": analysis.load_clip_benchmark,
@@ -145,12 +141,55 @@ def _from_table(path, *, us, ds, input_scale, loader) -> StudyInput:
             raise InputError(f"--ds names {unknown} not in {where}; known: {sorted(set(points['ds_task']))}")
         points = points[points["ds_task"].isin(ds)]
     points["shots"] = pd.to_numeric(points["shots"], errors="coerce")
-    inp = StudyInput(points=points.reset_index(drop=True), us_name=str(table.us_name), source=source, kind=kind)
+    inp = StudyInput(points=points.reset_index(drop=True), us_name=str(table.us_name), source=source, kind=kind,
+                     skipped=skipped)
+    for name in ds or []:
+        if name not in set(points["ds_task"]) and name not in skipped:
+            inp.skipped[name] = "no model has both a US and a DS accuracy"
     if loader == "openclip":
         inp.notes.append("For these CLIP models ImageNet is not the pre-training task: as in Kornblith et al. (2019) "
                          "and Figure 5 of Abnar et al. (2022), ImageNet 1k zero-shot accuracy plays the upstream role. "
                          "Accuracies are zero-shot, not few-shot.")
     return inp
+
+
+def _load_generic(path, *, us, ds, input_scale, skipped: dict):
+    """load_table on the whole table; if it refuses a wide table because of some DS columns (constant,
+    out of range, empty), load every DS column on its own, record why the bad ones fail, and go on with
+    the others, so that the report covers what it can."""
+    from .. import analysis
+    from ..analysis.tables import _read
+
+    kwargs = {"scale": input_scale}
+    if us is not None:
+        kwargs["us"] = us
+    if ds is not None:
+        kwargs["ds"] = ds
+    try:
+        return analysis.load_table(path, **kwargs)
+    except InputError as whole:
+        if us is None:
+            raise
+        df, _ = _read(path, None)
+        long_layout = any(c in df.columns for c in ("ds_task", "dataset"))
+        if us not in df.columns or long_layout:
+            raise whole from None
+        numeric = [c for c in df.columns if pd.api.types.is_numeric_dtype(df[c])]
+        shots = [c for c in ("shots",) if c in df.columns]
+        ids = [c for c in df.columns if c not in numeric and c not in shots]
+        candidates = ds if ds is not None else [c for c in numeric if c not in (us, *shots)]
+        if any(c not in df.columns for c in candidates):
+            raise whole from None
+        good = []
+        for c in candidates:
+            try:
+                analysis.load_table(df[ids + shots + [us, c]], us=us, ds=[c], scale=input_scale)
+                good.append(c)
+            except InputError as exc:
+                skipped[str(c)] = str(exc).replace("<DataFrame>", str(path))
+        if not good or not skipped:
+            raise whole from None
+        return analysis.load_table(df[ids + shots + [us, *good]], us=us, ds=good, scale=input_scale)
 
 
 # --------------------------------------------------------------------------- probe runs
