@@ -177,23 +177,27 @@ def sensitivity_plot(sens: pd.DataFrame):
 
 
 def params_vs_shots_plot(df: pd.DataFrame):
-    """Figure 2 / F.4-F.5: k, alpha and e_IR of the hull fit against the number of shots. Hollow markers:
-    fits that are not identified (hull of <= 3 points, or k = 0)."""
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.9), squeeze=False)
+    """Figure 2 / F.4-F.5: k, alpha and e_IR of the hull fit against the number of shots. Shot counts are
+    evenly spaced categories ("full" = -1 last). Hollow markers: fits that are not identified (hull of
+    <= 3 points, or k = 0)."""
     tasks = list(dict.fromkeys(df["ds_task"]))
+    shots = sorted(df["shots"].unique(), key=_shots_key)
+    pos = {s: i for i, s in enumerate(shots)}
+    n_leg_rows = int(math.ceil(len(tasks) / 4))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.9 + 0.22 * n_leg_rows), squeeze=False)
     cmap = plt.get_cmap("tab10" if len(tasks) <= 10 else "tab20")
-    shots = sorted(df["shots"].unique())
     for ax, (p, name) in zip(axes.flat, (("k", "k"), ("alpha", "alpha"), ("e_ir", "e_IR"))):
         for i, t in enumerate(tasks):
-            g = df[df["ds_task"] == t].sort_values("shots")
+            g = df[df["ds_task"] == t].sort_values("shots", key=lambda c: c.map(_shots_key))
+            x = g["shots"].map(pos).to_numpy()
+            y = g[p].to_numpy(float)
             color = cmap(i % cmap.N)
-            ax.plot(g["shots"], g[p], "-", color=color, label=t)
-            ident = g["identified"].astype(bool) if "identified" in g else np.ones(len(g), bool)
-            ax.plot(g["shots"][ident], g[p][ident], "o", ms=5, color=color)
-            ax.plot(g["shots"][~ident], g[p][~ident], "o", ms=6, mfc="white", mec=color, mew=1.4)
-        ax.set_xscale("log")
-        ax.set_xticks(shots, [f"{int(s)}" if float(s).is_integer() else f"{s:g}" for s in shots])
-        ax.minorticks_off()
+            ax.plot(x, y, "-", color=color, label=t)
+            ident = g["identified"].astype(bool).to_numpy() if "identified" in g else np.ones(len(g), bool)
+            ax.plot(x[ident], y[ident], "o", ms=5, color=color)
+            ax.plot(x[~ident], y[~ident], "o", ms=6, mfc="white", mec=color, mew=1.4)
+        ax.set_xticks(range(len(shots)), [_shots_tick(s) for s in shots])
+        ax.set_xlim(-0.3, len(shots) - 0.7)
         vals = df[p].to_numpy(float)
         vals = vals[np.isfinite(vals) & (vals > 0)]
         if p != "e_ir" and vals.size and vals.max() / vals.min() > 100:
@@ -202,11 +206,16 @@ def params_vs_shots_plot(df: pd.DataFrame):
         ax.set_ylabel(name)
         ax.set_title(f"{name} of the hull fit vs shots")
         ax.grid(alpha=0.3, lw=0.5)
-    fig.tight_layout(rect=(0, 0, 0.87 if len(tasks) <= 20 else 1, 1))
-    if len(tasks) <= 20:
-        fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="center left", bbox_to_anchor=(0.875, 0.5),
-                   frameon=False, fontsize=8.5, title="DS task")
+    bottom = (0.1 + 0.2 * n_leg_rows) / fig.get_figheight()
+    fig.tight_layout(rect=(0, bottom, 1, 1))
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="lower center", ncol=min(4, len(tasks)),
+               frameon=False, fontsize=8.5, bbox_to_anchor=(0.5, 0.0))
     return fig
+
+
+def _shots_tick(s) -> str:
+    s = float(s)
+    return "full" if s < 0 else (f"{int(s)}" if s.is_integer() else f"{s:g}")
 
 
 def spearman_heatmap(ds_ds: pd.DataFrame, order=None):

@@ -344,9 +344,18 @@ def analyse(inp: StudyInput, *, n_boot: int = DEFAULT_BOOTSTRAP, seed: int = 0, 
     return res
 
 
+def main_shots(points: pd.DataFrame):
+    """The shot count used where one is needed (Spearman, layers): the one that covers the most DS tasks,
+    and among those the most shots ("full" = -1 counts as the most)."""
+    pts = points.dropna(subset=["shots"])
+    if pts.empty:
+        return None
+    cover = pts.groupby("shots")["ds_task"].nunique()
+    return max(cover.index, key=lambda s: (cover[s], _shots_order(float(s))))
+
+
 def _main_shots(inp: StudyInput):
-    shots = inp.shots
-    return max(shots) if shots else None
+    return main_shots(inp.points)
 
 
 def _spearman(inp: StudyInput, res: StudyResult):

@@ -210,6 +210,12 @@ def write_report(res: StudyResult, out: Path, *, axis_scale: str = "linear", for
     if res.spearman is not None:
         ds_ds, ds_us = res.spearman
         body.append("<h2>Rank correlations over models (Figures F.20, F.21)</h2>")
+        from .study import main_shots as _main
+
+        ms = _main(inp.points)
+        if ms is not None:
+            body.append(f"<p>Accuracies at {H.esc(F._shots_label(ms))}, the shot count that covers the most "
+                        "DS tasks.</p>")
         png = art.figure("figF21_spearman_ds_us", F.spearman_us_bars(ds_us, inp.us_name))
         body.append(H.figure(png, "Spearman correlation of each DS task's accuracy with US accuracy, over models.",
                              "Spearman DS vs US"))
@@ -232,7 +238,9 @@ def write_report(res: StudyResult, out: Path, *, axis_scale: str = "linear", for
     if inp.layers is not None:
         body.append("<h2>Accuracy per layer (Figure 6)</h2>")
         best = _best_layers(res.layer_table)
-        main_shots = max(shots) if shots else None
+        from .study import main_shots as _main
+
+        main_shots = _main(inp.layers.rename(columns={"dataset": "ds_task"}))
         lay = inp.layers if main_shots is None else inp.layers[inp.layers["shots"] == main_shots]
         png = art.figure("fig6_layers", F.layer_plot(lay, inp.us_name, best))
         body.append(H.figure(png, "Few-shot accuracy of a probe on each layer's features"
