@@ -114,5 +114,7 @@ def test_synth_probe_study_recovers_planted_saturation(tmp_path):
         assert f["identified"], (f["ds"], f["shots"], f["hull_points"], f["message"])
     html = report.read_text()
     assert "planted" in html and "Figure 6" in html
+    table = json.loads((tmp_path / "report" / "tables" / "planted_vs_recovered.json").read_text())
+    assert len(table) == len(fits) and all(r["planted inside CI"] for r in table)
     assert (tmp_path / "report" / "figures" / "fig6_layers.png").exists()
     assert (tmp_path / "report" / "figures" / "fig2_params_vs_shots.png").exists()

@@ -45,6 +45,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    import json
     import time
 
     from ..report.study import read_fits, run_study
@@ -54,13 +55,26 @@ def run(args) -> int:
                      axis_scale=args.scale, input_scale=args.input_scale, overlay=args.overlay,
                      sensitivity=not args.no_sensitivity, sensitivity_trials=args.trials, loader=args.loader)
     if not args.quiet:
+        from pathlib import Path
+
         fits = read_fits(args.output)
-        for f in sorted(fits, key=lambda f: -(f.get("saturation") or 0)):
+        planted = {}
+        pfile = Path(args.output) / "tables" / "planted_vs_recovered.json"
+        if pfile.exists():
+            planted = {(r["ds_task"], str(r["shots"])): r["planted saturation"] for r in json.loads(pfile.read_text())}
+        if any("shots" in f for f in fits):
+            ordered = fits   # task by task, shots in order
+        else:
+            ordered = sorted(fits, key=lambda f: -(f.get("saturation") or 0))
+        for f in ordered:
             ci = f.get("ci", {}).get("saturation")
             ci_text = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci and None not in ci else ""
             shots = f" ({f['shots']}-shot)" if "shots" in f else ""
             flag = "" if f.get("identified") else "  (not identified)"
-            print(f"{f['ds']}{shots}: saturation {f['saturation']:.3f}{ci_text}, {f['hull_points']} hull points{flag}")
+            truth = planted.get((f["ds"], f"{f['shots']:g}" if "shots" in f else ""))
+            truth_text = f"; planted {truth:.3f}" if truth is not None else ""
+            print(f"{f['ds']}{shots}: saturation {f['saturation']:.3f}{ci_text}, {f['hull_points']} hull points"
+                  f"{truth_text}{flag}")
         print(f"study written in {time.perf_counter() - t0:.1f} s")
     print(path)
     return 0

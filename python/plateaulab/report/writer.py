@@ -141,7 +141,7 @@ def write_report(res: StudyResult, out: Path, *, axis_scale: str = "linear", for
     body.append("<p>Saturation value with its 95% bootstrap percentile interval, the number of upper-hull points "
                 "the fit rests on, and how far the plateau lies above the best model observed.</p>")
     if planted:
-        body.append(_planted_section(groups, planted))
+        body.append(_planted_section(groups, planted, art))
     body.append('<ul class="summary">')
     if shots:   # several shot counts: keep each task's shots together, in order
         order = {t: i for i, t in enumerate(tasks)}
@@ -342,7 +342,7 @@ def _best_layers(table: pd.DataFrame | None) -> pd.DataFrame | None:
     return None
 
 
-def _planted_section(groups, planted: dict) -> str:
+def _planted_section(groups, planted: dict, art: _Artefacts) -> str:
     rows = []
     for r in groups:
         if r.task not in planted:
@@ -357,5 +357,6 @@ def _planted_section(groups, planted: dict) -> str:
     if not rows:
         return ""
     df = pd.DataFrame(rows)
+    art.table("planted_vs_recovered", df)
     return ("<p>This input comes from <code>plateaulab synth</code>: its saturation values are known by "
             "construction. Recovered against planted:</p>" + H.table(df, text_cols=("ds_task",)))
