@@ -6,7 +6,7 @@ import warnings
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, assume, given, settings, strategies as st
 from scipy.optimize import curve_fit, least_squares, lsq_linear
 
 from plateaulab.analysis import PowerLawFit, fit_saturating_power_law, load_openclip, upper_hull
@@ -51,6 +51,7 @@ def synthetic(seed, n, noise):
 @given(st.integers(0, 2**32 - 1), st.integers(4, 40), st.sampled_from([0.0, 0.003, 0.02, 0.1]), st.booleans())
 def test_sse_never_worse_than_best_curve_fit_start(seed, n, noise, weighted):
     us, ds = synthetic(seed, n, noise)
+    assume(np.ptp(ds) > 0)  # clipping can flatten a steep curve; constant DS is refused (tested below)
     w = np.random.default_rng(seed + 1).uniform(0.2, 3.0, n) if weighted else None
     fit = fit_saturating_power_law(us, ds, w, on="all")
     assert fit.success

@@ -22,9 +22,10 @@ centred moments Czz = sum w (z - zb)^2, Czt = sum w (z - zb)(t - tb), Ctt = sum 
                objective Ctt + W (tb - c0)^2 - 2 k Szt + k^2 Szz.
   The smallest of these candidates is the global constrained optimum for this alpha.
 
-The outer problem, min over alpha of the profiled objective, is one-dimensional: a log-spaced grid over
-[alpha_lo, alpha_hi] and Brent refinement (in log alpha) of the best few grid-local minima. The
-result is deterministic and needs no starting point.
+The outer problem, min over alpha of the profiled objective, is one-dimensional: a grid over
+[alpha_lo, alpha_hi] (geometric segments, each cut into equal steps in alpha; see ``fit_kernel_ws``) and
+Brent refinement (in log alpha) of the best few grid-local minima. The result is deterministic and needs no
+starting point. The l2 profile costs one pass over the points per alpha (``_solve_l2``).
 
 Losses: "l2" is the closed form above. "huber" is minimised for fixed alpha by iteratively reweighted
 least squares, an MM algorithm: the Huber function is majorised by a weighted quadratic, each step solves
@@ -353,7 +354,7 @@ def fit_kernel(x, y, w, n, loss, delta, log_lo, log_hi, n_seg, n_sub, n_refine, 
 def fit_kernel_ws(x, y, w, n, loss, delta, log_lo, log_hi, n_seg, n_sub, n_refine, out, work, iwork):
     """Fit eq. (1) to the first n points (x = e_US >= 0, y = e_DS, w > 0).
 
-    The alpha grid has n_seg * n_sub + 1 points (see below); the best n_refine grid-local minima are
+    The alpha grid has at most n_seg * n_sub + 1 points (see below; n_seg = ceil(log2(hi / lo))); the best n_refine grid-local minima are
     refined with Brent's method.
     out <- (k, alpha, e_ir, objective, sse, alpha_on_bound). Returns 0 on success, 1 if there are fewer
     than 2 points or the US errors are all equal (nothing to fit), 2 on a non-finite result.
@@ -383,35 +384,50 @@ def fit_kernel_ws(x, y, w, n, loss, delta, log_lo, log_hi, n_seg, n_sub, n_refin
     for i in range(n):
         u[i] = math.log(x[i] / xref) if x[i] > 0.0 else -np.inf
 
-    # The grid: n_seg geometric segments of [alpha_lo, alpha_hi], each cut into n_sub equal steps in alpha.
-    # Within a segment alpha grows by a constant step d, so z = exp(alpha u) is updated by one product with
-    # exp(d u): one exp per point per segment instead of one per grid point (exp dominates the cost).
-    # Neighbouring grid values differ by a ratio of at most 1 + (r - 1) / n_sub, r the segment ratio.
-    seg = (log_hi - log_lo) / n_seg
+    # The grid: segments [A, 2A] starting at A = alpha_lo, each cut into n_sub equal steps d = A / n_sub,
+    # up to alpha_hi (n_seg = ceil(log2(alpha_hi / alpha_lo)) segments), plus alpha_hi itself. Neighbouring
+    # grid values differ by a ratio of at most 1 + 1 / n_sub. Within a segment z = exp(alpha u) advances by a
+    # product with e = exp(d u); the next segment's step is 2d, so its e is the square of this one's. The
+    # whole grid therefore costs two exps per point instead of one per point and grid value (exp dominates).
+    # The recurrence loses ~2**n_seg ulps (~1e-11 relative): enough to locate brackets; Brent and the final
+    # evaluation recompute z exactly.
+    a_start = math.exp(log_lo)
+    hi_alpha = math.exp(log_hi) * (1.0 - 1e-12)
+    for i in range(n):
+        zi = math.exp(a_start * u[i])
+        z[i] = zi if zi > Z_TINY else 0.0
+        ei = math.exp(a_start / n_sub * u[i])
+        e[i] = ei if ei > Z_TINY else 0.0
     j = 0
+    seg_a = a_start
+    done = False
     for sgi in range(n_seg):
-        a0 = math.exp(log_lo + sgi * seg)
-        d = (math.exp(log_lo + (sgi + 1) * seg) - a0) / n_sub
-        for i in range(n):
-            if sgi == 0:
-                zi = math.exp(a0 * u[i])
-                z[i] = zi if zi > Z_TINY else 0.0
-            e[i] = math.exp(d * u[i])
+        d = seg_a / n_sub
         for q in range(n_sub):
+            alpha_q = seg_a + q * d
+            if alpha_q >= hi_alpha:
+                done = True
+                break
             if q > 0:
                 for i in range(n):
                     zi = z[i] * e[i]
                     z[i] = zi if zi > Z_TINY else 0.0
-            grid[j] = math.log(a0 + q * d)
+            grid[j] = math.log(alpha_q)
             _profile_z(z, y, w, n, loss, delta, t, w2, res)
             vals[j] = res[2]
             j += 1
+        if done:
+            break
         for i in range(n):
             zi = z[i] * e[i]
             z[i] = zi if zi > Z_TINY else 0.0
+            ei = e[i] * e[i]
+            e[i] = ei if ei > Z_TINY else 0.0
+        seg_a *= 2.0
     grid[j] = log_hi
     _profile(math.exp(log_hi), u, y, w, n, loss, delta, z, t, w2, res)
     vals[j] = res[2]
+    n_grid = j + 1
 
     # Grid-local minima, best first (a plain selection: there are few). A plateau (e.g. alpha so large
     # that only the x_ref point has z > 0) yields one candidate, its right end, not one per grid point.

@@ -26,13 +26,14 @@ import dataclasses
 import math
 from typing import Optional
 
+import numba
 import numpy as np
 from numba import njit, prange
 
 from . import _validate
 from ._powerlaw_kernels import fit_kernel_ws, work_size
 from .hull import MAX_LAYERS, _sort_order, upper_chain_layered, upper_layers
-from .powerlaw import ALPHA_BOUNDS, MIN_IDENTIFIED, N_SEG, N_SUB, N_REFINE, _LOSS_CODES, PowerLawFit, \
+from .powerlaw import ALPHA_BOUNDS, MIN_IDENTIFIED, N_SUB, N_REFINE, _LOSS_CODES, n_segments, PowerLawFit, \
     fit_saturating_power_law
 
 __all__ = ["BootstrapResult", "bootstrap_fit", "PARAMS"]
@@ -181,9 +182,9 @@ def _num(v):
 
 
 def _n_chunks(n_boot: int) -> int:
-    """Work items for prange: several per thread so that uneven replicate costs balance out."""
-    import numba
-    return max(1, min(n_boot, 8 * numba.get_num_threads()))
+    """Work items for prange: many per thread, handed out one at a time (``parallel_chunksize(1)``), so
+    that uneven replicate costs, and a core shared with other processes, balance out."""
+    return max(1, min(n_boot, 32 * numba.get_num_threads(), n_boot // 16 + 1))
 
 
 def bootstrap_fit(us_acc, ds_acc, n_boot: int = 1000, *, on: str = "hull", seed: int = 0, m: Optional[int] = None,
@@ -224,9 +225,10 @@ def bootstrap_fit(us_acc, ds_acc, n_boot: int = 1000, *, on: str = "hull", seed:
     status = np.empty(n_boot, dtype=np.int64)
     n_distinct = np.empty(n_boot, dtype=np.int64)
     at_bound = np.empty(n_boot, dtype=np.bool_)
-    bootstrap_kernel(us, ds, order, layers, n_boot, m, int(seed), on == "hull", b, _LOSS_CODES[loss], float(huber_delta),
-                     math.log(lo), math.log(hi), N_SEG, N_SUB, N_REFINE, _n_chunks(n_boot), samples, status, n_distinct,
-                     at_bound)
+    with numba.parallel_chunksize(1):
+        bootstrap_kernel(us, ds, order, layers, n_boot, m, int(seed), on == "hull", b, _LOSS_CODES[loss], float(huber_delta),
+                         math.log(lo), math.log(hi), n_segments(lo, hi), N_SUB, N_REFINE, _n_chunks(n_boot), samples,
+                         status, n_distinct, at_bound)
 
     ok = status == 0
     k, e_ir = samples[:, 0], samples[:, 2]

@@ -26,12 +26,20 @@ __all__ = ["PowerLawFit", "fit_saturating_power_law", "ALPHA_BOUNDS", "N_SEG", "
 #: alpha from 1.3 to 18 (PROTOCOL §4), so four decades leave room on both sides. A fit whose alpha ends at
 #: either end reports "alpha" in on_bound.
 ALPHA_BOUNDS = (1e-2, 1e2)
-#: The alpha grid: N_SEG geometric segments over ALPHA_BOUNDS (ratio 10**(4/14) ~ 1.93 each), each cut into
-#: N_SUB equal steps in alpha, so neighbouring grid values differ by a ratio of at most ~1.19 (71 points).
-#: The best N_REFINE grid-local minima are refined with Brent's method.
-N_SEG = 12
+#: The alpha grid: segments [A, 2A] from alpha_lo up, each cut into N_SUB equal steps in alpha, so
+#: neighbouring grid values differ by a ratio of at most 1 + 1/N_SUB (41 points over ALPHA_BOUNDS). The
+#: best N_REFINE grid-local minima are refined with Brent's method.
 N_SUB = 3
 N_REFINE = 3
+
+
+def n_segments(lo: float, hi: float) -> int:
+    """Doubling segments needed to reach hi from lo."""
+    return max(1, int(math.ceil(math.log2(hi / lo) - 1e-12)))
+
+
+#: segments for the default ALPHA_BOUNDS
+N_SEG = n_segments(*ALPHA_BOUNDS)
 #: Fewer distinct US values than this leaves the three parameters not identified (three points are
 #: interpolated exactly by a 3-parameter curve whenever it can bend to them).
 MIN_IDENTIFIED = 4
@@ -130,7 +138,7 @@ def fit_saturating_power_law(us_acc, ds_acc, weights=None, *, on: str = "hull", 
     wi = np.ascontiguousarray(w[idx])
     out = np.empty(6)
     status = fit_kernel(x, y, wi, idx.size, _LOSS_CODES[loss], float(huber_delta), math.log(lo), math.log(hi),
-                        N_SEG, N_SUB, N_REFINE, out)
+                        n_segments(lo, hi), N_SUB, N_REFINE, out)
     k, alpha, e_ir, obj, sse, at_bound = out
     n_distinct = int(np.unique(us[idx]).size)
     if status == 0:
