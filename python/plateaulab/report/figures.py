@@ -63,6 +63,18 @@ def _panel_axes(groups, *, width: float, height: float, extra_top: float):
     return fig, axes, [axes[i, j] for i, j in where]
 
 
+def _label_panels(fig, axes, panels, us_name: str, scale: str) -> None:
+    """Axis labels on every panel (x) and on the first visible panel of each row (y): a tall grid is read
+    by scrolling, so a single label for the whole figure would be out of sight for most panels."""
+    us_text = f"US accuracy ({us_name})" if len(str(us_name)) <= 22 else "US accuracy"
+    for ax in panels:
+        ax.set_xlabel(SCALE_LABEL[scale].format(us_text), fontsize=8.5, labelpad=2)
+    for row in axes:
+        visible = [ax for ax in row if ax.get_visible()]
+        if visible:
+            visible[0].set_ylabel(SCALE_LABEL[scale].format("DS accuracy"), fontsize=9)
+
+
 def _wrap(text: str, width: int = 28) -> str:
     if len(text) <= width:
         return text
@@ -93,7 +105,7 @@ def _curve_grid(r, scale: str) -> np.ndarray:
 def saturation_grid(groups, us_name: str, scale: str = "linear", planted: dict | None = None):
     """Figure 1: per (DS task, shots) the points, the upper hull, eq. (1) fitted on the hull and on all
     points, the bootstrap band and the saturation line 1 - e_IR."""
-    fig, axes, panels = _panel_axes(groups, width=3.3, height=2.9, extra_top=0.9)
+    fig, axes, panels = _panel_axes(groups, width=3.3, height=3.1, extra_top=0.9)
     for ax, r in zip(panels, groups):
         f = r.fit_hull
         x_pts, y_pts = _scale(r.us, scale), _scale(r.ds, scale)
@@ -140,10 +152,9 @@ def saturation_grid(groups, us_name: str, scale: str = "linear", planted: dict |
                 labels.append(lab)
     fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 3), frameon=False,
                bbox_to_anchor=(0.5, 1.0))
-    fig.supxlabel(SCALE_LABEL[scale].format(f"US accuracy ({us_name})"), fontsize=11)
-    fig.supylabel(SCALE_LABEL[scale].format("DS accuracy"), x=0.004, fontsize=11)
+    _label_panels(fig, axes, panels, us_name, scale)
     top = 1.0 - 0.75 / fig.get_figheight()
-    fig.tight_layout(rect=(0.018, 0.0, 1.0, top))
+    fig.tight_layout(rect=(0.0, 0.0, 1.0, top))
     return fig
 
 
@@ -266,7 +277,7 @@ def hull_overlay_grid(groups, ref: str, us_name: str, scale: str = "linear"):
     from ..analysis import hull_overlay
 
     by_shots = {r.shots: r for r in groups if r.task == ref}
-    fig, axes, panels = _panel_axes(groups, width=3.3, height=2.7, extra_top=0.8)
+    fig, axes, panels = _panel_axes(groups, width=3.3, height=2.9, extra_top=0.8)
     for ax, r in zip(panels, groups):
         ref_r = by_shots.get(r.shots)
         ax.scatter(_scale(r.us, scale), _scale(r.ds, scale), s=8, color=COLORS["points"], alpha=0.7, lw=0,
@@ -287,9 +298,8 @@ def hull_overlay_grid(groups, ref: str, us_name: str, scale: str = "linear"):
                 handles.append(hnd)
                 labels.append(lab)
     fig.legend(handles, labels, loc="upper center", ncol=3, frameon=False, bbox_to_anchor=(0.5, 1.0))
-    fig.supxlabel(SCALE_LABEL[scale].format(f"US accuracy ({us_name})"), fontsize=11)
-    fig.supylabel(SCALE_LABEL[scale].format("DS accuracy"), x=0.004, fontsize=11)
-    fig.tight_layout(rect=(0.018, 0, 1, 1.0 - 0.6 / fig.get_figheight()))
+    _label_panels(fig, axes, panels, us_name, scale)
+    fig.tight_layout(rect=(0, 0, 1, 1.0 - 0.6 / fig.get_figheight()))
     return fig
 
 
