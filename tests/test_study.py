@@ -203,6 +203,18 @@ def test_run_input_uses_last_layer_and_draws_layers(tmp_path):
     assert "Figure 6" in html and "Figure 2" in html
 
 
+def test_run_input_with_a_chosen_layer(tmp_path):
+    run = _fake_run(tmp_path / "run")
+    run_study(run, tmp_path / "rep", n_boot=20, sensitivity=False, layer="L0")
+    points = pd.read_csv(tmp_path / "rep" / "tables" / "points.csv")
+    res = pd.read_parquet(run / "results.parquet")
+    first = res[res["layer"] == "L0"].groupby(["checkpoint", "dataset", "shots"])["accuracy"].mean()
+    got = points.set_index(["model", "ds_task", "shots"])["ds"]
+    assert np.allclose(got.sort_index().to_numpy(), first.sort_index().to_numpy())
+    with pytest.raises(InputError, match="no layer named 'L9'"):
+        run_study(run, tmp_path / "rep2", n_boot=20, sensitivity=False, layer="L9")
+
+
 @pytest.mark.parametrize("remove", ["results.parquet", "checkpoints.parquet", "manifest.json"])
 def test_run_with_missing_piece_is_an_input_error(tmp_path, remove):
     run = _fake_run(tmp_path / "run")

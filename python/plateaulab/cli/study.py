@@ -35,6 +35,8 @@ def register(subparsers) -> None:
                    help="how to read a table: auto recognises the public tables of shared/data by their published "
                         "file names (openclip_results.csv, scaling_experiment_data2.json, "
                         "individual_model_results.jsonl); table is the generic reader")
+    p.add_argument("--layer", default="last", metavar="NAME",
+                   help="probe runs: the layer used by the main figures (Figure 6 always shows every layer)")
     p.add_argument("--overlay", default=None, metavar="TASK",
                    help="DS task whose hull is drawn over the others (Figure 5); default: the task ranked most "
                         "like US")
@@ -53,7 +55,8 @@ def run(args) -> int:
     t0 = time.perf_counter()
     path = run_study(args.input, args.output, us=args.us, ds=args.ds, n_boot=args.bootstrap, seed=args.seed,
                      axis_scale=args.scale, input_scale=args.input_scale, overlay=args.overlay,
-                     sensitivity=not args.no_sensitivity, sensitivity_trials=args.trials, loader=args.loader)
+                     sensitivity=not args.no_sensitivity, sensitivity_trials=args.trials, loader=args.loader,
+                     layer=args.layer)
     if not args.quiet:
         from pathlib import Path
 

@@ -69,12 +69,13 @@ def is_run_dir(path: Path) -> bool:
 
 
 def load_study_input(source=None, *, us: str | None = None, ds=None, input_scale: str = "auto",
-                     min_points: int = 3, loader: str = "auto") -> StudyInput:
+                     min_points: int = 3, loader: str = "auto", layer: str | None = None) -> StudyInput:
     """Read ``source`` (None: the packaged open_clip table; a directory: a probe run; else a table).
 
     ``loader``: "auto" reads the three public tables of shared/data (open_clip, CLIP_benchmark, model soups)
     with their own loaders when the file keeps its published name, and any other file with load_table;
-    the other choices force one reader."""
+    the other choices force one reader. ``layer`` (probe runs): the layer of the main figures, by name;
+    None or "last" takes each checkpoint's deepest layer."""
     if loader not in LOADER_CHOICES:
         raise InputError(f"loader {loader!r} is not one of {', '.join(LOADER_CHOICES)}")
     ds_list = _split_list(ds)
@@ -87,10 +88,12 @@ def load_study_input(source=None, *, us: str | None = None, ds=None, input_scale
                 raise InputError(
                     f"{path} is a directory but not a probe run: it has none of {', '.join(RUN_FILES)}; "
                     "pass a run directory written by `plateaulab probe` or an accuracy table file")
-            inp = _from_run(path, us=us or DEFAULT_RUN_US, ds=ds_list)
+            inp = _from_run(path, us=us or DEFAULT_RUN_US, ds=ds_list, layer=layer)
         elif not path.exists():
             raise InputError(f"study input {path} does not exist; pass a probe run directory or an accuracy table")
         else:
+            if layer not in (None, "last"):
+                raise InputError(f"--layer applies to probe run directories, not to the table {path}")
             if loader == "auto":
                 loader = LOADERS.get(path.name, "table")
             inp = _from_table(path, us=us, ds=ds_list, input_scale=input_scale, loader=loader)
@@ -194,7 +197,7 @@ def _load_generic(path, *, us, ds, input_scale, skipped: dict):
 
 # --------------------------------------------------------------------------- probe runs
 
-def _from_run(path: Path, *, us: str, ds) -> StudyInput:
+def _from_run(path: Path, *, us: str, ds, layer: str | None = None) -> StudyInput:
     missing = [f for f in RUN_FILES if not (path / f).exists()]
     if missing:
         raise InputError(
@@ -260,8 +263,19 @@ def _from_run(path: Path, *, us: str, ds) -> StudyInput:
     # Mean over seeds of the accuracy at the selected l2, per checkpoint, dataset, shots and layer.
     layers = (results.groupby(["checkpoint", "dataset", "shots", "layer", "layer_index"], as_index=False)
               .agg(accuracy=("accuracy", "mean"), us=("us", "first"), seeds=("accuracy", "size")))
-    # Main figures use each checkpoint's last layer (highest layer_index) for that dataset.
-    last = layers.loc[layers.groupby(["checkpoint", "dataset", "shots"])["layer_index"].idxmax()]
+    if layer in (None, "last"):
+        # Main figures use each checkpoint's last layer (highest layer_index) for that dataset.
+        last = layers.loc[layers.groupby(["checkpoint", "dataset", "shots"])["layer_index"].idxmax()]
+    else:
+        last = layers[layers["layer"].astype(str) == str(layer)]
+        if last.empty:
+            raise InputError(f"probe run {path}: no layer named {layer!r} (layers: "
+                             f"{sorted(set(layers['layer'].astype(str)))}); pass --layer last or one of those")
+        lacking = sorted(set(layers["checkpoint"]) - set(last["checkpoint"]))
+        if lacking:
+            notes.append(f"{len(lacking)} checkpoint(s) have no layer {layer!r} and are left out of the main "
+                         f"figures: {', '.join(lacking[:10])}" + (" ..." if len(lacking) > 10 else ""))
+        notes.append(f"Main figures use layer {layer!r} (--layer).")
     points = pd.DataFrame({"model": last["checkpoint"], "ds_task": last["dataset"], "shots": last["shots"],
                            "us": last["us"], "ds": last["accuracy"]}).reset_index(drop=True)
     inp = StudyInput(points=points, us_name=us, source=str(path), kind="run",

@@ -420,7 +420,7 @@ def _layers(inp: StudyInput, res: StudyResult) -> pd.DataFrame | None:
 def run_study(source=None, out_dir="study_report", *, us=None, ds=None, n_boot: int = DEFAULT_BOOTSTRAP,
               seed: int = 0, axis_scale: str = "linear", input_scale: str = "auto", overlay: str | None = None,
               sensitivity: bool = True, sensitivity_trials: int = 10, formats=("png", "svg"),
-              loader: str = "auto", progress=None) -> Path:
+              loader: str = "auto", layer: str | None = None, progress=None) -> Path:
     """Run the whole study and write ``out_dir`` (report.html, fits.json, figures/, tables/). Returns the
     path of report.html."""
     if axis_scale not in AXIS_SCALES:
@@ -429,7 +429,7 @@ def run_study(source=None, out_dir="study_report", *, us=None, ds=None, n_boot: 
         raise InputError(f"--scale {axis_scale} needs {_missing('scale_accuracy')}; use --scale linear")
     if n_boot < 0:
         raise InputError(f"--bootstrap must be >= 0, got {n_boot}")
-    inp = load_study_input(source, us=us, ds=ds, input_scale=input_scale, loader=loader)
+    inp = load_study_input(source, us=us, ds=ds, input_scale=input_scale, loader=loader, layer=layer)
     res = analyse(inp, n_boot=n_boot, seed=seed, sensitivity=sensitivity,
                   sensitivity_trials=sensitivity_trials, overlay=overlay, progress=progress)
     res.params["axis_scale"] = axis_scale
