@@ -45,7 +45,6 @@ class GroupResult:
     boot: object | None               # BootstrapResult
     power: dict | None
     band: tuple | None = None         # (grid, lo, hi) of the bootstrap band in accuracy units
-    problems: list[str] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -123,8 +122,8 @@ def analyse_group(task, shots, g: pd.DataFrame, *, n_boot: int, seed: int, on_al
     us = g["us"].to_numpy(float)
     ds = g["ds"].to_numpy(float)
     hull = np.asarray(upper_hull(us, ds), dtype=int)
-    fit_hull = fit_saturating_power_law(us, ds, on="hull")
-    fit_all = fit_saturating_power_law(us, ds, on="all") if on_all else None
+    fit_hull = fit_saturating_power_law(us, ds, on="hull", ds=str(task))
+    fit_all = fit_saturating_power_law(us, ds, on="all", ds=str(task)) if on_all else None
     boot = bootstrap_fit(us, ds, n_boot=n_boot, on="hull", seed=seed) if n_boot > 0 else None
     power = prediction_power(us, ds, fit=fit_all) if fit_all is not None and prediction_power else None
     r = GroupResult(task=str(task), shots=_norm_shots(shots), us=us, ds=ds,
@@ -183,7 +182,10 @@ def flags(r: GroupResult) -> list[str]:
     out = []
     f = r.fit_hull
     if not bool(f.identified):
-        out.append(f"not identified: hull has {int(f.hull_points)} points")
+        if int(getattr(f, "n_distinct", f.hull_points)) <= 3 or int(f.hull_points) <= 3:
+            out.append(f"not identified: hull has {int(f.hull_points)} points")
+        else:
+            out.append("not identified: k = 0 (a flat line; alpha has no effect)")
     for p in list(f.on_bound or []):
         out.append(f"{'e_IR' if p == 'e_ir' else p} on bound")
     if not bool(getattr(f, "success", True)):
