@@ -21,23 +21,25 @@ def frontier_points(n, seed=0):
     return us, ds
 
 
-def replicate_reference(us, ds, seed, b, m, on):
+def replicate_reference(us, ds, seed, b, m, on, **kw):
     counts = np.empty(us.size, np.int64)
     draw_counts(seed, b, us.size, m, counts)
     if on == "hull":
         keep = counts > 0
-        fit = fit_saturating_power_law(us[keep], ds[keep], on="hull")
+        fit = fit_saturating_power_law(us[keep], ds[keep], on="hull", **kw)
     else:
-        fit = fit_saturating_power_law(us, ds, counts.astype(float), on="all")
+        fit = fit_saturating_power_law(us, ds, counts.astype(float), on="all", **kw)
     return fit, counts
 
 
-@pytest.mark.parametrize("on, m", [("hull", None), ("all", None), ("hull", 60)])
-def test_kernel_replicates_equal_python_path(on, m):
+@pytest.mark.parametrize("on, m, kw", [("hull", None, {}), ("all", None, {}), ("hull", 60, {}),
+                                       ("hull", None, {"loss": "huber"}), ("all", None, {"loss": "log"}),
+                                       ("hull", None, {"us_bayes_error": 0.1})])
+def test_kernel_replicates_equal_python_path(on, m, kw):
     us, ds = frontier_points(200, seed=1)
-    res = bootstrap_fit(us, ds, 40, on=on, seed=11, m=m)
+    res = bootstrap_fit(us, ds, 40, on=on, seed=11, m=m, **kw)
     for b in range(40):
-        fit, counts = replicate_reference(us, ds, 11, b, m or us.size, on)
+        fit, counts = replicate_reference(us, ds, 11, b, m or us.size, on, **kw)
         assert counts.sum() == (m or us.size)
         np.testing.assert_allclose(res.samples[b], [fit.k, fit.alpha, fit.e_ir, fit.saturation], rtol=1e-6, atol=1e-9)
 
