@@ -104,6 +104,8 @@ def test_clip_benchmark_best_over_hyperparameters():
     assert row["us"] == sel[sel["dataset"] == "imagenet1k-unverified"]["lp_acc1"].max()
     allrows = load_clip_benchmark(CLIP_BENCH, hyper="all")
     assert len(allrows.long) == (raw["dataset"] != "imagenet1k-unverified").sum()
+    with pytest.raises(InputError, match="several rows"):
+        allrows.wide()
 
 
 def test_model_soups():

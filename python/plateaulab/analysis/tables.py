@@ -41,6 +41,12 @@ class AccuracyTable:
     def wide(self) -> pd.DataFrame:
         """One row per model (and shots, when the table has shots): the US column, then one per DS task."""
         keys = ["model"] + (["shots"] if self.long["shots"].notna().any() else [])
+        dup = self.long.duplicated(keys + ["ds_task"])
+        if dup.any():
+            r = self.long.loc[dup].iloc[0]
+            raise InputError(f"{self.source or 'the table'} has several rows per ({', '.join(keys)}, ds_task), e.g. "
+                             f"model {r['model']!r}, DS {r['ds_task']!r} (hyper-parameter runs, seeds?); filter or "
+                             "aggregate them before asking for a wide table")
         ds = self.long.pivot_table(index=keys, columns="ds_task", values="ds", aggfunc="first", sort=False)
         us = self.long.groupby(keys, sort=False)["us"].first().rename(self.us_name)
         out = pd.concat([us, ds.reindex(columns=self.ds_tasks)], axis=1).reset_index()
