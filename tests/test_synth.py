@@ -87,7 +87,8 @@ def test_synth_cli(tmp_path, capsys):
     assert main(["synth", str(tmp_path / "s2"), "--e-ir", "x"]) == 2
 
 
-def test_synth_probe_study_recovers_planted_saturation(tmp_path):
+@pytest.mark.parametrize("variant", ["default", "other_ceilings"])
+def test_synth_probe_study_recovers_planted_saturation(tmp_path, variant):
     """The end-to-end check of the study: the planted saturation lies inside the bootstrap CI of the fit.
 
     The CI is widened by one test example (1 / n_test, the resolution of an accuracy): at the plateau the
@@ -97,6 +98,10 @@ def test_synth_probe_study_recovers_planted_saturation(tmp_path):
     from plateaulab.run import probe_store
 
     cfg = SynthConfig(n_checkpoints=20, n_layers=2, e_us_range=(0.003, 0.6), n_test_per_class=200, seed=0)
+    if variant == "other_ceilings":   # different planted values, classes and seed: nothing tuned to one store
+        cfg.seed = 7
+        cfg.tasks = [SynthTask("a", e_ir=0.15, transfer=1.8, num_classes=4),
+                     SynthTask("b", e_ir=0.42, transfer=1.7, num_classes=6)]
     make_synth_store(tmp_path / "store", cfg)
     probe_store(tmp_path / "store", tmp_path / "run", shots=(5, 10), seeds=2, backend="numpy", quiet=True)
     report = run_study(tmp_path / "run", tmp_path / "report", n_boot=200, sensitivity=False)
