@@ -29,6 +29,8 @@ ul.summary li { margin-bottom: 3px; }
 .warn { color: #8a4b00; }
 .note { background: #f6f8fa; border-left: 3px solid #9ab; padding: 6px 10px; margin: 8px 0; }
 .tablewrap { overflow-x: auto; }
+.toc { font-size: 0.92em; background: #f6f8fa; padding: 6px 10px; }
+.toc a { color: #1f4e8c; text-decoration: none; }
 """
 
 
@@ -91,6 +93,22 @@ def figure(png: bytes, caption: str, alt: str) -> str:
 
 
 def document(title: str, body: list[str]) -> str:
+    """The page, with an anchor on every section heading and a contents line after the first paragraph
+    block (the report is long: a dozen figures)."""
+    import re
+
+    sections, parts = [], []
+    for part in body:
+        def anchor(m):
+            sid = f"s{len(sections) + 1}"
+            sections.append((sid, re.sub(r"<[^>]+>", "", m.group(1))))
+            return f'<h2 id="{sid}">{m.group(1)}</h2>'
+        parts.append(re.sub(r"<h2>(.*?)</h2>", anchor, part))
+    if len(sections) > 2:
+        toc = ('<p class="toc">Contents: '
+               + " &middot; ".join(f'<a href="#{sid}">{text}</a>' for sid, text in sections) + "</p>")
+        first = next((i for i, p in enumerate(parts) if '<h2 id="s1">' in p), len(parts))
+        parts.insert(first, toc)
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{esc(title)}</title><style>{CSS}</style></head><body>\n"
-            + "\n".join(body) + "\n</body></html>\n")
+            + "\n".join(parts) + "\n</body></html>\n")

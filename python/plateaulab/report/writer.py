@@ -112,7 +112,7 @@ def write_report(res: StudyResult, out: Path, *, axis_scale: str = "linear", for
         f'<p class="meta">plateaulab {H.esc(__version__)} study, {H.esc(_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))}. '
         f"Input: {H.esc(inp.source)}. Upstream (x axis): <b>{H.esc(inp.us_name)}</b>. "
         f"{n_models} models, {len(tasks)} downstream tasks"
-        + (f", shots {', '.join(F._shots_label(s) for s in shots)}" if shots else "")
+        + (f", shots: {', '.join(F._shots_tick(s) for s in sorted(shots, key=F._shots_key))}" if shots else "")
         + f". Bootstrap: {res.params['n_boot']} replicates (seed {res.params['seed']}). "
         f"Axis scale: {SCALE_NAMES[axis_scale]}. Analysis time {res.timings.get('total', 0):.1f} s.</p>")
     body.append(
