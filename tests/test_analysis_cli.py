@@ -5,7 +5,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from plateaulab.analysis import bootstrap_fit, fit_saturating_power_law, load_openclip

@@ -2,7 +2,6 @@
 open_clip table (mlfoundations/open_clip docs/openclip_results.csv, commit 29b90b8d, MIT)."""
 
 import numpy as np
-import pytest
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
 from scipy.spatial import ConvexHull, QhullError
 

@@ -90,6 +90,7 @@ def test_recovers_parameters_of_noiseless_data():
     us = np.linspace(0.05, 0.9, 30)
     ds = 1 - (0.8 * (1 - us) ** 3.5 + 0.12)
     fit = fit_saturating_power_law(us, ds, on="all")
+    assert isinstance(fit, PowerLawFit)
     assert (fit.k, fit.alpha, fit.e_ir) == pytest.approx((0.8, 3.5, 0.12), rel=1e-6)
     assert fit.saturation == pytest.approx(0.88) and fit.identified and fit.on_bound == []
     np.testing.assert_allclose(fit.predict(us), ds, atol=1e-9)

@@ -123,7 +123,8 @@ def test_hyperparam_discrepancy_on_clip_benchmark():
     cb = load_clip_benchmark(CLIP_BENCH, hyper="all")
     long = cb.long[cb.long["shots"] == 10]
     wide = long.pivot_table(index=["model", "lr", "epochs"], columns="ds_task", values="ds").reset_index()
-    wide = wide.merge(long.groupby(["model", "lr", "epochs"], as_index=False)["us"].first(), on=["model", "lr", "epochs"])
+    keys = ["model", "lr", "epochs"]
+    wide = wide.merge(long.groupby(keys, as_index=False)["us"].first(), on=keys)
     targets = ["vtab/pets", "vtab/eurosat", "vtab/dtd"]
     out = hyperparam_discrepancy(wide, "lr", "us", targets)
     assert out["target"].tolist() == ["us", *targets]

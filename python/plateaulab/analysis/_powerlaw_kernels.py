@@ -354,8 +354,8 @@ def fit_kernel(x, y, w, n, loss, delta, log_lo, log_hi, n_seg, n_sub, n_refine, 
 def fit_kernel_ws(x, y, w, n, loss, delta, log_lo, log_hi, n_seg, n_sub, n_refine, out, work, iwork):
     """Fit eq. (1) to the first n points (x = e_US >= 0, y = e_DS, w > 0).
 
-    The alpha grid has at most n_seg * n_sub + 1 points (see below; n_seg = ceil(log2(hi / lo))); the best n_refine grid-local minima are
-    refined with Brent's method.
+    The alpha grid has at most n_seg * n_sub + 1 points (see below; n_seg = ceil(log2(hi / lo))); the best
+    n_refine grid-local minima are refined with Brent's method.
     out <- (k, alpha, e_ir, objective, sse, alpha_on_bound). Returns 0 on success, 1 if there are fewer
     than 2 points or the US errors are all equal (nothing to fit), 2 on a non-finite result.
     work (float64, ``work_size(n, n_grid)``) and iwork (int64, n_grid) are scratch space, so that the

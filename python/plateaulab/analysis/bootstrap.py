@@ -226,8 +226,8 @@ def bootstrap_fit(us_acc, ds_acc, n_boot: int = 1000, *, on: str = "hull", seed:
     n_distinct = np.empty(n_boot, dtype=np.int64)
     at_bound = np.empty(n_boot, dtype=np.bool_)
     with numba.parallel_chunksize(1):
-        bootstrap_kernel(us, ds, order, layers, n_boot, m, int(seed), on == "hull", b, _LOSS_CODES[loss], float(huber_delta),
-                         math.log(lo), math.log(hi), n_segments(lo, hi), N_SUB, N_REFINE, _n_chunks(n_boot), samples,
+        bootstrap_kernel(us, ds, order, layers, n_boot, m, int(seed), on == "hull", b, _LOSS_CODES[loss],
+                         float(huber_delta), math.log(lo), math.log(hi), n_segments(lo, hi), N_SUB, N_REFINE, _n_chunks(n_boot), samples,
                          status, n_distinct, at_bound)
 
     ok = status == 0

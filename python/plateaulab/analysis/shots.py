@@ -58,7 +58,8 @@ def params_vs_shots(df: pd.DataFrame, params: Sequence[str] = ("k", "alpha", "e_
                          "spearman": spearman(sub["shots"], sub[p]) if enough else np.nan,
                          "pearson": _pearson(sub["shots"], sub[p]) if enough else np.nan,
                          "p_increase": p_inc, "trend": 2 * p_inc - 1 if enough else np.nan})
-    out = pd.DataFrame(rows, columns=[*group, "param", "n_shots", "n_groups", "spearman", "pearson", "p_increase", "trend"])
+    columns = [*group, "param", "n_shots", "n_groups", "spearman", "pearson", "p_increase", "trend"]
+    out = pd.DataFrame(rows, columns=columns)
     if out.empty:
         return out
     means = out.groupby("param", sort=False)[["spearman", "pearson", "p_increase", "trend"]].mean().reset_index()

@@ -95,7 +95,8 @@ def run(args) -> int:
             raise InputError(f"--output {str(path)!r}: use a .csv, .json or .parquet file name")
         print(path)
     elif args.json:
-        print(json.dumps({"table": table.source, "us": table.us_name, "rows": json.loads(out.to_json(orient="records"))}))
+        rows = json.loads(out.to_json(orient="records"))
+        print(json.dumps({"table": table.source, "us": table.us_name, "rows": rows}))
     else:
         with pd.option_context("display.width", 200, "display.max_columns", None):
             print(out.to_string(index=False))
