@@ -163,12 +163,16 @@ def probe_block(ops, x_train, y_train, x_test, y_test, tasks, l2s, num_classes, 
             shift = (mean_t - m0) / std_t                             # (D,)
             if primal:
                 rhs = q[b].T @ (xsT[b] @ yt[b])                       # (D', C)
-                for j, l2 in enumerate(l2_host):
-                    w = (q[b] * (1.0 / (e[b] + l2))[None, :]) @ rhs   # (D', C) float64
+                # W_l = Q diag(1/(e + l2_l)) rhs for every l at once: Q @ [diag(f_1) rhs | ... ].
+                f = 1.0 / (e[b][:, None] + xp.asarray(l2_host)[None, :])          # (D', L)
+                w_all = q[b] @ (f[:, :, None] * rhs[:, None, :]).reshape(D + 1, L * C)
+                for j in range(L):
+                    w = w_all[:, j * C:(j + 1) * C]
                     scorer.add_primal(t, j, w[:D] / std_t[:, None], P.BIAS_CONSTANT * w[D] - shift @ w[:D])
             else:
                 rhs = q[b].T @ yt[b]                                  # (n, C)
-                a = xp.concatenate([(q[b] * (1.0 / (e[b] + l2))[None, :]) @ rhs for l2 in l2_host], axis=1)
+                f = 1.0 / (e[b][:, None] + xp.asarray(l2_host)[None, :])          # (n, L)
+                a = q[b] @ (f[:, :, None] * rhs[:, None, :]).reshape(n, L * C)   # [A_1 | ... | A_L]
                 x_s = xs[b, :, :D]
                 if n * D + n * L * C < L * C * D:                     # kernel form (point 2)
                     scorer.add_kernel(t, (x_s / std_t[None, :]).T, -(shift @ x_s.T), a,
