@@ -62,10 +62,22 @@ def test_fit_model_soups_jsonl(capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["fit", "builtin:openclip", "--ds", "Nope"], "unknown DS column"),
-    (["fit", str(SOUPS), "--us", "ImageNetX"], "known columns"),
+    (["fit", str(SOUPS), "--us", "ImageNetX", "--loader", "table"], "known columns: model_name, ImageNet2p"),
+    (["fit", str(SOUPS), "--us", "ImageNetX"], "has US 'ImageNet'"),
     (["fit", "/nonexistent/table.csv", "--us", "a"], "does not exist"),
 ])
 def test_fit_bad_input_exit_2(capsys, argv, message):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and err.startswith("plateaulab fit: error:")
+
+
+def test_fit_clip_benchmark_by_file_name(capsys):
+    """CLIP_benchmark's JSON (LAION-AI/CLIP_benchmark b759cf60) is recognised by name: one fit per shots value."""
+    out = run_json(capsys, ["fit", str(SHARED / "clip_benchmark" / "scaling_experiment_data2.json"), "--ds",
+                            "vtab/pets", "--on", "all"])
+    assert out["us"] == "imagenet1k-unverified"
+    assert sorted(f["shots"] for f in out["fits"]) == [-1, 10]
+    assert all(f["ds"] == "vtab/pets" and f["n_points"] == 12 for f in out["fits"])
+    assert main(["fit", str(SHARED / "clip_benchmark" / "scaling_experiment_data2.json"), "--us", "cifar100"]) == 2
+    assert "has US 'imagenet1k-unverified'" in capsys.readouterr().err

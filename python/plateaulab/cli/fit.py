@@ -5,6 +5,57 @@ from __future__ import annotations
 import argparse
 
 BUILTIN = "builtin:openclip"
+LOADERS = ("auto", "table", "openclip", "clip_benchmark", "model_soups")
+#: file names of the public tables (shared/data) that have their own loader
+KNOWN_FILES = {"openclip_results.csv": "openclip", "scaling_experiment_data2.json": "clip_benchmark",
+               "individual_model_results.jsonl": "model_soups"}
+
+
+def add_table_arguments(p) -> None:
+    """Arguments shared by fit and sensitivity to read the accuracy table."""
+    p.add_argument("--loader", default="auto", choices=LOADERS,
+                   help="how to read TABLE: the generic load_table, or the loader of a public table (auto: by "
+                        f"file name: {', '.join(KNOWN_FILES)})")
+    p.add_argument("--scale", default="auto", choices=("auto", "unit", "percent"),
+                   help="accuracies on 0-1 (unit) or 0-100 (percent); auto: percent when any value exceeds 1")
+    p.add_argument("--model-col", default=None, help="model id column (default: model, checkpoint, model_name, name)")
+    p.add_argument("--shots-col", default=None, help="shots column (default: shots, when present)")
+    p.add_argument("--format", default=None, help="table format when the extension does not tell")
+    p.add_argument("--nan", default="drop", choices=("drop", "raise"),
+                   help="rows with a missing accuracy: drop and count them, or stop with an error")
+
+
+def read_table(args):
+    """The AccuracyTable named by args.table, restricted to args.ds when given."""
+    from pathlib import Path
+
+    from ..analysis import load_clip_benchmark, load_model_soups, load_openclip, load_table
+    from ..errors import InputError
+
+    loader = args.loader
+    if args.table == BUILTIN:
+        loader = "openclip"
+    elif loader == "auto":
+        loader = KNOWN_FILES.get(Path(args.table).name, "table")
+    if loader == "table":
+        return load_table(args.table, model_col=args.model_col, us=args.us, ds=args.ds, shots_col=args.shots_col,
+                          scale=args.scale, format=args.format, nan=args.nan)
+    if loader == "openclip":
+        table = load_openclip(None if args.table == BUILTIN else args.table, scale=args.scale)
+    elif loader == "clip_benchmark":
+        table = load_clip_benchmark(args.table, scale=args.scale)
+    else:
+        table = load_model_soups(args.table, scale=args.scale)
+    if args.us not in (None, table.us_name):
+        raise InputError(f"{args.table} ({loader} loader) has US {table.us_name!r}; got --us {args.us!r}")
+    if args.ds:
+        keep = [d.strip() for d in args.ds.split(",") if d.strip()]
+        unknown = [d for d in keep if d not in table.ds_tasks]
+        if unknown:
+            raise InputError(f"unknown DS column(s) {', '.join(map(repr, unknown))} in {args.table}; known: "
+                             f"{', '.join(table.ds_tasks)}")
+        table.ds_tasks = keep
+    return table
 
 
 def register(subparsers) -> None:
@@ -28,14 +79,8 @@ def register(subparsers) -> None:
                    help="models drawn per bootstrap replicate (m-out-of-n; default n). See docs/ANALYSIS.md")
     p.add_argument("--ci", type=float, default=0.95, help="bootstrap interval level")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    p.add_argument("--scale", default="auto", choices=("auto", "unit", "percent"),
-                   help="accuracies on 0-1 (unit) or 0-100 (percent); auto: percent when any value exceeds 1")
-    p.add_argument("--model-col", default=None, help="model id column (default: model, checkpoint, model_name, name)")
-    p.add_argument("--shots-col", default=None, help="shots column (default: shots, when present)")
     p.add_argument("--shots", type=float, default=None, help="fit only this shots value")
-    p.add_argument("--format", default=None, help="table format when the extension does not tell")
-    p.add_argument("--nan", default="drop", choices=("drop", "raise"),
-                   help="rows with a missing accuracy: drop and count them, or stop with an error")
+    add_table_arguments(p)
     p.add_argument("--json", action="store_true", help="print JSON (the default and only output format)")
     p.add_argument("--indent", type=int, default=None, help="indent the JSON")
     p.set_defaults(func=run)
@@ -45,23 +90,10 @@ def run(args) -> int:
     import json
     import math
 
-    from ..analysis import bootstrap_fit, fit_saturating_power_law, load_openclip, load_table
+    from ..analysis import bootstrap_fit, fit_saturating_power_law
     from ..errors import InputError
 
-    if args.table == BUILTIN:
-        table = load_openclip(scale=args.scale)
-        if args.us not in (None, table.us_name):
-            raise InputError(f"{BUILTIN} has US column {table.us_name!r}; got --us {args.us!r}")
-        if args.ds:
-            keep = [d.strip() for d in args.ds.split(",") if d.strip()]
-            unknown = [d for d in keep if d not in table.ds_tasks]
-            if unknown:
-                raise InputError(f"unknown DS column(s) {', '.join(map(repr, unknown))} in {BUILTIN}; known: "
-                                 f"{', '.join(table.ds_tasks)}")
-            table.ds_tasks = keep
-    else:
-        table = load_table(args.table, model_col=args.model_col, us=args.us, ds=args.ds, shots_col=args.shots_col,
-                           scale=args.scale, format=args.format, nan=args.nan)
+    table = read_table(args)
     long = table.long
     fits = []
     for task in table.ds_tasks:

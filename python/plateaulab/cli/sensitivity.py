@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .fit import BUILTIN
+from .fit import BUILTIN, add_table_arguments, read_table
 
 
 def register(subparsers) -> None:
@@ -28,11 +28,8 @@ def register(subparsers) -> None:
     p.add_argument("--on", default="hull,all", help="hull, all, or both (comma-separated)")
     p.add_argument("--metric", default="mse", choices=("mse", "rmse", "mae"), help="error metric")
     p.add_argument("--seed", type=int, default=0, help="seed of the draws")
-    p.add_argument("--scale", default="auto", choices=("auto", "unit", "percent"), help="accuracy scale of the table")
-    p.add_argument("--model-col", default=None, help="model id column")
-    p.add_argument("--shots-col", default=None, help="shots column")
     p.add_argument("--shots", type=float, default=None, help="use only this shots value")
-    p.add_argument("--nan", default="drop", choices=("drop", "raise"), help="rows with a missing accuracy")
+    add_table_arguments(p)
     p.add_argument("--json", action="store_true", help="print JSON records instead of a text table")
     p.add_argument("-o", "--output", default=None, metavar="FILE", help="write the table (.csv, .json or .parquet)")
     p.set_defaults(func=run)
@@ -44,21 +41,10 @@ def run(args) -> int:
 
     import pandas as pd
 
-    from ..analysis import load_openclip, load_table, sample_size_sensitivity
+    from ..analysis import sample_size_sensitivity
     from ..errors import InputError
 
-    if args.table == BUILTIN:
-        table = load_openclip(scale=args.scale)
-        if args.ds:
-            wanted = [d.strip() for d in args.ds.split(",") if d.strip()]
-            unknown = [d for d in wanted if d not in table.ds_tasks]
-            if unknown:
-                raise InputError(f"unknown DS column(s) {', '.join(map(repr, unknown))} in {BUILTIN}; known: "
-                                 f"{', '.join(table.ds_tasks)}")
-            table.ds_tasks = wanted
-    else:
-        table = load_table(args.table, model_col=args.model_col, us=args.us, ds=args.ds, shots_col=args.shots_col,
-                           scale=args.scale, nan=args.nan)
+    table = read_table(args)
     try:
         sizes = None if args.sizes is None else [int(s) for s in args.sizes.split(",") if s.strip()]
     except ValueError:
