@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
+from hypothesis import settings
 
 from plateaulab import FeatureStore
+
+# CI draws the same hypothesis examples on every run, so a red CI is reproducible; locally the
+# examples vary from run to run and keep searching.
+settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 def make_store(path, *, n_checkpoints=2, n_layers=2, datasets=None, dim=16, dtype=np.float16, seed=0,
