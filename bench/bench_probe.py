@@ -10,6 +10,8 @@ time per probe is what the ratio uses, since the loops cost the same for every b
               eigendecomposition, then per l2 `_eig_fewshot_acc_fn`: standardise and pad the test
               split, form W, argmax X_test W), transcribed to numpy float64; each block read once.
   loop-f32    the same loop in float32, JAX's default dtype.
+  loop-f64-read   loop-f64 where every (shots, seed) probe reads its block from the store again:
+              a per-probe loop that shares nothing between probes.
 Accuracies are compared probe by probe: cpu against loop-f64 must differ only on counted ties.
 
     python bench/bench_probe.py                  # the full workload (~5.5 GB store in --workdir)
@@ -63,11 +65,16 @@ def build_store(path: Path, n_ckpt: int, n_layers: int, dim: int, C: int, per_cl
     return st
 
 
-def bigvision_loop_block(x_train, y_train, x_test, y_test, tasks, l2s, C, dtype):
-    """big_vision's fewshot_lsr transcribed to numpy, one probe at a time, as published."""
+def bigvision_loop_block(x_train, y_train, x_test, y_test, tasks, l2s, C, dtype, reload=None):
+    """big_vision's fewshot_lsr transcribed to numpy, one probe at a time, as published.
+    With ``reload``, every probe reads its block from the store again (a loop over probes that
+    shares nothing between them)."""
     x_test = np.asarray(x_test, dtype=dtype)
     correct = np.zeros((len(tasks), len(l2s)), np.int64)
     for t, task in enumerate(tasks):
+        if reload is not None:
+            block = reload()
+            x_train, x_test = block.train, np.asarray(block.test, dtype=dtype)
         # _precompute_cache
         x = np.asarray(x_train[task.indices], dtype=dtype)
         y = y_train[task.indices]
@@ -120,7 +127,7 @@ def main(argv=None) -> int:
 
     # Baselines on the first few blocks.
     cpu = get_backend("cpu")
-    t_ref = t_bv = t_cpu_sub = 0.0
+    t_ref = t_bv = t_cpu_sub = t_read = 0.0
     n_equal, n_probes_cmp = 0, 0
     for ck, dsn, layer in blocks[: args.baseline_blocks]:
         b = st.block(ck, dsn, layer)
@@ -131,6 +138,10 @@ def main(argv=None) -> int:
         bigvision_loop_block(b.train, ds.y_train, b.test, ds.y_test, tasks, l2s, ds.num_classes, np.float32)
         t_bv += time.perf_counter() - s
         s = time.perf_counter()
+        bigvision_loop_block(None, ds.y_train, b.test, ds.y_test, tasks, l2s, ds.num_classes, np.float64,
+                             reload=lambda: st.block(ck, dsn, layer))
+        t_read += time.perf_counter() - s
+        s = time.perf_counter()
         c = cpu.probe_block(b.train, ds.y_train, b.test, ds.y_test, tasks, l2s, ds.num_classes)
         t_cpu_sub += time.perf_counter() - s
         diff = np.abs(c.correct - r)
@@ -140,6 +151,7 @@ def main(argv=None) -> int:
     nb = args.baseline_blocks
     rate_ref = nb * probes_per_block / t_ref
     rate_bv = nb * probes_per_block / t_bv
+    rate_read = nb * probes_per_block / t_read
 
     # The cpu engine end to end through a run (store reads, parquet parts, consolidation).
     run_dir = work / "run"
@@ -153,11 +165,13 @@ def main(argv=None) -> int:
           f"{args.test} test rows, shots {shots}, 3 seeds, {len(l2s)} l2 -> {len(blocks) * probes_per_block} probes")
     print(f"loop-f64 (big_vision): {rate_ref:9.1f} probes/s  ({t_ref / nb:.2f} s/block over {nb} blocks)")
     print(f"loop-f32 (big_vision): {rate_bv:9.1f} probes/s  ({t_bv / nb:.2f} s/block over {nb} blocks)")
+    print(f"loop-f64-read        : {rate_read:9.1f} probes/s  ({t_read / nb:.2f} s/block over {nb} blocks)")
     print(f"cpu backend (blocks): {nb * probes_per_block / t_cpu_sub:9.1f} probes/s  ({t_cpu_sub / nb:.2f} s/block)")
     print(f"cpu engine, full run: {rate_cpu:9.1f} probes/s  ({t_run:.1f} s for {len(blocks)} blocks, "
           f"{t_run / len(blocks):.2f} s/block)")
     print(f"ratio vs loop-f64 : {rate_cpu / rate_ref:.1f}x")
     print(f"ratio vs loop-f32 : {rate_cpu / rate_bv:.1f}x")
+    print(f"ratio vs loop-f64-read : {rate_cpu / rate_read:.1f}x")
     print(f"accuracies identical to loop-f64 on {n_equal}/{n_probes_cmp} compared probes "
           "(the rest differ only within counted argmax ties)")
     print(f"plateaulab {__version__}, numpy {np.__version__}, python {sys.version.split()[0]}, "

@@ -148,13 +148,20 @@ def probe_block(ops, x_train, y_train, x_test, y_test, tasks, l2s, num_classes, 
         by_size[task.n_train].append(t)
     for n, tids in by_size.items():
         # One batch per training-set size: (B, n, D) rows gathered on the host, decomposed together.
-        X = xp.asarray(np.stack([np.asarray(x_train[tasks[t].indices], dtype=np.float64) for t in tids]))
+        # xs is built in place (centre, scale, bias column): no full-size temporaries.
+        host = np.empty((len(tids), n, D + 1), dtype=np.float64)
+        for b, t in enumerate(tids):
+            host[b, :, :D] = x_train[tasks[t].indices]
+        xs = xp.asarray(host)
         Y = xp.asarray(np.stack([y_train[tasks[t].indices] for t in tids]))
-        mean = X.mean(axis=1, keepdims=True)
-        std = X.std(axis=1, keepdims=True) + P.STD_EPS
-        xs = xp.concatenate([(X - mean) / std, xp.full((len(tids), n, 1), P.BIAS_CONSTANT)], axis=2)
+        body = xs[:, :, :D]
+        mean = body.mean(axis=1, keepdims=True)
+        body -= mean
+        std = xp.sqrt(xp.einsum("bnd,bnd->bd", body, body)[:, None, :] / n) + P.STD_EPS  # population std
+        body /= std
+        xs[:, :, D] = P.BIAS_CONSTANT
         yt = 2.0 * eye[Y] - 1.0                                      # (B, n, C)
-        del X
+        del host, body
         primal = n >= D + 1
         xsT = xp.swapaxes(xs, 1, 2)
         e, q = xp.linalg.eigh(xsT @ xs if primal else xs @ xsT)       # batched, float64
