@@ -128,6 +128,7 @@ def test_probe_run_directory(tmp_path):
     pd.DataFrame(rows).to_parquet(tmp_path / "results.parquet")
     pd.DataFrame({"checkpoint": ["c0", "c1", "c2"], "upstream_accuracy": [0.5, 0.6, 0.7]}).to_parquet(
         tmp_path / "checkpoints.parquet")
+    (tmp_path / "manifest.json").write_text('{"format": "plateaulab-probe-run", "complete": true}')
     t = load_table(tmp_path)
     assert t.us_name == "upstream_accuracy" and t.ds_tasks == ["pets"]
     got = t.long.sort_values("model")

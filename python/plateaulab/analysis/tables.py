@@ -71,7 +71,8 @@ class AccuracyTable:
         return rows["us"].to_numpy(np.float64), rows["ds"].to_numpy(np.float64)
 
 
-def _read(source, fmt: Optional[str]) -> tuple[pd.DataFrame, str]:
+def read_frame(source, fmt: Optional[str] = None) -> tuple[pd.DataFrame, str]:
+    """The raw DataFrame of a table file, DataFrame or probe run directory, and a name for messages."""
     if isinstance(source, pd.DataFrame):
         return source.copy(), "<DataFrame>"
     path = Path(source)
@@ -102,11 +103,12 @@ def _read_run_dir(path: Path) -> pd.DataFrame:
     Keeps the selected l2 rows (when the table marks them), the deepest layer of each checkpoint, and the
     mean accuracy over seeds; layer-wise questions go to :func:`layer_profile` on results.parquet itself.
     """
-    res_path = path / "results.parquet"
-    if not res_path.exists():
-        raise InputError(f"{str(path)!r} is a directory without results.parquet; pass a table file or a "
-                         "probe run directory")
-    res = pd.read_parquet(res_path)
+    from ..run import load_run
+
+    if not (path / "manifest.json").exists():
+        raise InputError(f"{str(path)!r} is a directory but not a probe run (no manifest.json); pass a table "
+                         "file or a probe run directory")
+    res, checkpoints, _ = load_run(path)
     if "selected" in res.columns:
         res = res[res["selected"].astype(bool)]
     if "layer_index" in res.columns:
@@ -114,10 +116,7 @@ def _read_run_dir(path: Path) -> pd.DataFrame:
         res = res[res["layer_index"] == last]
     keys = [c for c in ("checkpoint", "dataset", "shots") if c in res.columns]
     res = res.groupby(keys, as_index=False)["accuracy"].mean()
-    ck = path / "checkpoints.parquet"
-    if ck.exists():
-        res = res.merge(pd.read_parquet(ck), on="checkpoint", how="left")
-    return res
+    return res.merge(checkpoints, on="checkpoint", how="left")
 
 
 def _pick(df: pd.DataFrame, given, candidates, what: str, required: bool = True):
@@ -166,7 +165,7 @@ def load_table(source, *, model_col: Optional[str] = None, us: Optional[str] = N
         raise InputError(f"scale must be 'auto', 'unit' or 'percent'; got {scale!r}")
     if nan not in ("drop", "raise"):
         raise InputError(f"nan must be 'drop' or 'raise'; got {nan!r}")
-    df, src = _read(source, format)
+    df, src = read_frame(source, format)
     if df.empty:
         raise InputError(f"accuracy table {src} is empty")
     if us is None and "upstream_accuracy" in df.columns:
@@ -320,7 +319,7 @@ def load_openclip(path=None, *, scale: str = "auto") -> AccuracyTable:
     "ImageNet 1k"; DS is every other classification column. params and FLOPs are kept.
     """
     src = Path(path) if path is not None else _packaged("openclip_results.csv")
-    df, _ = _read(src, "csv")
+    df, _ = read_frame(src, "csv")
     missing = [c for c in ("name", "pretrained", OPENCLIP_US) if c not in df.columns]
     if missing:
         raise InputError(f"{src} does not look like openclip_results.csv: missing {', '.join(missing)}")
@@ -344,7 +343,7 @@ def load_clip_benchmark(path, *, hyper: str = "best", scale: str = "auto") -> Ac
     """
     if hyper not in ("best", "all"):
         raise InputError(f"hyper must be 'best' or 'all'; got {hyper!r}")
-    df, src = _read(path, "json")
+    df, src = read_frame(path, "json")
     need = ["model", "pretrained", "dataset", "fewshot_k", "lr", "epochs", "lp_acc1"]
     missing = [c for c in need if c not in df.columns]
     if missing:
@@ -376,7 +375,7 @@ def load_model_soups(path, *, scale: str = "auto") -> AccuracyTable:
     """model-soups' 72 fine-tuned CLIP ViT-B/32 models (mlfoundations/model-soups individual_model_results.jsonl,
     commit 3bb0f409, MIT). US is ImageNet; DS are the five distribution-shift test sets. The US range is very
     narrow (0.75-0.80), so fits on it extrapolate far."""
-    df, src = _read(path, "jsonl")
+    df, src = read_frame(path, "jsonl")
     table = load_table(df, model_col="model_name", us="ImageNet", ds=[d for d in MODEL_SOUPS_DS if d in df.columns],
                        scale=scale, layout="wide")
     table.source = src

@@ -161,7 +161,7 @@ def _load_generic(path, *, us, ds, input_scale, skipped: dict):
     out of range, empty), load every DS column on its own, record why the bad ones fail, and go on with
     the others, so that the report covers what it can."""
     from .. import analysis
-    from ..analysis.tables import _read
+    from ..analysis.tables import read_frame
 
     kwargs = {"scale": input_scale}
     if us is not None:
@@ -173,7 +173,7 @@ def _load_generic(path, *, us, ds, input_scale, skipped: dict):
     except InputError as whole:
         if us is None:
             raise
-        df, _ = _read(path, None)
+        df, _ = read_frame(path, None)
         long_layout = any(c in df.columns for c in ("ds_task", "dataset"))
         if us not in df.columns or long_layout:
             raise whole from None

@@ -87,18 +87,6 @@ def _norm_shots(s):
 
 # --------------------------------------------------------------------------- analyses
 
-def _analysis(name: str):
-    """``plateaulab.analysis.<name>``, or None when this build lacks it: the section that needs it is then
-    listed under "Not analysed" instead of failing the whole study."""
-    from .. import analysis
-
-    return getattr(analysis, name, None)
-
-
-def _missing(name: str) -> str:
-    return f"plateaulab.analysis.{name} is not available in this build of plateaulab"
-
-
 def _band(boot, grid: np.ndarray, ci: float = 0.95):
     """Pointwise percentile band of eq. (1) over the bootstrap replicates (accuracy units)."""
     samples = np.asarray(boot.samples, dtype=float)
@@ -115,9 +103,7 @@ def _band(boot, grid: np.ndarray, ci: float = 0.95):
 
 
 def analyse_group(task, shots, g: pd.DataFrame, *, n_boot: int, seed: int, on_all: bool = True) -> GroupResult:
-    from ..analysis import bootstrap_fit, fit_saturating_power_law, upper_hull
-
-    prediction_power = _analysis("prediction_power")
+    from ..analysis import bootstrap_fit, fit_saturating_power_law, prediction_power, upper_hull
 
     us = g["us"].to_numpy(float)
     ds = g["ds"].to_numpy(float)
@@ -125,7 +111,7 @@ def analyse_group(task, shots, g: pd.DataFrame, *, n_boot: int, seed: int, on_al
     fit_hull = fit_saturating_power_law(us, ds, on="hull", ds=str(task))
     fit_all = fit_saturating_power_law(us, ds, on="all", ds=str(task)) if on_all else None
     boot = bootstrap_fit(us, ds, n_boot=n_boot, on="hull", seed=seed) if n_boot > 0 else None
-    power = prediction_power(us, ds, fit=fit_all) if fit_all is not None and prediction_power else None
+    power = prediction_power(us, ds, fit=fit_all) if fit_all is not None else None
     r = GroupResult(task=str(task), shots=_norm_shots(shots), us=us, ds=ds,
                     models=g["model"].astype(str).to_numpy(), hull=hull, fit_hull=fit_hull,
                     fit_all=fit_all, boot=boot, power=dict(power) if power is not None else None)
@@ -299,12 +285,9 @@ def analyse(inp: StudyInput, *, n_boot: int = DEFAULT_BOOTSTRAP, seed: int = 0, 
     res = StudyResult(input=inp, groups=groups, params={"n_boot": n_boot, "seed": seed}, failed=failed)
     res.timings["fits"] = time.perf_counter() - t0
 
-    sample_size_sensitivity = _analysis("sample_size_sensitivity")
-    if _analysis("prediction_power") is None:
-        res.failed["prediction power (Table F.3)"] = _missing("prediction_power")
-    if sensitivity and sample_size_sensitivity is None:
-        res.failed["sample-size sensitivity (Figure 3)"] = _missing("sample_size_sensitivity")
-    elif sensitivity:
+    if sensitivity:
+        from ..analysis import sample_size_sensitivity
+
         t1 = time.perf_counter()
         frames = []
         for r in groups:
@@ -328,14 +311,12 @@ def analyse(inp: StudyInput, *, n_boot: int = DEFAULT_BOOTSTRAP, seed: int = 0, 
         df = pd.DataFrame([{"ds_task": r.task, "shots": r.shots, "k": r.fit_hull.k, "alpha": r.fit_hull.alpha,
                             "e_ir": r.fit_hull.e_ir, "identified": bool(r.fit_hull.identified)}
                            for r in groups if r.shots is not None])
-        params_vs_shots = _analysis("params_vs_shots")
-        if params_vs_shots is None:
-            res.failed["correlation of parameters with shots (Table F.1)"] = _missing("params_vs_shots")
-        else:
-            try:
-                res.shots_table = pd.DataFrame(params_vs_shots(df[["ds_task", "shots", "k", "alpha", "e_ir"]]))
-            except PlateaulabError as exc:
-                res.failed["parameters vs shots"] = str(exc)
+        from ..analysis import params_vs_shots
+
+        try:
+            res.shots_table = pd.DataFrame(params_vs_shots(df[["ds_task", "shots", "k", "alpha", "e_ir"]]))
+        except PlateaulabError as exc:
+            res.failed["parameters vs shots"] = str(exc)
         res.params["shots_long"] = df
 
     res.spearman = _spearman(inp, res)
@@ -362,11 +343,7 @@ def _main_shots(inp: StudyInput):
 
 def _spearman(inp: StudyInput, res: StudyResult):
     """DS x DS and DS x US Spearman matrices over models, at the main shot count."""
-    spearman_matrices = _analysis("spearman_matrices")
-    if spearman_matrices is None:
-        res.failed["Spearman matrices (Figures F.20, F.21)"] = _missing("spearman_matrices")
-        return None
-    from ..analysis import AccuracyTable
+    from ..analysis import AccuracyTable, spearman_matrices
 
     fitted = list(dict.fromkeys(r.task for r in res.groups))
     pts = inp.points[inp.points["ds_task"].isin(fitted)]
@@ -383,9 +360,6 @@ def _spearman(inp: StudyInput, res: StudyResult):
 
 def _overlay_reference(inp: StudyInput, res: StudyResult, overlay: str | None) -> str | None:
     tasks = [r.task for r in res.groups]
-    if _analysis("hull_overlay") is None:
-        res.failed["hull overlay (Figure 5)"] = _missing("hull_overlay")
-        return None
     if overlay is not None:
         if overlay not in tasks:
             raise InputError(f"--overlay {overlay!r} is not a fitted DS task; fitted tasks: {sorted(set(tasks))}")
@@ -401,10 +375,8 @@ def _overlay_reference(inp: StudyInput, res: StudyResult, overlay: str | None) -
 
 
 def _layers(inp: StudyInput, res: StudyResult) -> pd.DataFrame | None:
-    layer_profile = _analysis("layer_profile")
-    if layer_profile is None:
-        res.failed["earliest best layer (Figure 6 stars)"] = _missing("layer_profile")
-        return None
+    from ..analysis import layer_profile
+
     lay = inp.layers
     main = _main_shots(inp)
     if main is not None:
@@ -427,8 +399,6 @@ def run_study(source=None, out_dir="study_report", *, us=None, ds=None, n_boot: 
     path of report.html."""
     if axis_scale not in AXIS_SCALES:
         raise InputError(f"axis scale {axis_scale!r} is not one of {', '.join(AXIS_SCALES)}")
-    if axis_scale != "linear" and _analysis("scale_accuracy") is None:
-        raise InputError(f"--scale {axis_scale} needs {_missing('scale_accuracy')}; use --scale linear")
     if n_boot < 0:
         raise InputError(f"--bootstrap must be >= 0, got {n_boot}")
     inp = load_study_input(source, us=us, ds=ds, input_scale=input_scale, loader=loader, layer=layer)
