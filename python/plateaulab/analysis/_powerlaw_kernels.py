@@ -58,7 +58,8 @@ CGOLD = 0.3819660112501051
 
 @njit(cache=True)
 def _box_wls(z, t, w, n, res):
-    """Weighted LS t ~ k z + c with k >= 0, 0 <= c <= 1 over the first n entries; res <- (k, c)."""
+    """Weighted LS t ~ k z + c with k >= 0, 0 <= c <= 1 over the first n entries (two passes);
+    res <- (k, c, objective), so res needs 3 entries."""
     W = 0.0
     sz = 0.0
     st = 0.0
@@ -77,32 +78,41 @@ def _box_wls(z, t, w, n, res):
         czz += w[i] * dz * dz
         czt += w[i] * dz * dt
         ctt += w[i] * dt * dt
+    _box_from_moments(W, zb, tb, czz, czt, ctt, res)
+
+
+@njit(cache=True)
+def _box_from_moments(W, zb, tb, czz, czt, ctt, res):
+    """The box-constrained 2x2 solution from the weighted moments (module docstring);
+    res <- (k, c, objective)."""
     if czz > 0.0:
         k = czt / czz
         c = tb - k * zb
         if k >= 0.0 and c >= 0.0 and c <= 1.0:
             res[0] = k
             res[1] = c
+            res[2] = max(ctt - k * czt, 0.0)
             return
-    # Edge k = 0.
+    # Edge k = 0 (best c clipped into [0, 1]), then the edges c = 0 and c = 1 (best k >= 0).
     c = min(max(tb, 0.0), 1.0)
     best = ctt + W * (tb - c) * (tb - c)
     bk = 0.0
     bc = c
-    szz = czz + W * zb * zb
+    s2 = czz + W * zb * zb
     for e in range(2):
         c0 = float(e)
-        szt = czt + W * zb * (tb - c0)
+        s1 = czt + W * zb * (tb - c0)
         k = 0.0
-        if szz > 0.0 and szt > 0.0:
-            k = szt / szz
-        obj = ctt + W * (tb - c0) * (tb - c0) - 2.0 * k * szt + k * k * szz
+        if s2 > 0.0 and s1 > 0.0:
+            k = s1 / s2
+        obj = ctt + W * (tb - c0) * (tb - c0) - 2.0 * k * s1 + k * k * s2
         if obj < best:
             best = obj
             bk = k
             bc = c0
     res[0] = bk
     res[1] = bc
+    res[2] = max(best, 0.0)
 
 
 @njit(cache=True)
@@ -162,33 +172,7 @@ def _solve_l2(z, y, w, n, res):
     ctt = max(stt - st * mt, 0.0)
     zb = z0 + mz
     tb = y0 + mt
-    if czz > 0.0:
-        k = czt / czz
-        c = tb - k * zb
-        if k >= 0.0 and c >= 0.0 and c <= 1.0:
-            res[0] = k
-            res[1] = c
-            res[2] = max(ctt - k * czt, 0.0)
-            return
-    c = min(max(tb, 0.0), 1.0)
-    best = ctt + W * (tb - c) * (tb - c)
-    bk = 0.0
-    bc = c
-    s2 = czz + W * zb * zb
-    for e in range(2):
-        c0 = float(e)
-        s1 = czt + W * zb * (tb - c0)
-        k = 0.0
-        if s2 > 0.0 and s1 > 0.0:
-            k = s1 / s2
-        obj = ctt + W * (tb - c0) * (tb - c0) - 2.0 * k * s1 + k * k * s2
-        if obj < best:
-            best = obj
-            bk = k
-            bc = c0
-    res[0] = bk
-    res[1] = bc
-    res[2] = max(best, 0.0)
+    _box_from_moments(W, zb, tb, czz, czt, ctt, res)
 
 
 @njit(cache=True)

@@ -144,14 +144,7 @@ def saturation_grid(groups, us_name: str, scale: str = "linear", planted: dict |
             ylo, yhi = min(ylo, sat_y), max(yhi, sat_y)
         pad = 0.06 * (yhi - ylo) + 1e-3
         ax.set_ylim(ylo - pad, yhi + pad)
-    handles, labels = [], []
-    for ax in panels:
-        for hnd, lab in zip(*ax.get_legend_handles_labels()):
-            if lab not in labels:
-                handles.append(hnd)
-                labels.append(lab)
-    fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 3), frameon=False,
-               bbox_to_anchor=(0.5, 1.0))
+    _shared_legend(fig, panels)
     _label_panels(fig, axes, panels, us_name, scale)
     top = 1.0 - 0.75 / fig.get_figheight()
     fig.tight_layout(rect=(0.0, 0.0, 1.0, top))
@@ -291,13 +284,7 @@ def hull_overlay_grid(groups, ref: str, us_name: str, scale: str = "linear"):
                     label=f"upper hull of {ref}")
         ax.set_title(_wrap(r.label, 34), fontsize=8.5)
         ax.grid(alpha=0.25, lw=0.5)
-    handles, labels = [], []
-    for ax in panels:
-        for hnd, lab in zip(*ax.get_legend_handles_labels()):
-            if lab not in labels:
-                handles.append(hnd)
-                labels.append(lab)
-    fig.legend(handles, labels, loc="upper center", ncol=3, frameon=False, bbox_to_anchor=(0.5, 1.0))
+    _shared_legend(fig, panels)
     _label_panels(fig, axes, panels, us_name, scale)
     fig.tight_layout(rect=(0, 0, 1, 1.0 - 0.6 / fig.get_figheight()))
     return fig
@@ -342,3 +329,15 @@ def _shots_label(shots) -> str:
     from .study import _shots_text
 
     return _shots_text(shots)
+
+
+def _shared_legend(fig, panels) -> None:
+    """One legend above a grid of panels: every distinct label once, in order of appearance."""
+    handles, labels = [], []
+    for ax in panels:
+        for hnd, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels:
+                handles.append(hnd)
+                labels.append(lab)
+    fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 3), frameon=False,
+               bbox_to_anchor=(0.5, 1.0))
