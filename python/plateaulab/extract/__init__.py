@@ -292,11 +292,7 @@ def extract(model, store, dataset: str | None = None, *, train=None, test=None, 
             st.set_checkpoint_meta(checkpoint, **{**(metadata or {}),
                                                   "architecture": architecture_label(type(model)),
                                                   "parameters": parameter_count(model)})
-        for ds in run.sources:
-            if ds in todo:
-                report.pairs.append(run.run_pair(model, checkpoint, ds, chosen, token_pooling))
-            else:
-                report.pairs.append(PairReport(checkpoint, ds, "skipped", names))
+        report.pairs += _run_pairs(run, model, checkpoint, chosen, token_pooling, todo, names)
     finally:
         model.train(was_training)
     return report
@@ -379,9 +375,11 @@ def extract_checkpoints(checkpoints, store, dataset: str | None = None, *, archi
                                       "file_mtime_ns": Path(spec.file).stat().st_mtime_ns,
                                       "architecture": architecture_label(spec.architecture),
                                       "parameters": parameter_count(skeleton)})
-        for ds in run.sources:
-            if ds in todo:
-                report.pairs.append(run.run_pair(skeleton, ck, ds, chosen, token_pooling))
-            else:
-                report.pairs.append(PairReport(ck, ds, "skipped", names))
+        report.pairs += _run_pairs(run, skeleton, ck, chosen, token_pooling, todo, names)
     return report
+
+
+def _run_pairs(run, model, checkpoint, chosen, token_pooling, todo, names) -> list:
+    """Extract every pending dataset of one checkpoint; report the finished ones as skipped."""
+    return [run.run_pair(model, checkpoint, ds, chosen, token_pooling) if ds in todo
+            else PairReport(checkpoint, ds, "skipped", names) for ds in run.sources]
