@@ -208,6 +208,16 @@ def test_skip_short_classes(tmp_path, capsys, small_store):
     assert set(pd.read_parquet(tmp_path / "run" / "results.parquet")["shots"]) == {1}
 
 
+def test_dataset_with_every_shot_count_skipped_does_not_block_completion(tmp_path):
+    st = make_store(tmp_path / "s", n_checkpoints=1, n_layers=1,
+                    datasets={"big": (4, 20, 100), "small": (4, 3, 100)})
+    with pytest.warns(UserWarning, match="dataset 'small'.*skipping shots=5"):
+        run = probe_store(st.path, tmp_path / "r", shots=[5], seeds=1, quiet=True, on_short="skip")
+    assert set(run.results()["dataset"]) == {"big"}
+    with pytest.warns(UserWarning), pytest.raises(RunError, match="every requested shot count was skipped"):
+        probe_store(st.path, tmp_path / "r2", datasets=["small"], shots=[5], seeds=1, quiet=True, on_short="skip")
+
+
 def test_store_commands(tmp_path, capsys, small_store):
     assert cli(["store", "info", str(small_store.path)]) == 0
     out = capsys.readouterr().out

@@ -190,7 +190,7 @@ def _check_block_input(block, ds, x_train_rows_needed: np.ndarray) -> None:
                              "fix or re-extract this block (fp16 overflow is a common cause)")
 
 
-def _rows_for_block(b: PlannedBlock, block, tasks, l2s, cfg: ProbeConfig, scores, ds):
+def _rows_for_block(b: PlannedBlock, block, tasks, l2s, cfg: ProbeConfig, scores):
     import pandas as pd
 
     T, L = len(tasks), len(l2s)
@@ -314,6 +314,11 @@ def probe_store(store, run_dir, *, datasets=None, checkpoints=None, layers="all"
             if cfg.select == "val" and ds.y_val is None:
                 raise RunError(f"--select val needs validation labels, and dataset {name!r} has none; "
                                "use --select loo or add y_val to the dataset")
+        # A dataset whose every shot count was skipped (on_short="skip") has nothing to probe.
+        plan = [b for b in plan if task_cache[b.dataset]]
+        if not plan:
+            raise RunError("every requested shot count was skipped for every dataset (classes too small); "
+                           "lower --shots")
         todo = [b for b in plan if not _part_path(run_dir, b).exists()]
         probes_per = {name: len(task_cache[name]) * len(cfg.l2) for name in datasets_used}
         total = sum(probes_per[b.dataset] for b in todo)
@@ -326,8 +331,6 @@ def probe_store(store, run_dir, *, datasets=None, checkpoints=None, layers="all"
                     break
                 ds = ds_cache[b.dataset]
                 tasks = task_cache[b.dataset]
-                if not tasks:
-                    continue
                 t0 = time.perf_counter()
                 block = store.block(b.checkpoint, b.dataset, b.layer)
                 needed = np.unique(np.concatenate([t.indices for t in tasks]))
@@ -341,7 +344,7 @@ def probe_store(store, run_dir, *, datasets=None, checkpoints=None, layers="all"
                                         ds.num_classes, x_val=block.val if use_val else None,
                                         y_val=ds.y_val if use_val else None, loo=loo)
                 t2 = time.perf_counter()
-                df = _rows_for_block(b, block, tasks, cfg.l2, cfg, scores, ds)
+                df = _rows_for_block(b, block, tasks, cfg.l2, cfg, scores)
                 _write_parquet(_part_path(run_dir, b), df)
                 t_io += (t1 - t0) + (time.perf_counter() - t2)
                 t_compute += t2 - t1
