@@ -28,8 +28,8 @@ def unavailable_reason() -> str:
     try:
         from .. import _cuda
     except ImportError:
-        return ("plateaulab was built without CUDA support (nvcc was not found at build time); "
-                "reinstall with PLATEAULAB_CUDA=ON on a machine with the CUDA toolkit")
+        return ("plateaulab was built without its CUDA module (PLATEAULAB_CUDA=OFF, or nvcc not found at "
+                "build time); reinstall with PLATEAULAB_CUDA=ON on a machine with the CUDA toolkit")
     try:
         import cupy  # noqa: F401
     except ImportError:
