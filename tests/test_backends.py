@@ -138,3 +138,21 @@ def test_import_plateaulab_does_not_import_cupy_or_torch():
             "assert 'cupy' not in sys.modules and 'torch' not in sys.modules, "
             "[m for m in sys.modules if m.startswith(('cupy', 'torch'))]")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("backend", AVAILABLE)
+def test_small_batches_and_chunks_give_the_same_scores(backend, monkeypatch):
+    """Splitting the decompositions into one task per batch and the test split into 32-row chunks
+    changes nothing."""
+    from plateaulab.backends import _engine
+
+    xtr, ytr, xte, yte, _, _ = _block(6, 40, 30, 700, 5, np.float16)
+    tasks = P.plan_tasks(ytr, 6, [1, 5, 30], [0, 1, 2])
+    be = get_backend(backend)
+    whole = be.probe_block(xtr, ytr, xte, yte, tasks, [1024.0, 4.0], 6, loo=True)
+    monkeypatch.setattr(_engine, "BATCH_BYTES", 1)
+    monkeypatch.setattr(type(be._ops) if getattr(be, "_ops", None) else _engine.NumpyOps, "chunk_bytes", 1)
+    split = be.probe_block(xtr, ytr, xte, yte, tasks, [1024.0, 4.0], 6, loo=True)
+    np.testing.assert_array_equal(split.correct, whole.correct)
+    np.testing.assert_array_equal(split.ties, whole.ties)
+    np.testing.assert_allclose(split.loo_mse, whole.loo_mse, rtol=1e-12)

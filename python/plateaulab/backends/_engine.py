@@ -31,6 +31,9 @@ import numpy as np
 from .. import protocol as P
 from .base import BlockScores
 
+# Few-shot features of the tasks decomposed together in one batch stay below this many bytes.
+BATCH_BYTES = 256 << 20
+
 
 class _Scorer:
     """Stacked primal weight groups plus kernel-form heads, scored chunk by chunk."""
@@ -146,7 +149,12 @@ def probe_block(ops, x_train, y_train, x_test, y_test, tasks, l2s, num_classes, 
     by_size = defaultdict(list)
     for t, task in enumerate(tasks):
         by_size[task.n_train].append(t)
+    batches = []
     for n, tids in by_size.items():
+        # At most BATCH_BYTES of few-shot features per batch (25-shot ImageNet is 150 MB per task).
+        per = max(1, BATCH_BYTES // (n * (D + 1) * 8))
+        batches += [(n, tids[i:i + per]) for i in range(0, len(tids), per)]
+    for n, tids in batches:
         # One batch per training-set size: (B, n, D) rows gathered on the host, decomposed together.
         # xs is built in place (centre, scale, bias column): no full-size temporaries.
         host = np.empty((len(tids), n, D + 1), dtype=np.float64)
