@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import settings
 
 from plateaulab import FeatureStore
+
+# The published accuracy tables of shared/data (open_clip, CLIP_benchmark, model-soups; provenance in
+# shared/data/README.md) sit beside the repository's root, as they do in CI.
+SHARED_DATA = Path(os.environ.get("PLATEAULAB_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 # CI draws the same hypothesis examples on every run, so a red CI is reproducible; locally the
 # examples vary from run to run and keep searching.

@@ -1,5 +1,5 @@
 """Accuracy tables: formats, layouts, scales, NaN handling and the loaders of the three public tables in
-/work/shared/data (open_clip docs/openclip_results.csv 29b90b8d; CLIP_benchmark
+shared/data beside the repository (open_clip docs/openclip_results.csv 29b90b8d; CLIP_benchmark
 probe_benchmark/scaling_experiment_data2.json b759cf60; model-soups individual_model_results.jsonl 3bb0f409)."""
 
 import json
@@ -11,8 +11,9 @@ import pytest
 
 from plateaulab.analysis import AccuracyTable, load_clip_benchmark, load_model_soups, load_openclip, load_table
 from plateaulab.errors import InputError
+from conftest import SHARED_DATA
 
-SHARED = Path("/work/shared/data")
+SHARED = SHARED_DATA
 CLIP_BENCH = SHARED / "clip_benchmark" / "scaling_experiment_data2.json"
 SOUPS = SHARED / "model_soups" / "individual_model_results.jsonl"
 OPENCLIP = SHARED / "open_clip" / "openclip_results.csv"
