@@ -112,7 +112,7 @@ def plan_blocks(store: FeatureStore, cfg: ProbeConfig) -> list[PlannedBlock]:
     plan = []
     for ck in ckpts:
         for ds in datasets:
-            infos = store._block_infos(ck, ds)
+            infos = store.block_infos(ck, ds)
             if not infos:
                 continue
             if cfg.layers == "all":

@@ -431,7 +431,8 @@ class FeatureStore:
     def _has_ckpt_dataset(self, checkpoint: str, dataset: str) -> bool:
         return (self._checkpoint_dir(checkpoint) / "features" / encode_name(dataset, "dataset")).is_dir()
 
-    def _block_infos(self, checkpoint: str, dataset: str) -> list[dict]:
+    def block_infos(self, checkpoint: str, dataset: str) -> list[dict]:
+        """block.json of every complete layer of (checkpoint, dataset), in layer order."""
         root = self._checkpoint_dir(checkpoint) / "features" / encode_name(dataset, "dataset")
         if not root.is_dir():
             return []
@@ -448,7 +449,7 @@ class FeatureStore:
         """Complete layers of (checkpoint, dataset), in layer order."""
         if not self._checkpoint_dir(checkpoint).is_dir():
             raise StoreError(f"unknown checkpoint {checkpoint!r} in store {self.path}")
-        return [i["layer"] for i in self._block_infos(checkpoint, dataset)]
+        return [i["layer"] for i in self.block_infos(checkpoint, dataset)]
 
     def has_block(self, checkpoint: str, dataset: str, layer: str) -> bool:
         return (self._block_dir(checkpoint, dataset, layer) / "block.json").exists()
@@ -596,7 +597,7 @@ class FeatureStore:
             except StoreError:
                 pass
             for ds in datasets:
-                infos = self._block_infos(ck, ds)
+                infos = self.block_infos(ck, ds)
                 if infos:
                     layers_per.append(len(infos))
                 for info in infos:
