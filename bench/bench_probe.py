@@ -30,6 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
+# Bench scripts run as `python bench/<script>.py`; the baselines live beside them.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from baselines import bigvision_loop_block  # noqa: E402
+
 
 def build_store(path: Path, n_ckpt: int, n_layers: int, dim: int, C: int, per_class: int, n_test: int):
     from plateaulab import FeatureStore
@@ -63,37 +67,6 @@ def build_store(path: Path, n_ckpt: int, n_layers: int, dim: int, C: int, per_cl
             st.add_features(ck, "bench", f"layer{layer:02d}", train=feats(y_train), test=feats(y_test),
                             layer_index=layer)
     return st
-
-
-def bigvision_loop_block(x_train, y_train, x_test, y_test, tasks, l2s, C, dtype, reload=None):
-    """big_vision's fewshot_lsr transcribed to numpy, one probe at a time, as published.
-    With ``reload``, every probe reads its block from the store again (a loop over probes that
-    shares nothing between them)."""
-    x_test = np.asarray(x_test, dtype=dtype)
-    correct = np.zeros((len(tasks), len(l2s)), np.int64)
-    for t, task in enumerate(tasks):
-        if reload is not None:
-            block = reload()
-            x_train, x_test = block.train, np.asarray(block.test, dtype=dtype)
-        # _precompute_cache
-        x = np.asarray(x_train[task.indices], dtype=dtype)
-        y = y_train[task.indices]
-        mean = x.mean(0, keepdims=True)
-        std = x.std(0, keepdims=True) + 1e-5
-        x = np.pad((x - mean) / std, ((0, 0), (0, 1)), constant_values=100.0)
-        yt = 2.0 * np.eye(C, dtype=dtype)[y] - 1.0
-        if x.shape[0] >= x.shape[1]:
-            eigs, q = np.linalg.eigh(x.T @ x)
-            rhs, lhs = q.T @ (x.T @ yt), q
-        else:
-            eigs, q = np.linalg.eigh(x @ x.T)
-            rhs, lhs = q.T @ yt, x.T @ q
-        for j, l2 in enumerate(l2s):
-            # _eig_fewshot_acc_fn
-            xt = np.pad((x_test - mean) / std, ((0, 0), (0, 1)), constant_values=100.0)
-            w = (lhs * (1.0 / (eigs + l2))[None, :]) @ rhs
-            correct[t, j] = np.count_nonzero(np.argmax(xt @ w, axis=1) == y_test)
-    return correct
 
 
 def main(argv=None) -> int:
