@@ -156,3 +156,72 @@ def test_small_batches_and_chunks_give_the_same_scores(backend, monkeypatch):
     np.testing.assert_array_equal(split.correct, whole.correct)
     np.testing.assert_array_equal(split.ties, whole.ties)
     np.testing.assert_allclose(split.loo_mse, whole.loo_mse, rtol=1e-12)
+
+
+def _assert_matches(got, ref):
+    diff = np.abs(got.correct - ref.correct)
+    assert np.all(diff <= np.maximum(ref.ties, got.ties)), (diff, ref.ties, got.ties)
+
+
+@pytest.mark.parametrize("backend", AVAILABLE)
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_cholesky_and_eigh_paths_match_reference(backend, case, monkeypatch):
+    """Without leave-one-out, few l2 values are solved by one Cholesky per l2 and many by one eigh;
+    both paths (forced here for every case) agree with the reference."""
+    from plateaulab.backends import _engine
+
+    C, D, per_class, n_test, shots, l2s, dtype = CASES[case]
+    xtr, ytr, xte, yte, _, _ = _block(C, D, per_class, n_test, case + 20, dtype)
+    tasks = P.plan_tasks(ytr, C, shots, [0, 1, 2])
+    ref = REF.probe_block(xtr, ytr, xte, yte, tasks, l2s, C)
+    be = get_backend(backend)
+    be.probe_block(xtr, ytr, xte, yte, tasks[:1], l2s, C)       # creates be._ops
+    calls = []
+    for max_l, expect_chol in ((len(l2s), True), (0, False)):
+        monkeypatch.setattr(be._ops, "cholesky_max_l", max_l)
+        calls.clear()
+        original = _engine._eigh_coef
+        monkeypatch.setattr(_engine, "_eigh_coef", lambda *a: calls.append(1) or original(*a))
+        got = be.probe_block(xtr, ytr, xte, yte, tasks, l2s, C)
+        monkeypatch.setattr(_engine, "_eigh_coef", original)
+        assert (len(calls) == 0) == expect_chol
+        _assert_matches(got, ref)
+
+
+@pytest.mark.parametrize("backend", AVAILABLE)
+def test_failed_cholesky_is_recomputed_by_eigh(backend, monkeypatch):
+    """A matrix whose Cholesky solve comes back wrong (as cuSOLVER's batched potrf does on failure:
+    no exception, a partial factor) is caught by the backward-error check and solved again."""
+    from plateaulab.backends import _engine
+
+    xtr, ytr, xte, yte, _, _ = _block(8, 48, 20, 500, 7, np.float32)
+    tasks = P.plan_tasks(ytr, 8, [2, 20], [0, 1, 2])
+    ref = REF.probe_block(xtr, ytr, xte, yte, tasks, [64.0], 8)
+    be = get_backend(backend)
+    be.probe_block(xtr, ytr, xte, yte, tasks[:1], [64.0], 8)   # creates be._ops
+    ops = be._ops
+    monkeypatch.setattr(ops, "cholesky_max_l", 1)
+    original = ops.chol_solve
+
+    def corrupt_second(a, rhs):
+        w, solved = original(a, rhs)
+        if a.shape[0] > 1:
+            w[1] *= 1.5                       # wrong but finite: only the residual shows it
+        return w, solved
+
+    monkeypatch.setattr(ops, "chol_solve", corrupt_second)
+    before = ops.cholesky_fallbacks
+    got = be.probe_block(xtr, ytr, xte, yte, tasks, [64.0], 8)
+    assert ops.cholesky_fallbacks - before == 2   # one per training-set size (3 seeds each)
+    _assert_matches(got, ref)
+
+
+def test_numpy_ops_cholesky_flags_an_indefinite_matrix():
+    from plateaulab.backends import _engine
+
+    ops = _engine.NumpyOps()
+    a = np.stack([np.eye(3) * 2.0, np.diag([1.0, -1.0, 1.0])])
+    rhs = np.ones((2, 3, 2))
+    w, solved = ops.chol_solve(a, rhs)
+    assert solved.tolist() == [True, False]
+    np.testing.assert_allclose(w[0], 0.5)

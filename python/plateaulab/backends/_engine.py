@@ -115,6 +115,59 @@ class _Scorer:
             ties[h["t"]] += kt
 
 
+# With at most ``ops.cholesky_max_l`` l2 values (and no leave-one-out, which needs the
+# eigenvectors), each l2 gets its own Cholesky solve instead of sharing one eigendecomposition: a
+# Cholesky factorisation costs s^3/3 flops against roughly 4-9 s^3 for a symmetric eigendecomposition
+# with vectors, whose tridiagonal reduction is memory-bound besides. Where the break-even lies is a
+# property of the device (NumpyOps and CupyOps each give theirs, with how it was found).
+# A Cholesky solve whose normwise backward error ||A w - r|| / (||A|| ||w|| + ||r||) exceeds this
+# counts as failed (cuSOLVER's batched potrf does not raise) and that matrix is solved again
+# through the float64 eigendecomposition. A successful solve sits near s * 1e-16.
+CHOLESKY_BACKWARD_TOL = 1e-10
+
+
+def _eigh_coef(xp, e, q, rhs, l2s):
+    """(Q diag(1/(e + l2)) Q^T) rhs for every l2, side by side: (s, L*C) from one (s, s) eigh."""
+    s, C = rhs.shape
+    qr = q.T @ rhs                                                   # (s, C)
+    f = 1.0 / (e[:, None] + xp.asarray(l2s)[None, :])                # (s, L)
+    return q @ (f[:, :, None] * qr[:, None, :]).reshape(s, len(l2s) * C)
+
+
+def _solve(ops, gram, rhs, l2s, need_eigh: bool):
+    """Ridge coefficients (gram + l2 I)^{-1} rhs for every l2 and every matrix of the batch.
+
+    gram: (B, s, s) float64, rhs: (B, s, C). Returns (coef, e, q): coef is (B, s, L*C) with the
+    l2 values side by side; e, q are the batch's eigendecomposition when it was computed (always
+    when ``need_eigh``), else None. Per-l2 Cholesky when few l2 values are asked for (above); a
+    matrix whose factorisation or solve fails is recomputed from its float64 eigendecomposition.
+    """
+    xp = ops.xp
+    B, s, C = rhs.shape
+    L = len(l2s)
+    if need_eigh or L > ops.cholesky_max_l:
+        e, q = xp.linalg.eigh(gram)                                  # batched, float64
+        coef = xp.stack([_eigh_coef(xp, e[b], q[b], rhs[b], l2s) for b in range(B)])
+        return coef, e, q
+    coef = xp.empty((B, s, L * C), dtype=xp.float64)
+    ok = np.ones(B, dtype=bool)
+    idx = xp.arange(s)
+    for j, l2 in enumerate(l2s):
+        a = gram.copy()
+        a[:, idx, idx] += l2
+        w, solved = ops.chol_solve(a, rhs)
+        resid = xp.linalg.norm(a @ w - rhs, axis=(1, 2))
+        scale = xp.linalg.norm(a, axis=(1, 2)) * xp.linalg.norm(w, axis=(1, 2)) + xp.linalg.norm(rhs, axis=(1, 2))
+        backward = ops.to_host(resid / scale)
+        ok &= solved & np.isfinite(backward) & (backward <= CHOLESKY_BACKWARD_TOL)
+        coef[:, :, j * C:(j + 1) * C] = w
+    for b in np.flatnonzero(~ok):
+        e_b, q_b = xp.linalg.eigh(gram[int(b)])
+        coef[int(b)] = _eigh_coef(xp, e_b, q_b, rhs[int(b)], l2s)
+    ops.cholesky_fallbacks += int(np.count_nonzero(~ok))
+    return coef, None, None
+
+
 def _loo(xp, xs, yt, y, e, q, primal: bool, l2s) -> tuple[np.ndarray, np.ndarray]:
     """Exact leave-one-out accuracy and squared error for every l2 (see protocol.loo_scores)."""
     accs, mses = [], []
@@ -172,22 +225,20 @@ def probe_block(ops, x_train, y_train, x_test, y_test, tasks, l2s, num_classes, 
         del host, body
         primal = n >= D + 1
         xsT = xp.swapaxes(xs, 1, 2)
-        e, q = xp.linalg.eigh(xsT @ xs if primal else xs @ xsT)       # batched, float64
+        gram = xsT @ xs if primal else xs @ xsT                      # (B, s, s), float64
+        rhs = xsT @ yt if primal else yt                             # (B, s, C)
+        coef, e, q = _solve(ops, gram, rhs, l2_host, need_eigh=loo)  # coef: (B, s, L*C)
+        del gram
         for b, t in enumerate(tids):
             mean_t, std_t = mean[b, 0], std[b, 0]
             shift = (mean_t - m0) / std_t                             # (D,)
             if primal:
-                rhs = q[b].T @ (xsT[b] @ yt[b])                       # (D', C)
-                # W_l = Q diag(1/(e + l2_l)) rhs for every l at once: Q @ [diag(f_1) rhs | ... ].
-                f = 1.0 / (e[b][:, None] + xp.asarray(l2_host)[None, :])          # (D', L)
-                w_all = q[b] @ (f[:, :, None] * rhs[:, None, :]).reshape(D + 1, L * C)
+                w_all = coef[b]                                       # [W_1 | ... | W_L], (D', L*C)
                 for j in range(L):
                     w = w_all[:, j * C:(j + 1) * C]
                     scorer.add_primal(t, j, w[:D] / std_t[:, None], P.BIAS_CONSTANT * w[D] - shift @ w[:D])
             else:
-                rhs = q[b].T @ yt[b]                                  # (n, C)
-                f = 1.0 / (e[b][:, None] + xp.asarray(l2_host)[None, :])          # (n, L)
-                a = q[b] @ (f[:, :, None] * rhs[:, None, :]).reshape(n, L * C)   # [A_1 | ... | A_L]
+                a = coef[b]                                           # [A_1 | ... | A_L], (n, L*C)
                 x_s = xs[b, :, :D]
                 if n * D + n * L * C < L * C * D:                     # kernel form (point 2)
                     scorer.add_kernel(t, (x_s / std_t[None, :]).T, -(shift @ x_s.T), a,
@@ -199,7 +250,7 @@ def probe_block(ops, x_train, y_train, x_test, y_test, tasks, l2s, num_classes, 
                         scorer.add_primal(t, j, w[:D] / std_t[:, None], P.BIAS_CONSTANT * w[D] - shift @ w[:D])
             if loo:
                 out.loo_acc[t], out.loo_mse[t] = _loo(xp, xs[b], yt[b], Y[b], e[b], q[b], primal, l2_host)
-        del xs, xsT, q, yt
+        del xs, xsT, coef, e, q, yt
     scorer.finalize()
     scorer.score(xt, ops.labels(y_test), out.correct, out.ties)
     if xv is not None:
@@ -238,6 +289,31 @@ class NumpyOps:
 
     def to_host_counts(self, counts):
         return counts
+
+    def to_host(self, a):
+        return np.asarray(a)
+
+    cholesky_fallbacks = 0      # matrices whose Cholesky solve failed and were redone by eigh
+    # Measured on the 2-core dev machine, one paper-protocol block (D = 768, C = 100, shots
+    # 1/5/10/25 x 3 seeds, l2 = 1024): the decompositions take 0.29 s by eigh and 0.19 s by one
+    # Cholesky solve (potrf + potrs, plus the backward-error check); with two l2 values the
+    # Cholesky path is already slower (0.34 s). So: Cholesky for a single l2 only.
+    cholesky_max_l = 1
+
+    def chol_solve(self, a, rhs):
+        """Solve a[b] w[b] = rhs[b] for each b by LAPACK potrf/potrs; (w, solved) with solved a
+        host bool per matrix (False where the matrix is not numerically positive definite)."""
+        import scipy.linalg as sl
+
+        w = np.zeros_like(rhs)
+        solved = np.ones(a.shape[0], dtype=bool)
+        for b in range(a.shape[0]):
+            try:
+                factor = sl.cho_factor(a[b], lower=True, check_finite=False)
+                w[b] = sl.cho_solve(factor, rhs[b], check_finite=False)
+            except np.linalg.LinAlgError:
+                solved[b] = False
+        return w, solved
 
     def release_memory(self) -> None:
         pass

@@ -95,6 +95,31 @@ class CupyOps:
         cp = self.xp
         return cp.asnumpy(counts[0]).astype(np.int64), cp.asnumpy(counts[1]).astype(np.int64)
 
+    def to_host(self, a):
+        return self.xp.asnumpy(a)
+
+    cholesky_fallbacks = 0
+    # Not yet measured on a GPU. PERFORMANCE.md's figures for a 769^2 system (cuSOLVER eigh 0.2-1 ms,
+    # Cholesky 30-150 us) put the break-even near 5 l2 values; 2 is the cautious start. Measure with
+    # bench/bench_cuda.py and set it from the result.
+    cholesky_max_l = 2
+
+    def chol_solve(self, a, rhs):
+        """Batched float64 Cholesky (cuSOLVER potrfBatched through CuPy) and two batched triangular
+        solves (cuBLAS trsm). potrfBatched reports a failed matrix only through its info array,
+        which CuPy ignores by default, so failure is judged by the caller's backward-error check;
+        ``solved`` only flags non-finite results here."""
+        import cupyx
+        import cupyx.scipy.linalg as csl
+
+        cp = self.xp
+        with cupyx.errstate(linalg="ignore"):
+            factor = cp.linalg.cholesky(a)
+        z = csl.solve_triangular(factor, rhs, lower=True)
+        w = csl.solve_triangular(factor, z, lower=True, trans="T")
+        solved = cp.asnumpy(cp.isfinite(w).all(axis=(1, 2)))
+        return w, solved
+
     def release_memory(self) -> None:
         self.xp.get_default_memory_pool().free_all_blocks()
 
