@@ -244,3 +244,24 @@ def test_peak_memory_does_not_grow_with_checkpoints(tmp_path):
     # One block is ~4.6 MB of fp16 features (x2 as float32 while scored); 9 more checkpoints would
     # add ~80 MB if blocks or results accumulated.
     assert peaks[1] - peaks[0] < 20, peaks
+
+
+@pytest.mark.parametrize("select", ["fixed", "val"])
+def test_prefetch_stages_ahead_in_a_reader_thread_and_changes_nothing(tmp_path, monkeypatch, select):
+    """With read-ahead (the default) each block is opened, checked and staged by the cpu backend in the
+    reader thread; the table is identical to a run that reads each block only when it probes it."""
+    import threading
+
+    from plateaulab.backends import cpu
+
+    st = make_store(tmp_path / "s", n_checkpoints=2, n_layers=2, with_val=True)
+    threads = []
+    original = cpu.stage
+    monkeypatch.setattr(cpu, "stage", lambda *a: threads.append(threading.current_thread().name) or original(*a))
+    kw = dict(shots=[1, 4], seeds=2, l2=[1024.0, 3.0], select=select, backend="cpu", quiet=True)
+    ahead = probe_store(st.path, tmp_path / "ahead", **kw).results()
+    assert len(threads) == 4 and all(t.startswith("plateaulab-reader") for t in threads), threads
+    threads.clear()
+    plain = probe_store(st.path, tmp_path / "plain", prefetch=False, **kw).results()
+    assert threads == ["MainThread"] * 4
+    pd.testing.assert_frame_equal(ahead, plain)

@@ -190,6 +190,55 @@ def _check_block_input(block, ds, x_train_rows_needed: np.ndarray) -> None:
                              "fix or re-extract this block (fp16 overflow is a common cause)")
 
 
+class _BlockReader:
+    """Opens, checks and stages the blocks of a run in order, one block ahead in a worker thread.
+
+    ``iterate`` yields (planned block, (block, x_test, x_val), seconds waited for it). A block whose
+    check fails raises its StoreError when the loop reaches it, so every earlier block is probed
+    and written first, exactly as without read-ahead.
+    """
+
+    def __init__(self, store, ds_cache, task_cache, use_val: bool, stage, prefetch: bool):
+        self.store, self.ds_cache, self.task_cache = store, ds_cache, task_cache
+        self.use_val, self.stage = use_val, stage
+        self.pool = None
+        if prefetch:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="plateaulab-reader")
+
+    def load(self, b: PlannedBlock):
+        ds = self.ds_cache[b.dataset]
+        block = self.store.block(b.checkpoint, b.dataset, b.layer)
+        needed = np.unique(np.concatenate([t.indices for t in self.task_cache[b.dataset]]))
+        _check_block_input(block, ds, needed)
+        if self.use_val and block.val is None:
+            raise StoreError(f"{block.where}: --select val needs val features, and this block has none")
+        x_test, x_val = block.test, (block.val if self.use_val else None)
+        if self.stage is not None:
+            x_test, x_val = self.stage(x_test, x_val)
+        return block, x_test, x_val
+
+    def iterate(self, todo):
+        if self.pool is None:
+            for b in todo:
+                t0 = time.perf_counter()
+                loaded = self.load(b)
+                yield b, loaded, time.perf_counter() - t0
+            return
+        ahead = self.pool.submit(self.load, todo[0]) if todo else None
+        for i, b in enumerate(todo):
+            t0 = time.perf_counter()
+            loaded = ahead.result()               # re-raises this block's StoreError here
+            waited = time.perf_counter() - t0
+            ahead = self.pool.submit(self.load, todo[i + 1]) if i + 1 < len(todo) else None
+            yield b, loaded, waited
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
 def _rows_for_block(b: PlannedBlock, block, tasks, l2s, cfg: ProbeConfig, scores):
     import pandas as pd
 
@@ -279,11 +328,13 @@ class ProbeRun:
 
 def probe_store(store, run_dir, *, datasets=None, checkpoints=None, layers="all", shots=P.DEFAULT_SHOTS,
                 seeds=3, l2=(P.DEFAULT_L2,), select="fixed", backend="auto", quiet=False,
-                on_short="error", _stop_after_blocks: int | None = None) -> ProbeRun:
+                on_short="error", prefetch: bool = True, _stop_after_blocks: int | None = None) -> ProbeRun:
     """Probe every requested block of ``store`` and write the run directory ``run_dir``.
 
     ``seeds`` is a count (seeds 0..n-1, as big_vision) or a list of seeds. Re-running the same call
-    on the same directory resumes; a different config is refused.
+    on the same directory resumes; a different config is refused. With ``prefetch`` (the default)
+    a reader thread opens, checks and stages block k+1 (store read, float32 conversion and, on a
+    GPU, the upload) while block k is probed; results are the same either way.
     """
     from .backends import get_backend
 
@@ -325,28 +376,22 @@ def probe_store(store, run_dir, *, datasets=None, checkpoints=None, layers="all"
         done_blocks = done_probes = 0
         t_io = t_compute = 0.0
         bar = _progress(total, quiet, desc=f"probe [{be.name}]")
+        loo = cfg.select == "loo"
+        use_val = cfg.select == "val"
+        reader = _BlockReader(store, ds_cache, task_cache, use_val, getattr(be, "stage", None), prefetch)
         try:
-            for b in todo:
-                if _stop_after_blocks is not None and done_blocks >= _stop_after_blocks:
-                    break
+            todo_now = todo if _stop_after_blocks is None else todo[:_stop_after_blocks]
+            for b, (block, x_test, x_val), waited in reader.iterate(todo_now):
                 ds = ds_cache[b.dataset]
                 tasks = task_cache[b.dataset]
-                t0 = time.perf_counter()
-                block = store.block(b.checkpoint, b.dataset, b.layer)
-                needed = np.unique(np.concatenate([t.indices for t in tasks]))
-                _check_block_input(block, ds, needed)
                 t1 = time.perf_counter()
-                loo = cfg.select == "loo"
-                use_val = cfg.select == "val"
-                if use_val and block.val is None:
-                    raise StoreError(f"{block.where}: --select val needs val features, and this block has none")
-                scores = be.probe_block(block.train, ds.y_train, block.test, ds.y_test, tasks, cfg.l2,
-                                        ds.num_classes, x_val=block.val if use_val else None,
-                                        y_val=ds.y_val if use_val else None, loo=loo)
+                scores = be.probe_block(block.train, ds.y_train, x_test, ds.y_test, tasks, cfg.l2,
+                                        ds.num_classes, x_val=x_val, y_val=ds.y_val if use_val else None,
+                                        loo=loo)
                 t2 = time.perf_counter()
                 df = _rows_for_block(b, block, tasks, cfg.l2, cfg, scores)
                 _write_parquet(_part_path(run_dir, b), df)
-                t_io += (t1 - t0) + (time.perf_counter() - t2)
+                t_io += waited + (time.perf_counter() - t2)
                 t_compute += t2 - t1
                 done_blocks += 1
                 done_probes += probes_per[b.dataset]
@@ -356,6 +401,7 @@ def probe_store(store, run_dir, *, datasets=None, checkpoints=None, layers="all"
             atomic_write_json(run_dir / "manifest.json", manifest)
             raise
         finally:
+            reader.close()
             bar.close()
         complete = all(_part_path(run_dir, b).exists() for b in plan)
         if complete:

@@ -29,7 +29,7 @@ from collections import defaultdict
 import numpy as np
 
 from .. import protocol as P
-from .base import BlockScores
+from .base import BlockScores, StagedSplit
 
 # Few-shot features of the tasks decomposed together in one batch stay below this many bytes.
 BATCH_BYTES = 256 << 20
@@ -192,8 +192,10 @@ def probe_block(ops, x_train, y_train, x_test, y_test, tasks, l2s, num_classes, 
     xp = ops.xp
     l2_host = np.asarray(l2s, dtype=np.float64)
     L, C = len(l2_host), num_classes
-    xt, m0 = ops.centred_f32(x_test)
-    xv = None if x_val is None else ops.centred_f32(x_val, m0)[0]
+    if not isinstance(x_test, StagedSplit):
+        x_test, x_val = stage(ops, x_test, x_val)
+    xt, m0 = x_test.array, x_test.mean_ref
+    xv = None if x_val is None else x_val.array
     D = xt.shape[1]
     out = BlockScores.empty(len(tasks), L, len(y_test), loo, 0 if y_val is None else len(y_val))
     scorer = _Scorer(ops, D, C, L)
@@ -257,6 +259,16 @@ def probe_block(ops, x_train, y_train, x_test, y_test, tasks, l2s, num_classes, 
         scratch = np.zeros_like(out.val_correct)
         scorer.score(xv, ops.labels(y_val), out.val_correct, scratch)
     return out
+
+
+def stage(ops, x_test, x_val=None):
+    """Read the test (and validation) split, centre it on the test mean and convert it to float32 on
+    the device: what ``probe_block`` needs of the splits, done ahead of it (see StagedSplit)."""
+    if isinstance(x_test, StagedSplit):
+        return x_test, x_val
+    xt, m0 = ops.centred_f32(x_test)
+    xv = None if x_val is None else StagedSplit(ops.centred_f32(x_val, m0)[0], m0)
+    return StagedSplit(xt, m0), xv
 
 
 class NumpyOps:

@@ -31,3 +31,24 @@ class BlockScores:
         return cls(correct=z(np.int64), ties=z(np.int64), n_test=n_test,
                    loo_acc=z(np.float64) if loo else None, loo_mse=z(np.float64) if loo else None,
                    val_correct=z(np.int64) if n_val else None, n_val=n_val)
+
+
+@dataclass
+class StagedSplit:
+    """A test (or validation) split that a backend's ``stage`` already read, converted to centred
+    float32 and, for a GPU backend, uploaded: the run loop stages block k+1 in a reader thread while
+    block k is probed, and passes this object to ``probe_block`` in place of the raw array.
+
+    array   centred float32 features on the backend's device (x - mean_ref)
+    mean_ref   the centring vector, float64 (the test split's mean; a val split reuses the test's)
+    """
+
+    array: object
+    mean_ref: object
+
+    @property
+    def shape(self):
+        return self.array.shape
+
+    def __len__(self) -> int:
+        return int(self.array.shape[0])

@@ -31,10 +31,19 @@ def device() -> str:
     return f"cpu ({os.cpu_count()} logical cores; float64 decomposition, float32 scoring)"
 
 
-def probe_block(x_train, y_train, x_test, y_test, tasks, l2s, num_classes, *,
-                x_val=None, y_val=None, loo=False):
+def _get_ops():
     global _ops
     if _ops is None:
         _ops = _engine.NumpyOps()
-    return _engine.probe_block(_ops, x_train, y_train, x_test, y_test, tasks, l2s, num_classes,
+    return _ops
+
+
+def stage(x_test, x_val=None):
+    """Read and convert the test/val splits ahead of ``probe_block`` (run loop's reader thread)."""
+    return _engine.stage(_get_ops(), x_test, x_val)
+
+
+def probe_block(x_train, y_train, x_test, y_test, tasks, l2s, num_classes, *,
+                x_val=None, y_val=None, loo=False):
+    return _engine.probe_block(_get_ops(), x_train, y_train, x_test, y_test, tasks, l2s, num_classes,
                                x_val=x_val, y_val=y_val, loo=loo)

@@ -7,10 +7,14 @@ and centring, the batched float64 Gram matrices and eigendecompositions (cuSOLVE
 the folded weights, one float32 GEMM per chunk of test rows (cuBLAS, TF32 off unless CuPy is told
 otherwise), and the fused arg-max/count kernel. Chunks shrink on out-of-memory instead of failing.
 
-Status: this is the first, straightforward GPU path: it shares its maths (and its tests, through
-the `cpu` backend) with the CPU engine. The kernels that issue 6 calls for (shared-memory solves
-for small systems, fp16 tensor-core Gram matrices, streamed double buffering) are not in it yet,
-and it has not yet been run on a GPU: see bench/RESULTS.md.
+Streaming: uploads go through two pinned staging buffers (the host fills one while the other is
+copied), and the run loop stages block k+1 on a copy stream from its reader thread while block k
+computes. Few l2 values are solved by batched Cholesky (potrfBatched + batched trsm) with a
+backward-error check that sends a failed matrix back to float64 eigh.
+
+Status: it shares its maths (and its tests, through the `cpu` backend) with the CPU engine, and
+has not yet been run on a GPU: see bench/RESULTS.md and bench/GPU_RUNBOOK.md. Not in it yet:
+shared-memory solves for small systems and fp16 tensor-core Gram matrices.
 """
 
 from __future__ import annotations
@@ -65,13 +69,54 @@ class CupyOps:
         self.xp = cp
         self._cuda = _cuda
         self.out_of_memory = cp.cuda.memory.OutOfMemoryError
+        import threading
+
+        self._pinned, self._pinned_done, self._pinned_lock = None, None, threading.Lock()
+        self._copy_stream = None
         free, _total = cp.cuda.runtime.memGetInfo()
         # Logits of one chunk use at most an eighth of the free memory (and 1 GiB).
         self.chunk_bytes = int(min(1 << 30, max(free // 8, 16 << 20)))
 
+    # Host-to-device uploads go through two pinned staging buffers of this many bytes: while the
+    # DMA engine copies one to the device, the host fills the other from the store (page cache or
+    # disk), so the read and the copy overlap (double buffering).
+    pinned_chunk_bytes = 32 << 20
+
+    def upload(self, x):
+        """Copy host array ``x`` (memory-mapped is fine) to a new device array, chunk by chunk through
+        the pinned buffers, on the current stream; returns once the copy is complete."""
+        import cupyx
+
+        cp = self.xp
+        x = np.asarray(x)
+        out = cp.empty(x.shape, dtype=x.dtype)
+        if x.size == 0:
+            return out
+        rows_per = max(1, self.pinned_chunk_bytes // max(1, x[0].nbytes))
+        stream = cp.cuda.get_current_stream()
+        with self._pinned_lock:
+            if self._pinned is None:
+                self._pinned = [cupyx.empty_pinned(self.pinned_chunk_bytes + (1 << 16), np.uint8) for _ in range(2)]
+                self._pinned_done = [None, None]
+            big = x[0].nbytes > self.pinned_chunk_bytes
+            for k, r0 in enumerate(range(0, x.shape[0], rows_per)):
+                part = x[r0:r0 + rows_per]
+                if big:                       # a single row wider than a buffer: plain copy
+                    out[r0:r0 + rows_per].set(np.ascontiguousarray(part), stream=stream)
+                    continue
+                slot = k % 2
+                if self._pinned_done[slot] is not None:
+                    self._pinned_done[slot].synchronize()     # its previous DMA has finished
+                host = self._pinned[slot][:part.nbytes].view(x.dtype).reshape(part.shape)
+                np.copyto(host, part)                         # store -> pinned (host side)
+                out[r0:r0 + rows_per].set(host, stream=stream)  # pinned -> device (asynchronous)
+                self._pinned_done[slot] = stream.record()
+            stream.synchronize()
+        return out
+
     def centred_f32(self, x, m0=None):
         cp = self.xp
-        d = cp.asarray(np.ascontiguousarray(x)).astype(cp.float32)
+        d = self.upload(x).astype(cp.float32)
         if m0 is None:
             m0 = d.mean(axis=0, dtype=cp.float64)
         d -= m0.astype(cp.float32)
@@ -120,12 +165,29 @@ class CupyOps:
         solved = cp.asnumpy(cp.isfinite(w).all(axis=(1, 2)))
         return w, solved
 
+    def stage(self, x_test, x_val=None):
+        """``_engine.stage`` on a non-blocking stream of its own. It waits for that stream before
+        returning (blocking only the calling reader thread), so the arrays it hands over are
+        complete and the main stream needs no event; they are freed only after ``probe_block``
+        has synchronised on its counts, so CuPy's per-stream memory pool cannot hand their
+        memory to a copy while a kernel still reads it."""
+        cp = self.xp
+        if self._copy_stream is None:
+            self._copy_stream = cp.cuda.Stream(non_blocking=True)
+        try:
+            with self._copy_stream:
+                staged = _engine.stage(self, x_test, x_val)
+            self._copy_stream.synchronize()
+        except self.out_of_memory:
+            self.release_memory()
+            return x_test, x_val          # probe_block will stage it itself, after the last block is freed
+        return staged
+
     def release_memory(self) -> None:
         self.xp.get_default_memory_pool().free_all_blocks()
 
 
-def probe_block(x_train, y_train, x_test, y_test, tasks, l2s, num_classes, *,
-                x_val=None, y_val=None, loo=False):
+def _get_ops():
     global _ops
     if _ops is None:
         if not is_available():
@@ -133,5 +195,16 @@ def probe_block(x_train, y_train, x_test, y_test, tasks, l2s, num_classes, *,
 
             raise BackendUnavailable(f"backend 'cuda' is not available: {unavailable_reason()}")
         _ops = CupyOps()
-    return _engine.probe_block(_ops, x_train, y_train, x_test, y_test, tasks, l2s, num_classes,
+    return _ops
+
+
+def stage(x_test, x_val=None):
+    """Read, upload and convert the test/val splits ahead of ``probe_block``, on a stream of their
+    own (the run loop calls this from its reader thread while the previous block computes)."""
+    return _get_ops().stage(x_test, x_val)
+
+
+def probe_block(x_train, y_train, x_test, y_test, tasks, l2s, num_classes, *,
+                x_val=None, y_val=None, loo=False):
+    return _engine.probe_block(_get_ops(), x_train, y_train, x_test, y_test, tasks, l2s, num_classes,
                                x_val=x_val, y_val=y_val, loo=loo)

@@ -41,6 +41,9 @@ def register(sub) -> None:
     p.add_argument("--backend", default="auto", choices=["auto", "numpy", "cpu", "cuda"])
     p.add_argument("--skip-short-classes", action="store_true",
                    help="skip, with a warning, shot counts that some class cannot fill (default: error)")
+    p.add_argument("--no-prefetch", action="store_true",
+                   help="read each block only when it is probed (default: the next block is read, checked "
+                        "and staged in a reader thread while the current one computes)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run)
 
@@ -51,7 +54,7 @@ def _run(args) -> int:
     layers = args.layers[0] if len(args.layers) == 1 and args.layers[0] in ("all", "last") else args.layers
     run = probe_store(args.store, args.output, datasets=args.datasets, checkpoints=args.checkpoints,
                       layers=layers, shots=args.shots, seeds=args.seeds, l2=args.l2, select=args.select,
-                      backend=args.backend, quiet=args.quiet,
+                      backend=args.backend, quiet=args.quiet, prefetch=not args.no_prefetch,
                       on_short="skip" if args.skip_short_classes else "error")
     status = "complete" if run.results_path.exists() else "incomplete"
     print(f"{run.run_dir}: {run.blocks_total} blocks, {run.blocks_done_now} probed now "
