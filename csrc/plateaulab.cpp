@@ -2,9 +2,12 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
+#include "common/small_ridge.h"
 #include "cpu/score_cpu.h"
 
 namespace py = pybind11;
@@ -55,6 +58,45 @@ void score_argmax(py::array_t<float> logits, py::array_t<float> bias, py::array_
   }
 }
 
+struct NoSync {
+  void operator()() const {}
+};
+
+// The CUDA small_ridge kernel's body (csrc/common/small_ridge.h) run by one host thread: tests check
+// the algorithm and its indexing against numpy on machines without a GPU.
+py::tuple small_ridge_emulated(py::array_t<double> xs, py::array_t<int64_t> labels, int num_classes,
+                               py::array_t<double> l2) {
+  check_contiguous(xs, "xs", 3);
+  check_contiguous(labels, "labels", 2);
+  check_contiguous(l2, "l2", 1);
+  const int64_t batch = xs.shape(0);
+  const int n = static_cast<int>(xs.shape(1)), dp = static_cast<int>(xs.shape(2));
+  const int n_l2 = static_cast<int>(l2.shape(0));
+  if (labels.shape(0) != batch || labels.shape(1) != n) throw std::invalid_argument("labels must be batch x n");
+  if (num_classes < 1) throw std::invalid_argument("num_classes must be >= 1");
+  if (dp <= n) throw std::invalid_argument("small_ridge solves the dual system only: n must be < D + 1");
+  py::array_t<double> a({batch, static_cast<int64_t>(n_l2), static_cast<int64_t>(n), static_cast<int64_t>(num_classes)});
+  py::array_t<double> w({batch, static_cast<int64_t>(n_l2), static_cast<int64_t>(dp), static_cast<int64_t>(num_classes)});
+  py::array_t<int> info({batch, static_cast<int64_t>(n_l2)});
+  std::fill(a.mutable_data(), a.mutable_data() + a.size(), 0.0);
+  std::fill(w.mutable_data(), w.mutable_data() + w.size(), 0.0);
+  std::vector<double> K(static_cast<size_t>(n) * n);
+  for (int64_t b = 0; b < batch; ++b) {
+    for (int j = 0; j < n_l2; ++j) {
+      const int64_t problem = b * n_l2 + j;
+      int s_info = 0;
+      double s_kmax = 0.0;
+      plateaulab::small_ridge_problem(xs.data() + b * n * static_cast<int64_t>(dp), n, dp, labels.data() + b * n,
+                                      num_classes, l2.data()[j], K.data(),
+                                      a.mutable_data() + problem * n * num_classes,
+                                      w.mutable_data() + problem * dp * num_classes, &s_info, &s_kmax, 0, 1,
+                                      NoSync{});
+      info.mutable_data()[problem] = s_info;
+    }
+  }
+  return py::make_tuple(a, w, info);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -63,4 +105,8 @@ PYBIND11_MODULE(_core, m) {
         py::arg("num_classes"), py::arg("rtol"), py::arg("correct"), py::arg("ties"),
         "Add to correct/ties (one entry per probe) the arg-max hits and near-ties of a chunk of stacked logits "
         "(rows x probes*num_classes) plus bias. Logits are read, never written.");
+  m.def("small_ridge_emulated", &small_ridge_emulated, py::arg("xs"), py::arg("labels"), py::arg("num_classes"),
+        py::arg("l2"),
+        "The CUDA small_ridge kernel's body run by one host thread, for tests: (A, W, info) of every "
+        "(task, l2) dual ridge problem.");
 }

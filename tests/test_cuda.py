@@ -36,3 +36,72 @@ def test_cuda_scorer_matches_numpy(rows, groups, C, seed):
         pred, tie = P.argmax_with_ties(z[:, g, :])
         assert int(correct[g]) == np.count_nonzero(pred == labels)
         assert int(ties[g]) == np.count_nonzero(tie)
+
+
+def _ops():
+    from plateaulab.backends import cuda
+
+    return cuda._get_ops()
+
+
+@pytest.mark.parametrize("B,n,D,C,l2s", [(3, 7, 30, 4, [1024.0]), (2, 100, 768, 100, [1024.0, 8.0]),
+                                         (1, 150, 300, 37, [1.0]), (4, 1, 5, 3, [64.0])])
+def test_small_ridge_kernel_matches_its_host_emulation_and_numpy(B, n, D, C, l2s):
+    from plateaulab import _core
+
+    from test_small_ridge import _numpy, _problem
+
+    if n > _cuda.small_ridge_max_n():
+        pytest.skip(f"n = {n} exceeds this device's shared memory")
+    xs, labels = _problem(B, n, D, C, n)
+    a, w, ok = _ops().small_ridge(cp.asarray(xs), cp.asarray(labels), C, l2s)
+    a_emu, w_emu, info = _core.small_ridge_emulated(xs, labels, C, np.asarray(l2s))
+    assert ok.all() and not info.any()
+    np.testing.assert_allclose(cp.asnumpy(a), a_emu, rtol=1e-9, atol=1e-12 * np.abs(a_emu).max())
+    np.testing.assert_allclose(cp.asnumpy(w), w_emu, rtol=1e-9, atol=1e-12 * np.abs(w_emu).max())
+    a_ref, _ = _numpy(xs, labels, C, l2s)
+    np.testing.assert_allclose(cp.asnumpy(a), a_ref, rtol=1e-7, atol=1e-9 * np.abs(a_ref).max())
+
+
+def test_small_ridge_kernel_flags_a_singular_problem():
+    from test_small_ridge import _problem
+
+    xs, labels = _problem(2, 6, 20, 3, 0)
+    xs[1, 2] = xs[1, 1]
+    _, _, ok = _ops().small_ridge(cp.asarray(xs), cp.asarray(labels), 3, [1e-14, 1024.0])
+    assert ok.tolist() == [[True, True], [False, True]]
+
+
+@pytest.mark.parametrize("shape,dtype", [((1000, 37), np.float16), ((5, 3), np.float32), ((0, 8), np.float16)])
+def test_upload_through_pinned_buffers(tmp_path, monkeypatch, shape, dtype):
+    ops = _ops()
+    monkeypatch.setattr(ops, "pinned_chunk_bytes", 4096)          # many chunks, both buffers reused
+    x = np.random.default_rng(0).normal(size=shape).astype(dtype)
+    np.save(tmp_path / "x.npy", x)
+    mm = np.load(tmp_path / "x.npy", mmap_mode="r")
+    np.testing.assert_array_equal(cp.asnumpy(ops.upload(mm)), x)
+
+
+def test_staged_splits_give_the_same_scores():
+    from plateaulab.backends import cuda
+
+    from test_backends import _block
+
+    xtr, ytr, xte, yte, xv, yv = _block(7, 50, 20, 900, 1, np.float16, n_val=200)
+    tasks = P.plan_tasks(ytr, 7, [1, 5, 20], [0, 1])
+    plain = cuda.probe_block(xtr, ytr, xte, yte, tasks, [1024.0], 7, x_val=xv, y_val=yv)
+    st, sv = cuda.stage(xte, xv)
+    staged = cuda.probe_block(xtr, ytr, st, yte, tasks, [1024.0], 7, x_val=sv, y_val=yv)
+    np.testing.assert_array_equal(staged.correct, plain.correct)
+    np.testing.assert_array_equal(staged.val_correct, plain.val_correct)
+
+
+def test_batched_cholesky_solve_matches_numpy():
+    ops = _ops()
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(3, 60, 40))
+    a = np.swapaxes(x, 1, 2) @ x + 5.0 * np.eye(40)
+    rhs = rng.normal(size=(3, 40, 9))
+    w, solved = ops.chol_solve(cp.asarray(a), cp.asarray(rhs))
+    assert solved.all()
+    np.testing.assert_allclose(cp.asnumpy(w), np.linalg.solve(a, rhs), rtol=1e-9)

@@ -168,6 +168,29 @@ def _solve(ops, gram, rhs, l2s, need_eigh: bool):
     return coef, None, None
 
 
+def _small_solve(ops, xs, labels, C, l2s):
+    """The small-system kernel for a dual batch: (coef (B, n, L*C), w (B, D', L*C), failed count).
+
+    Problems whose Cholesky factorisation stops (info != 0) are solved again from the float64
+    eigendecomposition of their Gram matrix, as in ``_solve``.
+    """
+    xp = ops.xp
+    B, n, dp = xs.shape
+    L = len(l2s)
+    a, w, ok = ops.small_ridge(xs, labels, C, l2s)              # (B, L, n, C), (B, L, D', C), (B, L)
+    coef = xp.ascontiguousarray(a.transpose(0, 2, 1, 3).reshape(B, n, L * C))
+    w_all = xp.ascontiguousarray(w.transpose(0, 2, 1, 3).reshape(B, dp, L * C))
+    bad = np.flatnonzero(~ok.all(axis=1))
+    for b in bad:
+        b = int(b)
+        e_b, q_b = xp.linalg.eigh(xs[b] @ xs[b].T)
+        yt = 2.0 * xp.eye(C, dtype=xp.float64)[labels[b]] - 1.0
+        coef[b] = _eigh_coef(xp, e_b, q_b, yt, l2s)
+        w_all[b] = xs[b].T @ coef[b]
+    ops.cholesky_fallbacks += int(bad.size)
+    return coef, w_all, int(bad.size)
+
+
 def _loo(xp, xs, yt, y, e, q, primal: bool, l2s) -> tuple[np.ndarray, np.ndarray]:
     """Exact leave-one-out accuracy and squared error for every l2 (see protocol.loo_scores)."""
     accs, mses = [], []
@@ -227,10 +250,17 @@ def probe_block(ops, x_train, y_train, x_test, y_test, tasks, l2s, num_classes, 
         del host, body
         primal = n >= D + 1
         xsT = xp.swapaxes(xs, 1, 2)
-        gram = xsT @ xs if primal else xs @ xsT                      # (B, s, s), float64
-        rhs = xsT @ yt if primal else yt                             # (B, s, C)
-        coef, e, q = _solve(ops, gram, rhs, l2_host, need_eigh=loo)  # coef: (B, s, L*C)
-        del gram
+        w_dual = None
+        if not primal and not loo and L <= ops.cholesky_max_l and n <= getattr(ops, "small_max_n", 0):
+            # Small dual systems: one fused kernel per (task, l2) in shared memory (Gram, Cholesky,
+            # solve and W = xs^T A); a problem whose factorisation fails comes back flagged.
+            coef, w_dual, _ = _small_solve(ops, xs, Y, C, l2_host)
+            e = q = None
+        else:
+            gram = xsT @ xs if primal else xs @ xsT                  # (B, s, s), float64
+            rhs = xsT @ yt if primal else yt                         # (B, s, C)
+            coef, e, q = _solve(ops, gram, rhs, l2_host, need_eigh=loo)  # coef: (B, s, L*C)
+            del gram
         for b, t in enumerate(tids):
             mean_t, std_t = mean[b, 0], std[b, 0]
             shift = (mean_t - m0) / std_t                             # (D,)
@@ -246,7 +276,7 @@ def probe_block(ops, x_train, y_train, x_test, y_test, tasks, l2s, num_classes, 
                     scorer.add_kernel(t, (x_s / std_t[None, :]).T, -(shift @ x_s.T), a,
                                       (P.BIAS_CONSTANT ** 2) * a.sum(axis=0))
                 else:                                                  # W = xs^T A_l, folded
-                    w_all = xs[b].T @ a                                # (D', L*C)
+                    w_all = w_dual[b] if w_dual is not None else xs[b].T @ a   # (D', L*C)
                     for j in range(L):
                         w = w_all[:, j * C:(j + 1) * C]
                         scorer.add_primal(t, j, w[:D] / std_t[:, None], P.BIAS_CONSTANT * w[D] - shift @ w[:D])

@@ -73,6 +73,8 @@ class CupyOps:
 
         self._pinned, self._pinned_done, self._pinned_lock = None, None, threading.Lock()
         self._copy_stream = None
+        # Dual systems up to this size go to the shared-memory kernel (n x n float64 per block).
+        self.small_max_n = min(self.small_ridge_max_n, _cuda.small_ridge_max_n())
         free, _total = cp.cuda.runtime.memGetInfo()
         # Logits of one chunk use at most an eighth of the free memory (and 1 GiB).
         self.chunk_bytes = int(min(1 << 30, max(free // 8, 16 << 20)))
@@ -148,6 +150,10 @@ class CupyOps:
     # Cholesky 30-150 us) put the break-even near 5 l2 values; 2 is the cautious start. Measure with
     # bench/bench_cuda.py and set it from the result.
     cholesky_max_l = 2
+    # Upper bound on n for the shared-memory kernel, below what shared memory allows (160 on an
+    # H100): past a few hundred rows one problem per thread block under-uses the GPU and the batched
+    # library path wins. Not yet measured; bench/bench_cuda.py times both.
+    small_ridge_max_n = 160
 
     def chol_solve(self, a, rhs):
         """Batched float64 Cholesky (cuSOLVER potrfBatched through CuPy) and two batched triangular
@@ -164,6 +170,22 @@ class CupyOps:
         w = csl.solve_triangular(factor, z, lower=True, trans="T")
         solved = cp.asnumpy(cp.isfinite(w).all(axis=(1, 2)))
         return w, solved
+
+    def small_ridge(self, xs, labels, num_classes, l2s):
+        """The shared-memory kernel of csrc/cuda/small_ridge_cuda.cu over a batch of dual problems:
+        (A (B, L, n, C), W (B, L, D', C), ok (B, L) host bool)."""
+        cp = self.xp
+        B, n, dp = xs.shape
+        L = len(l2s)
+        xs = cp.ascontiguousarray(xs, dtype=cp.float64)
+        labels = cp.ascontiguousarray(labels, dtype=cp.int64)
+        l2 = cp.asarray(np.asarray(l2s, dtype=np.float64))
+        a = cp.empty((B, L, n, num_classes), dtype=cp.float64)
+        w = cp.empty((B, L, dp, num_classes), dtype=cp.float64)
+        info = cp.zeros((B, L), dtype=cp.int32)
+        self._cuda.small_ridge(xs.data.ptr, B, n, dp, labels.data.ptr, num_classes, l2.data.ptr, L, a.data.ptr,
+                               w.data.ptr, info.data.ptr, cp.cuda.get_current_stream().ptr)
+        return a, w, cp.asnumpy(info) == 0
 
     def stage(self, x_test, x_val=None):
         """``_engine.stage`` on a non-blocking stream of its own. It waits for that stream before
