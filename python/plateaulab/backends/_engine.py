@@ -81,8 +81,10 @@ class _Scorer:
             widths.append(self.K_basis.shape[1])
         return int(np.clip(self.ops.chunk_bytes // (4 * max(max(widths), 1)), 32, 1 << 16))
 
-    def score(self, x, y, correct: np.ndarray, ties: np.ndarray) -> None:
-        """Add the hits and near-ties of rows ``x`` (float32, centred, on the device) to correct/ties[t, l]."""
+    def score(self, x, y, correct: np.ndarray, ties: np.ndarray, preds: np.ndarray | None = None) -> None:
+        """Add the hits and near-ties of rows ``x`` (float32, centred, on the device) to correct/ties[t, l].
+        With ``preds`` (T, L, rows), also write every row's predicted class there (a diagnostic: the
+        logits of each chunk go through a separate arg-max)."""
         xp, ops, C = self.xp, self.ops, self.C
         g_counts = ops.counters(len(self.slots))
         k_counts = [ops.counters(self.L) for _ in self.k_heads]
@@ -92,12 +94,21 @@ class _Scorer:
             try:
                 xc, yc = x[r0:r0 + rows], y[r0:r0 + rows]
                 if self.slots:
-                    ops.score_argmax(xc @ self.W, self.b, yc, C, g_counts)
+                    logits = xc @ self.W
+                    ops.score_argmax(logits, self.b, yc, C, g_counts)
+                    if preds is not None:
+                        arg = ops.to_host(xp.argmax((logits + self.b).reshape(len(xc), -1, C), axis=2))
+                        for g, (t, j) in enumerate(self.slots):
+                            preds[t, j, r0:r0 + len(xc)] = arg[:, g]
                 if self.k_heads:
                     kmat = xc @ self.K_basis
                     kmat += self.K_offset
                     for h, counts in zip(self.k_heads, k_counts):
-                        ops.score_argmax(xp.ascontiguousarray(kmat[:, h["cols"]]) @ h["a"], h["bias"], yc, C, counts)
+                        logits = xp.ascontiguousarray(kmat[:, h["cols"]]) @ h["a"]
+                        ops.score_argmax(logits, h["bias"], yc, C, counts)
+                        if preds is not None:
+                            arg = ops.to_host(xp.argmax((logits + h["bias"]).reshape(len(xc), -1, C), axis=2))
+                            preds[h["t"], :, r0:r0 + len(xc)] = arg.T
             except ops.out_of_memory:
                 if rows <= 32:
                     raise
@@ -211,7 +222,7 @@ def _loo(xp, xs, yt, y, e, q, primal: bool, l2s) -> tuple[np.ndarray, np.ndarray
 
 
 def probe_block(ops, x_train, y_train, x_test, y_test, tasks, l2s, num_classes, *,
-                x_val=None, y_val=None, loo=False) -> BlockScores:
+                x_val=None, y_val=None, loo=False, predictions=False) -> BlockScores:
     xp = ops.xp
     l2_host = np.asarray(l2s, dtype=np.float64)
     L, C = len(l2_host), num_classes
@@ -284,7 +295,9 @@ def probe_block(ops, x_train, y_train, x_test, y_test, tasks, l2s, num_classes, 
                 out.loo_acc[t], out.loo_mse[t] = _loo(xp, xs[b], yt[b], Y[b], e[b], q[b], primal, l2_host)
         del xs, xsT, coef, e, q, yt
     scorer.finalize()
-    scorer.score(xt, ops.labels(y_test), out.correct, out.ties)
+    if predictions:
+        out.predictions = np.zeros((len(tasks), L, len(y_test)), dtype=np.int32)
+    scorer.score(xt, ops.labels(y_test), out.correct, out.ties, out.predictions)
     if xv is not None:
         scratch = np.zeros_like(out.val_correct)
         scorer.score(xv, ops.labels(y_val), out.val_correct, scratch)

@@ -15,6 +15,7 @@ class BlockScores:
     ties[t, l]      test rows whose two best logits are within protocol.TIE_RTOL (counted, see there)
     loo_acc, loo_mse[t, l]   exact leave-one-out accuracy / squared error on the few-shot set (or None)
     val_correct[t, l]        validation rows classified correctly (or None)
+    predictions[t, l, i]     predicted class of test row i, only when asked for (a diagnostic)
     """
 
     correct: np.ndarray
@@ -24,6 +25,7 @@ class BlockScores:
     loo_mse: np.ndarray | None = None
     val_correct: np.ndarray | None = None
     n_val: int = 0
+    predictions: np.ndarray | None = None
 
     @classmethod
     def empty(cls, n_tasks: int, n_l2: int, n_test: int, loo: bool, n_val: int) -> "BlockScores":

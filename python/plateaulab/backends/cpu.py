@@ -44,6 +44,6 @@ def stage(x_test, x_val=None):
 
 
 def probe_block(x_train, y_train, x_test, y_test, tasks, l2s, num_classes, *,
-                x_val=None, y_val=None, loo=False):
+                x_val=None, y_val=None, loo=False, predictions=False):
     return _engine.probe_block(_get_ops(), x_train, y_train, x_test, y_test, tasks, l2s, num_classes,
-                               x_val=x_val, y_val=y_val, loo=loo)
+                               x_val=x_val, y_val=y_val, loo=loo, predictions=predictions)

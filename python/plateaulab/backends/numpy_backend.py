@@ -29,14 +29,16 @@ def device() -> str:
 
 def _score(x_std, y, w):
     pred, tie = P.argmax_with_ties(x_std @ w)
-    return int(np.count_nonzero(pred == y)), int(np.count_nonzero(tie))
+    return int(np.count_nonzero(pred == y)), int(np.count_nonzero(tie)), pred
 
 
 def probe_block(x_train, y_train, x_test, y_test, tasks, l2s, num_classes, *,
-                x_val=None, y_val=None, loo=False) -> BlockScores:
+                x_val=None, y_val=None, loo=False, predictions=False) -> BlockScores:
     x_test = np.asarray(x_test, dtype=np.float64)
     x_val = None if x_val is None else np.asarray(x_val, dtype=np.float64)
     out = BlockScores.empty(len(tasks), len(l2s), len(y_test), loo, 0 if y_val is None else len(y_val))
+    if predictions:
+        out.predictions = np.zeros((len(tasks), len(l2s), len(y_test)), dtype=np.int32)
     for t, task in enumerate(tasks):
         x = np.asarray(x_train[task.indices], dtype=np.float64)
         y = y_train[task.indices]
@@ -45,7 +47,9 @@ def probe_block(x_train, y_train, x_test, y_test, tasks, l2s, num_classes, *,
         xv = None if x_val is None else P.standardise(x_val, cache["mean"], cache["std"])
         for j, l2 in enumerate(l2s):
             w = P.ridge_weights(cache, l2)
-            out.correct[t, j], out.ties[t, j] = _score(xt, y_test, w)
+            out.correct[t, j], out.ties[t, j], pred = _score(xt, y_test, w)
+            if predictions:
+                out.predictions[t, j] = pred
             if loo:
                 out.loo_acc[t, j], out.loo_mse[t, j] = P.loo_scores(cache, y, l2)
             if xv is not None:
