@@ -19,6 +19,8 @@ shared-memory solves for small systems and fp16 tensor-core Gram matrices.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from .. import protocol as P
@@ -69,8 +71,6 @@ class CupyOps:
         self.xp = cp
         self._cuda = _cuda
         self.out_of_memory = cp.cuda.memory.OutOfMemoryError
-        import threading
-
         self._pinned, self._pinned_done, self._pinned_lock = None, None, threading.Lock()
         self._copy_stream = None
         # Dual systems up to this size go to the shared-memory kernel (n x n float64 per block).
@@ -97,7 +97,7 @@ class CupyOps:
         rows_per = max(1, self.pinned_chunk_bytes // max(1, x[0].nbytes))
         stream = cp.cuda.get_current_stream()
         with self._pinned_lock:
-            if self._pinned is None:
+            if self._pinned is None or self._pinned[0].nbytes < self.pinned_chunk_bytes:
                 self._pinned = [cupyx.empty_pinned(self.pinned_chunk_bytes + (1 << 16), np.uint8) for _ in range(2)]
                 self._pinned_done = [None, None]
             big = x[0].nbytes > self.pinned_chunk_bytes
