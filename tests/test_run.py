@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 
 from plateaulab.cli import main as cli
-from plateaulab.errors import RunError
+from plateaulab import protocol as P
+from plateaulab.errors import RunError, StoreError
 from plateaulab.run import probe_store
 
 from conftest import make_store
@@ -265,3 +266,19 @@ def test_prefetch_stages_ahead_in_a_reader_thread_and_changes_nothing(tmp_path, 
     plain = probe_store(st.path, tmp_path / "plain", prefetch=False, **kw).results()
     assert threads == ["MainThread"] * 4
     pd.testing.assert_frame_equal(ahead, plain)
+
+
+@pytest.mark.parametrize("backend,prefetch", [("cpu", True), ("cpu", False), ("numpy", True)])
+@pytest.mark.parametrize("split", ["train", "test", "val"])
+def test_nonfinite_features_are_refused_on_every_path(tmp_path, backend, prefetch, split):
+    """NaN/Inf is found whether the backend stages the block (counted while staging) or not (host
+    scan), in a used train row, the test split or the val split, and named with its count."""
+    st = make_store(tmp_path / "s", n_checkpoints=1, n_layers=1, with_val=True)
+    bdir = st._block_dir("ckpt-00", "toy", "block0")
+    a = np.load(bdir / f"{split}.npy")
+    row = P.plan_tasks(st.dataset("toy").y_train, 5, [2], [0])[0].indices[1] if split == "train" else 3
+    a[row, 1] = np.nan
+    a[row, 4] = np.inf
+    np.save(bdir / f"{split}.npy", a)
+    with pytest.raises(StoreError, match=f"{split} features contain 2 NaN/Inf values"):
+        probe_store(st.path, tmp_path / "run", shots=[2], seeds=1, backend=backend, prefetch=prefetch, quiet=True)

@@ -168,8 +168,9 @@ def _run_lock(run_dir: Path):
         f.close()
 
 
-def _check_block_input(block, ds, x_train_rows_needed: np.ndarray) -> None:
-    """Refuse a block whose features cannot be probed, naming it."""
+def _check_block_input(block, ds, x_train_rows_needed: np.ndarray, scan_values: bool = True) -> None:
+    """Refuse a block whose features cannot be probed, naming it. With ``scan_values`` False the
+    NaN/Inf scan is left to the backend's ``stage`` (see _refuse_nonfinite)."""
     for split, y in (("train", ds.y_train), ("test", ds.y_test), ("val", ds.y_val)):
         x = getattr(block, split)
         if x is None or y is None:
@@ -180,20 +181,25 @@ def _check_block_input(block, ds, x_train_rows_needed: np.ndarray) -> None:
     if block.test.shape[1] != block.train.shape[1]:
         raise StoreError(f"{block.where}: train features are {block.train.shape[1]} wide, test "
                          f"{block.test.shape[1]}; re-extract the block")
+    if not scan_values:
+        return
     for split, x in (("train", block.train[x_train_rows_needed] if x_train_rows_needed.size else block.train),
                      ("test", block.test), ("val", block.val)):
         if x is None:
             continue
-        n_bad = count_nonfinite(np.asarray(x))
-        if n_bad:
-            raise StoreError(f"{block.where}: {split} features contain {n_bad} NaN/Inf values; "
-                             "fix or re-extract this block (fp16 overflow is a common cause)")
+        _refuse_nonfinite(block, split, count_nonfinite(np.asarray(x)))
+
+
+def _refuse_nonfinite(block, split: str, n_bad: int) -> None:
+    if n_bad:
+        raise StoreError(f"{block.where}: {split} features contain {n_bad} NaN/Inf values; "
+                         "fix or re-extract this block (fp16 overflow is a common cause)")
 
 
 class _BlockReader:
     """Opens, checks and stages the blocks of a run in order, one block ahead in a worker thread.
 
-    ``iterate`` yields (planned block, (block, x_test, x_val), seconds waited for it). A block whose
+    ``iterate`` yields (planned block, (block, x_train, x_test, x_val), seconds waited for it). A block whose
     check fails raises its StoreError when the loop reaches it, so every earlier block is probed
     and written first, exactly as without read-ahead.
     """
@@ -208,16 +214,22 @@ class _BlockReader:
             self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="plateaulab-reader")
 
     def load(self, b: PlannedBlock):
+        """Open and check one block; where the backend stages, stage it (it counts NaN/Inf on the
+        device as it goes, so the host does not scan the splits a second time)."""
         ds = self.ds_cache[b.dataset]
         block = self.store.block(b.checkpoint, b.dataset, b.layer)
         needed = np.unique(np.concatenate([t.indices for t in self.task_cache[b.dataset]]))
-        _check_block_input(block, ds, needed)
+        _check_block_input(block, ds, needed, scan_values=self.stage is None)
         if self.use_val and block.val is None:
             raise StoreError(f"{block.where}: --select val needs val features, and this block has none")
-        x_test, x_val = block.test, (block.val if self.use_val else None)
+        x_train, x_test, x_val = block.train, block.test, (block.val if self.use_val else None)
         if self.stage is not None:
-            x_test, x_val = self.stage(x_test, x_val)
-        return block, x_test, x_val
+            x_train, x_test, x_val = self.stage(x_train, needed, x_test, x_val)
+            for split, staged in (("train", x_train), ("test", x_test), ("val", x_val)):
+                _refuse_nonfinite(block, split, getattr(staged, "nonfinite", 0))
+            if not self.use_val and block.val is not None:   # not staged, still checked
+                _refuse_nonfinite(block, "val", count_nonfinite(np.asarray(block.val)))
+        return block, x_train, x_test, x_val
 
     def iterate(self, todo):
         if self.pool is None:
@@ -381,11 +393,11 @@ def probe_store(store, run_dir, *, datasets=None, checkpoints=None, layers="all"
         reader = _BlockReader(store, ds_cache, task_cache, use_val, getattr(be, "stage", None), prefetch)
         try:
             todo_now = todo if _stop_after_blocks is None else todo[:_stop_after_blocks]
-            for b, (block, x_test, x_val), waited in reader.iterate(todo_now):
+            for b, (block, x_train, x_test, x_val), waited in reader.iterate(todo_now):
                 ds = ds_cache[b.dataset]
                 tasks = task_cache[b.dataset]
                 t1 = time.perf_counter()
-                scores = be.probe_block(block.train, ds.y_train, x_test, ds.y_test, tasks, cfg.l2,
+                scores = be.probe_block(x_train, ds.y_train, x_test, ds.y_test, tasks, cfg.l2,
                                         ds.num_classes, x_val=x_val, y_val=ds.y_val if use_val else None,
                                         loo=loo)
                 t2 = time.perf_counter()

@@ -8,7 +8,7 @@ A backend is a plain module exposing the same small set of names:
     device() -> str           what it runs on, for the run manifest
     probe_block(x_train, y_train, x_test, y_test, tasks, l2s, num_classes, *,
                 x_val=None, y_val=None, loo=False, predictions=False) -> BlockScores
-    stage(x_test, x_val=None)  optional: read/convert/upload the splits ahead of probe_block
+    stage(x_train, train_rows, x_test, x_val=None)   optional: read/convert/upload ahead of probe_block
 
 ``probe_block`` serves every (shots, seed) task and every l2 of one (checkpoint, dataset, layer)
 block from a single read of its features. The run loop (plateaulab.run) asks for a backend once

@@ -29,7 +29,7 @@ from collections import defaultdict
 import numpy as np
 
 from .. import protocol as P
-from .base import BlockScores, StagedSplit
+from .base import BlockScores, StagedSplit, StagedTrain
 
 # Few-shot features of the tasks decomposed together in one batch stay below this many bytes.
 BATCH_BYTES = 256 << 20
@@ -44,10 +44,11 @@ class _Scorer:
         self.w_cols, self.w_bias, self.slots = [], [], []
         self.k_heads: list[dict] = []
 
-    def add_primal(self, t: int, j: int, w_folded, bias) -> None:
+    def add_primal(self, t: int, w_folded, bias) -> None:
+        """Weights of every l2 of task t side by side: w_folded (D, L*C), bias (L*C)."""
         self.w_cols.append(w_folded.astype(np.float32))
         self.w_bias.append(bias.astype(np.float32))
-        self.slots.append((t, j))
+        self.slots += [(t, j) for j in range(self.L)]
 
     def add_kernel(self, t: int, basis, offset, a_stack, bias) -> None:
         """logits of l2 j = (x_c basis + offset) a_stack[:, jC:(j+1)C] + bias[jC:(j+1)C]."""
@@ -157,7 +158,7 @@ def _solve(ops, gram, rhs, l2s, need_eigh: bool):
     B, s, C = rhs.shape
     L = len(l2s)
     if need_eigh or L > ops.cholesky_max_l:
-        e, q = xp.linalg.eigh(gram)                                  # batched, float64
+        e, q = ops.eigh(gram)                                        # batched, float64
         coef = xp.stack([_eigh_coef(xp, e[b], q[b], rhs[b], l2s) for b in range(B)])
         return coef, e, q
     coef = xp.empty((B, s, L * C), dtype=xp.float64)
@@ -173,7 +174,7 @@ def _solve(ops, gram, rhs, l2s, need_eigh: bool):
         ok &= solved & np.isfinite(backward) & (backward <= CHOLESKY_BACKWARD_TOL)
         coef[:, :, j * C:(j + 1) * C] = w
     for b in np.flatnonzero(~ok):
-        e_b, q_b = xp.linalg.eigh(gram[int(b)])
+        e_b, q_b = ops.eigh(gram[int(b)])
         coef[int(b)] = _eigh_coef(xp, e_b, q_b, rhs[int(b)], l2s)
     ops.cholesky_fallbacks += int(np.count_nonzero(~ok))
     return coef, None, None
@@ -194,7 +195,7 @@ def _small_solve(ops, xs, labels, C, l2s):
     bad = np.flatnonzero(~ok.all(axis=1))
     for b in bad:
         b = int(b)
-        e_b, q_b = xp.linalg.eigh(xs[b] @ xs[b].T)
+        e_b, q_b = ops.eigh(xs[b] @ xs[b].T)
         yt = 2.0 * xp.eye(C, dtype=xp.float64)[labels[b]] - 1.0
         coef[b] = _eigh_coef(xp, e_b, q_b, yt, l2s)
         w_all[b] = xs[b].T @ coef[b]
@@ -226,8 +227,9 @@ def probe_block(ops, x_train, y_train, x_test, y_test, tasks, l2s, num_classes, 
     xp = ops.xp
     l2_host = np.asarray(l2s, dtype=np.float64)
     L, C = len(l2_host), num_classes
-    if not isinstance(x_test, StagedSplit):
-        x_test, x_val = stage(ops, x_test, x_val)
+    if not isinstance(x_train, StagedTrain) or not isinstance(x_test, StagedSplit):
+        rows = np.unique(np.concatenate([task.indices for task in tasks]))
+        x_train, x_test, x_val = stage(ops, x_train, rows, x_test, x_val)
     xt, m0 = x_test.array, x_test.mean_ref
     xv = None if x_val is None else x_val.array
     D = xt.shape[1]
@@ -244,12 +246,11 @@ def probe_block(ops, x_train, y_train, x_test, y_test, tasks, l2s, num_classes, 
         per = max(1, BATCH_BYTES // (n * (D + 1) * 8))
         batches += [(n, tids[i:i + per]) for i in range(0, len(tids), per)]
     for n, tids in batches:
-        # One batch per training-set size: (B, n, D) rows gathered on the host, decomposed together.
-        # xs is built in place (centre, scale, bias column): no full-size temporaries.
-        host = np.empty((len(tids), n, D + 1), dtype=np.float64)
-        for b, t in enumerate(tids):
-            host[b, :, :D] = x_train[tasks[t].indices]
-        xs = xp.asarray(host)
+        # One batch per training-set size: (B, n, D) rows gathered from the staged train rows on the
+        # device, decomposed together. xs is built in place (centre, scale, bias column).
+        rows = xp.asarray(np.stack([x_train.row_of[tasks[t].indices] for t in tids]))
+        xs = xp.empty((len(tids), n, D + 1), dtype=np.float64)
+        xs[:, :, :D] = x_train.array[rows]
         Y = xp.asarray(np.stack([y_train[tasks[t].indices] for t in tids]))
         body = xs[:, :, :D]
         mean = body.mean(axis=1, keepdims=True)
@@ -258,7 +259,7 @@ def probe_block(ops, x_train, y_train, x_test, y_test, tasks, l2s, num_classes, 
         body /= std
         xs[:, :, D] = P.BIAS_CONSTANT
         yt = 2.0 * eye[Y] - 1.0                                      # (B, n, C)
-        del host, body
+        del rows, body
         primal = n >= D + 1
         xsT = xp.swapaxes(xs, 1, 2)
         w_dual = None
@@ -277,9 +278,7 @@ def probe_block(ops, x_train, y_train, x_test, y_test, tasks, l2s, num_classes, 
             shift = (mean_t - m0) / std_t                             # (D,)
             if primal:
                 w_all = coef[b]                                       # [W_1 | ... | W_L], (D', L*C)
-                for j in range(L):
-                    w = w_all[:, j * C:(j + 1) * C]
-                    scorer.add_primal(t, j, w[:D] / std_t[:, None], P.BIAS_CONSTANT * w[D] - shift @ w[:D])
+                scorer.add_primal(t, w_all[:D] / std_t[:, None], P.BIAS_CONSTANT * w_all[D] - shift @ w_all[:D])
             else:
                 a = coef[b]                                           # [A_1 | ... | A_L], (n, L*C)
                 x_s = xs[b, :, :D]
@@ -288,9 +287,7 @@ def probe_block(ops, x_train, y_train, x_test, y_test, tasks, l2s, num_classes, 
                                       (P.BIAS_CONSTANT ** 2) * a.sum(axis=0))
                 else:                                                  # W = xs^T A_l, folded
                     w_all = w_dual[b] if w_dual is not None else xs[b].T @ a   # (D', L*C)
-                    for j in range(L):
-                        w = w_all[:, j * C:(j + 1) * C]
-                        scorer.add_primal(t, j, w[:D] / std_t[:, None], P.BIAS_CONSTANT * w[D] - shift @ w[:D])
+                    scorer.add_primal(t, w_all[:D] / std_t[:, None], P.BIAS_CONSTANT * w_all[D] - shift @ w_all[:D])
             if loo:
                 out.loo_acc[t], out.loo_mse[t] = _loo(xp, xs[b], yt[b], Y[b], e[b], q[b], primal, l2_host)
         del xs, xsT, coef, e, q, yt
@@ -304,14 +301,31 @@ def probe_block(ops, x_train, y_train, x_test, y_test, tasks, l2s, num_classes, 
     return out
 
 
-def stage(ops, x_test, x_val=None):
-    """Read the test (and validation) split, centre it on the test mean and convert it to float32 on
-    the device: what ``probe_block`` needs of the splits, done ahead of it (see StagedSplit)."""
-    if isinstance(x_test, StagedSplit):
-        return x_test, x_val
-    xt, m0 = ops.centred_f32(x_test)
-    xv = None if x_val is None else StagedSplit(ops.centred_f32(x_val, m0)[0], m0)
-    return StagedSplit(xt, m0), xv
+def stage(ops, x_train, train_rows, x_test, x_val=None):
+    """What ``probe_block`` needs of a block's features, done ahead of it: the train rows the tasks
+    use (``train_rows``, sorted), read once and put on the device as stored; the test (and
+    validation) split converted to float32 and centred on the test mean. NaN/Inf values are counted
+    on the way (before centring). Returns (StagedTrain, StagedSplit, StagedSplit or None)."""
+    if isinstance(x_train, StagedTrain) and isinstance(x_test, StagedSplit):
+        return x_train, x_test, x_val
+    rows = np.asarray(train_rows, dtype=np.int64)
+    compact = ops.to_device(np.ascontiguousarray(x_train[rows]))
+    row_of = np.full(x_train.shape[0], -1, dtype=np.int64)
+    row_of[rows] = np.arange(rows.size)
+    train = StagedTrain(compact, row_of, ops.count_nonfinite(compact))
+    xt = ops.to_f32(x_test)
+    bad_t = ops.count_nonfinite(xt)
+    m0 = xt.mean(axis=0, dtype=np.float64)
+    if not bad_t:                   # a split with NaN/Inf is refused by the caller, not centred
+        xt -= m0.astype(np.float32)
+    val = None
+    if x_val is not None:
+        xv = ops.to_f32(x_val)
+        bad_v = ops.count_nonfinite(xv)
+        if not (bad_t or bad_v):
+            xv -= m0.astype(np.float32)
+        val = StagedSplit(xv, m0, bad_v)
+    return train, StagedSplit(xt, m0, bad_t), val
 
 
 class NumpyOps:
@@ -326,12 +340,16 @@ class NumpyOps:
 
         self._core = _core
 
-    def centred_f32(self, x, m0=None):
-        xf = np.array(x, dtype=np.float32, copy=True, order="C")
-        if m0 is None:
-            m0 = xf.mean(axis=0, dtype=np.float64)
-        xf -= m0.astype(np.float32)
-        return xf, m0
+    def to_device(self, x):
+        return np.ascontiguousarray(x)
+
+    def to_f32(self, x):
+        return np.array(x, dtype=np.float32, copy=True, order="C")
+
+    def count_nonfinite(self, a) -> int:
+        from ..store import count_nonfinite
+
+        return count_nonfinite(a)
 
     def labels(self, y):
         return np.ascontiguousarray(y, dtype=np.int64)
@@ -347,6 +365,10 @@ class NumpyOps:
 
     def to_host(self, a):
         return np.asarray(a)
+
+    def eigh(self, a):
+        """Symmetric eigendecomposition of one matrix or a batch (LAPACK dsyevd per matrix)."""
+        return np.linalg.eigh(a)
 
     cholesky_fallbacks = 0      # matrices whose Cholesky solve failed and were redone by eigh
     # Measured on the 2-core dev machine, one paper-protocol block (D = 768, C = 100, shots

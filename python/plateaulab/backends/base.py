@@ -43,10 +43,12 @@ class StagedSplit:
 
     array   centred float32 features on the backend's device (x - mean_ref)
     mean_ref   the centring vector, float64 (the test split's mean; a val split reuses the test's)
+    nonfinite  NaN/Inf values found in the split while staging it (the run loop refuses the block)
     """
 
     array: object
     mean_ref: object
+    nonfinite: int = 0
 
     @property
     def shape(self):
@@ -54,3 +56,13 @@ class StagedSplit:
 
     def __len__(self) -> int:
         return int(self.array.shape[0])
+
+
+@dataclass
+class StagedTrain:
+    """The train rows a block's tasks use, read once and put on the backend's device as stored
+    (fp16 stays fp16): ``array[row_of[i]]`` is train row i. Made by ``stage`` with the test split."""
+
+    array: object
+    row_of: np.ndarray
+    nonfinite: int = 0

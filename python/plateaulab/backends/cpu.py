@@ -38,9 +38,10 @@ def _get_ops():
     return _ops
 
 
-def stage(x_test, x_val=None):
-    """Read and convert the test/val splits ahead of ``probe_block`` (run loop's reader thread)."""
-    return _engine.stage(_get_ops(), x_test, x_val)
+def stage(x_train, train_rows, x_test, x_val=None):
+    """Read the used train rows and convert the test/val splits ahead of ``probe_block`` (the run
+    loop's reader thread)."""
+    return _engine.stage(_get_ops(), x_train, train_rows, x_test, x_val)
 
 
 def probe_block(x_train, y_train, x_test, y_test, tasks, l2s, num_classes, *,

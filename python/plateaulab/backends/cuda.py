@@ -116,13 +116,15 @@ class CupyOps:
             stream.synchronize()
         return out
 
-    def centred_f32(self, x, m0=None):
+    def to_device(self, x):
+        return self.upload(x)
+
+    def to_f32(self, x):
+        return self.upload(x).astype(self.xp.float32)
+
+    def count_nonfinite(self, a) -> int:
         cp = self.xp
-        d = self.upload(x).astype(cp.float32)
-        if m0 is None:
-            m0 = d.mean(axis=0, dtype=cp.float64)
-        d -= m0.astype(cp.float32)
-        return d, m0
+        return int(cp.count_nonzero(~cp.isfinite(a)))
 
     def labels(self, y):
         return self.xp.asarray(np.ascontiguousarray(y, dtype=np.int64))
@@ -144,6 +146,19 @@ class CupyOps:
 
     def to_host(self, a):
         return self.xp.asnumpy(a)
+
+    # cupy.linalg.eigh sends every 3-D input to cuSOLVER's Jacobi syevjBatched, which PERFORMANCE.md
+    # reports fast up to n ~ 32 and slow above; a single matrix goes to divide-and-conquer syevd.
+    # So batches of larger matrices are decomposed one matrix at a time. The cut-over is from the
+    # documentation, not yet measured here (bench/bench_cuda.py's ceilings time both).
+    eigh_batched_max_n = 32
+
+    def eigh(self, a):
+        cp = self.xp
+        if a.ndim == 2 or a.shape[-1] <= self.eigh_batched_max_n:
+            return cp.linalg.eigh(a)
+        pairs = [cp.linalg.eigh(m) for m in a]
+        return cp.stack([e for e, _ in pairs]), cp.stack([q for _, q in pairs])
 
     cholesky_fallbacks = 0
     # Not yet measured on a GPU. PERFORMANCE.md's figures for a 769^2 system (cuSOLVER eigh 0.2-1 ms,
@@ -187,7 +202,7 @@ class CupyOps:
                                w.data.ptr, info.data.ptr, cp.cuda.get_current_stream().ptr)
         return a, w, cp.asnumpy(info) == 0
 
-    def stage(self, x_test, x_val=None):
+    def stage(self, x_train, train_rows, x_test, x_val=None):
         """``_engine.stage`` on a non-blocking stream of its own. It waits for that stream before
         returning (blocking only the calling reader thread), so the arrays it hands over are
         complete and the main stream needs no event; they are freed only after ``probe_block``
@@ -198,11 +213,11 @@ class CupyOps:
             self._copy_stream = cp.cuda.Stream(non_blocking=True)
         try:
             with self._copy_stream:
-                staged = _engine.stage(self, x_test, x_val)
+                staged = _engine.stage(self, x_train, train_rows, x_test, x_val)
             self._copy_stream.synchronize()
         except self.out_of_memory:
             self.release_memory()
-            return x_test, x_val          # probe_block will stage it itself, after the last block is freed
+            return x_train, x_test, x_val  # probe_block stages it itself, once the last block is freed
         return staged
 
     def release_memory(self) -> None:
@@ -220,10 +235,11 @@ def _get_ops():
     return _ops
 
 
-def stage(x_test, x_val=None):
-    """Read, upload and convert the test/val splits ahead of ``probe_block``, on a stream of their
-    own (the run loop calls this from its reader thread while the previous block computes)."""
-    return _get_ops().stage(x_test, x_val)
+def stage(x_train, train_rows, x_test, x_val=None):
+    """Read and upload the used train rows and the test/val splits ahead of ``probe_block``, on a
+    stream of their own (the run loop calls this from its reader thread while the previous block
+    computes)."""
+    return _get_ops().stage(x_train, train_rows, x_test, x_val)
 
 
 def probe_block(x_train, y_train, x_test, y_test, tasks, l2s, num_classes, *,
