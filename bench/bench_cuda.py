@@ -44,7 +44,7 @@ L l2 values, C classes, m test rows:
   Gram           primal X^T X: 2 n D'^2      dual X X^T: 2 n^2 D'                          fp64
   rhs            primal X^T Y: 2 n D' C                                                   fp64
   factorisation  eigh (one, shared by every l2): 9 s^3, then Q^T R 2 s^2 C + Q [..] 2 s^2 L C
-                 Cholesky (one per l2, used when L <= the backend's cholesky_max_l; on cuda small
+                 Cholesky (one per l2, used when L <= the backend's solve_max_l; on cuda small
                  dual systems go to the fused shared-memory kernel, counted the same):
                  s^3 / 3 + two triangular solves 2 s^2 C + the backward-error check 2 s^2 C  fp64
   weights        primal: fold 2 D L C; dual W form: X^T A 2 D' n L C + fold; kernel form: 2 n D
@@ -55,7 +55,7 @@ Feature bytes: the whole test split plus the distinct train rows some task uses,
 
 Solver sweep (workload i, skipped by --no-sweep): the block's probe_block time with the solver
 forced each way, to place the engine's thresholds on this device: one eigh for all l2 against one
-Cholesky per l2 at L = 1, 2, 4, 8 (ops.cholesky_max_l), and on cuda the shared-memory small-system
+Cholesky per l2 at L = 1, 2, 4, 8 (ops.solve_max_l), and on cuda the shared-memory small-system
 kernel against batched Cholesky for 1-shot dual blocks of n = 16 ... 256 rows (ops.small_max_n).
 
 Output: DIR/<workload>.json (every number) and DIR/<workload>.md (a fragment for bench/RESULTS.md
@@ -288,14 +288,14 @@ def probe_blocks(st, wl: Workload) -> list[tuple[str, str, str]]:
 
 # --------------------------------------------------------------------------- models: FLOPs and bytes
 
-def cholesky_max_l(backend: str) -> int:
+def solve_max_l(backend: str) -> int:
     """How many l2 values the backend still solves by one Cholesky each (engine's ops attribute)."""
     try:
         if backend == "cuda":
             from plateaulab.backends.cuda import CupyOps as ops
         else:
             from plateaulab.backends._engine import NumpyOps as ops
-        return int(getattr(ops, "cholesky_max_l", 0))
+        return int(getattr(ops, "solve_max_l", 0))
     except ImportError:
         return 0
 
@@ -342,7 +342,7 @@ def workload_model(st, wl: Workload, blocks, backend: str) -> dict:
     """FLOPs and feature bytes of the whole workload, summed over its blocks."""
     from plateaulab import protocol as P
 
-    chol = cholesky_max_l(backend)
+    chol = solve_max_l(backend)
     per_ds = {}
     for d in wl.datasets:
         ds = st.dataset(d.name)
@@ -362,7 +362,7 @@ def workload_model(st, wl: Workload, blocks, backend: str) -> dict:
         probes += len(e["tasks"]) * len(wl.l2s)
     factors = sorted({e["flops"]["factorisation"] for e in per_ds.values()})
     return {"flops": total, "feature_bytes": nbytes, "probes": probes, "factorisation": factors,
-            "cholesky_max_l": chol, "per_dataset": per_ds}
+            "solve_max_l": chol, "per_dataset": per_ds}
 
 
 # --------------------------------------------------------------------------- environment
@@ -698,7 +698,7 @@ def run_engine(st, wl: Workload, backend: str, workdir: Path, xp, time_budget: f
     return {"wall_s": wall, "warmup_s": warmup_s, "blocks": run.blocks_total, "probes": run.probes_done_now,
             "checkpoints_probed": checkpoints, "checkpoints_in_store": len(st.checkpoints()),
             "seconds_io": session.get("seconds_io"), "seconds_compute": session.get("seconds_compute"),
-            "device": be.device(), "cholesky_fallbacks": getattr(ops, "cholesky_fallbacks", None),
+            "device": be.device(), "solve_fallbacks": getattr(ops, "solve_fallbacks", None),
             "peak_rss_bytes": peak_rss_bytes(), **mem.result(), "run_dir": str(run_dir)}
 
 
@@ -825,9 +825,9 @@ def _median_seconds(fn, repeats: int = 2) -> float:
 def solver_sweep(st, block_id, backend: str) -> dict:
     """Where the engine's two solver thresholds should sit on this device, measured.
 
-    cholesky_max_l: ``probe_block`` seconds on one block of workload (i) with L = 1, 2, 4, 8 l2
-    values, forced through one eigh shared by every l2 (ops.cholesky_max_l = 0) and through one
-    Cholesky per l2 (ops.cholesky_max_l = 10^6); the largest L where Cholesky is faster is the value
+    solve_max_l: ``probe_block`` seconds on one block of workload (i) with L = 1, 2, 4, 8 l2
+    values, forced through one eigh shared by every l2 (ops.solve_max_l = 0) and through one
+    Cholesky per l2 (ops.solve_max_l = 10^6); the largest L where Cholesky is faster is the value
     the device wants. small_max_n (cuda): generated 1-shot dual blocks (n = C classes, D = 768,
     2,000 test rows, l2 = 1024) with the shared-memory kernel (ops.small_max_n = device limit) and
     without it (0). The ops attributes are restored afterwards."""
@@ -836,10 +836,10 @@ def solver_sweep(st, block_id, backend: str) -> dict:
 
     be = get_backend(backend)
     ops = engine_ops(backend)
-    if ops is None or not hasattr(ops, "cholesky_max_l"):
-        return {"status": "this engine has no cholesky_max_l"}
-    saved = {k: ops.__dict__.get(k) for k in ("cholesky_max_l", "small_max_n")}
-    out = {"cholesky_max_l_now": ops.cholesky_max_l, "small_max_n_now": getattr(ops, "small_max_n", None)}
+    if ops is None or not hasattr(ops, "solve_max_l"):
+        return {"status": "this engine has no solve_max_l"}
+    saved = {k: ops.__dict__.get(k) for k in ("solve_max_l", "small_max_n")}
+    out = {"solve_max_l_now": ops.solve_max_l, "small_max_n_now": getattr(ops, "small_max_n", None)}
     try:
         b = st.block(*block_id)
         ds = st.dataset(block_id[1])
@@ -849,7 +849,7 @@ def solver_sweep(st, block_id, backend: str) -> dict:
             l2s = list(np.geomspace(2.0 ** 4, 2.0 ** 18, L)) if L > 1 else [1024.0]
             row = {"l2_values": L}
             for path, value in (("eigh_s", 0), ("cholesky_s", 1 << 20)):
-                ops.cholesky_max_l = value
+                ops.solve_max_l = value
                 row[path] = _median_seconds(lambda: be.probe_block(b.train, ds.y_train, b.test, ds.y_test, tasks,
                                                                    l2s, ds.num_classes))
             rows.append(row)
@@ -858,7 +858,7 @@ def solver_sweep(st, block_id, backend: str) -> dict:
                                              default=0)
         limit = getattr(ops, "_cuda", None) and ops._cuda.small_ridge_max_n()
         if limit:
-            ops.cholesky_max_l = 1 << 20
+            ops.solve_max_l = 1 << 20
             rng = np.random.default_rng(0)
             rows = []
             for n in sorted({16, 32, 64, 96, 128, 160, 192, 256, limit} & set(range(2, limit + 1))):
@@ -948,7 +948,7 @@ def run_workload(wl: Workload, args, env: dict) -> dict:
     roof = {"feature_bytes": model["feature_bytes"], "gbps": model["feature_bytes"] / wall / 1e9,
             "tflops": flops["total"] / wall / 1e12, "fp64_tflops": flops["fp64"] / wall / 1e12,
             "fp32_tflops": flops["fp32"] / wall / 1e12, "flops": flops, "factorisation": model["factorisation"],
-            "cholesky_max_l": model["cholesky_max_l"], "peaks_tflops": peaks}
+            "solve_max_l": model["solve_max_l"], "peaks_tflops": peaks}
     pinned = ceil.get("h2d", {}).get("pinned_gbps_best")
     if peaks:
         tf32 = env["tf32"]["cupy_tf32"]
@@ -1072,8 +1072,8 @@ def _roofline_md(r: dict) -> str:
     if e.get("peak_gpu_used_bytes"):
         text += (f", peak GPU memory {e['peak_gpu_used_bytes'] / 2 ** 30:.2f} GiB used on the device "
                  f"({e['peak_gpu_pool_bytes'] / 2 ** 30:.2f} GiB in CuPy's pool)")
-    if e.get("cholesky_fallbacks"):
-        text += f"; Cholesky solves redone by eigh: {e['cholesky_fallbacks']}"
+    if e.get("solve_fallbacks"):
+        text += f"; Cholesky solves redone by eigh: {e['solve_fallbacks']}"
     return text + "."
 
 
@@ -1115,8 +1115,8 @@ def _sweep_md(r: dict) -> str | None:
                       for x in sw["cholesky_vs_eigh"])
     text = ("Solver sweep, `probe_block` seconds on one block (median of 2 after a warm-up), one eigh for every l2 "
             f"against one Cholesky per l2: {pairs}"
-            + f". Cholesky is faster up to L = {sw['cholesky_faster_up_to_l']} (the engine's `cholesky_max_l` is "
-            f"{sw['cholesky_max_l_now']}).")
+            + f". Cholesky is faster up to L = {sw['cholesky_faster_up_to_l']} (the engine's `solve_max_l` is "
+            f"{sw['solve_max_l_now']}).")
     if "small_kernel_vs_batched" in sw:
         text += (" Shared-memory kernel against batched Cholesky on 1-shot dual blocks (n = classes, D = 768, 2,000 "
                  "test rows, 3 seeds): " + ", ".join(f"n = {x['n']}: {1e3 * x['small_kernel_s']:.1f} / "

@@ -69,6 +69,12 @@ def build_store(path: Path, n_ckpt: int, n_layers: int, dim: int, C: int, per_cl
     return st
 
 
+def _ops_solve_max_l() -> int:
+    from plateaulab.backends import _engine
+
+    return _engine.NumpyOps.solve_max_l
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoints", type=int, default=20)
@@ -79,6 +85,9 @@ def main(argv=None) -> int:
     ap.add_argument("--test", type=int, default=10_000)
     ap.add_argument("--l2", type=int, default=8, help="number of l2 values (geometric from 2^4 to 2^18)")
     ap.add_argument("--baseline-blocks", type=int, default=3)
+    ap.add_argument("--solver", choices=["auto", "eigh"], default="auto",
+                    help="eigh: force one eigendecomposition per task even where the engine would "
+                         "solve by Cholesky (a single l2), to measure that choice")
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "plateaulab-bench"))
     args = ap.parse_args(argv)
 
@@ -100,6 +109,10 @@ def main(argv=None) -> int:
 
     # Baselines on the first few blocks.
     cpu = get_backend("cpu")
+    if args.solver == "eigh":
+        from plateaulab.backends import _engine
+
+        _engine.NumpyOps.solve_max_l = 0
     t_ref = t_bv = t_cpu_sub = t_read = 0.0
     n_equal, n_probes_cmp = 0, 0
     for ck, dsn, layer in blocks[: args.baseline_blocks]:
@@ -147,6 +160,7 @@ def main(argv=None) -> int:
     print(f"ratio vs loop-f64-read : {rate_cpu / rate_read:.1f}x")
     print(f"accuracies identical to loop-f64 on {n_equal}/{n_probes_cmp} compared probes "
           "(the rest differ only within counted argmax ties)")
+    print(f"solver: {args.solver} (cpu solve_max_l = {_ops_solve_max_l()})")
     print(f"plateaulab {__version__}, numpy {np.__version__}, python {sys.version.split()[0]}, "
           f"{os.cpu_count()} cores")
     return 0

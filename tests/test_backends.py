@@ -165,8 +165,8 @@ def _assert_matches(got, ref):
 
 @pytest.mark.parametrize("backend", AVAILABLE)
 @pytest.mark.parametrize("case", range(len(CASES)))
-def test_cholesky_and_eigh_paths_match_reference(backend, case, monkeypatch):
-    """Without leave-one-out, few l2 values are solved by one Cholesky per l2 and many by one eigh;
+def test_direct_and_eigh_paths_match_reference(backend, case, monkeypatch):
+    """Without leave-one-out, few l2 values are solved directly (one solve per l2) and many by one eigh;
     both paths (forced here for every case) agree with the reference."""
     from plateaulab.backends import _engine
 
@@ -178,7 +178,7 @@ def test_cholesky_and_eigh_paths_match_reference(backend, case, monkeypatch):
     be.probe_block(xtr, ytr, xte, yte, tasks[:1], l2s, C)       # creates be._ops
     calls = []
     for max_l, expect_chol in ((len(l2s), True), (0, False)):
-        monkeypatch.setattr(be._ops, "cholesky_max_l", max_l)
+        monkeypatch.setattr(be._ops, "solve_max_l", max_l)
         calls.clear()
         original = _engine._eigh_coef
         monkeypatch.setattr(_engine, "_eigh_coef", lambda *a: calls.append(1) or original(*a))
@@ -189,8 +189,8 @@ def test_cholesky_and_eigh_paths_match_reference(backend, case, monkeypatch):
 
 
 @pytest.mark.parametrize("backend", AVAILABLE)
-def test_failed_cholesky_is_recomputed_by_eigh(backend, monkeypatch):
-    """A matrix whose Cholesky solve comes back wrong (as cuSOLVER's batched potrf does on failure:
+def test_failed_direct_solve_is_recomputed_by_eigh(backend, monkeypatch):
+    """A matrix whose direct solve comes back wrong (as cuSOLVER's batched potrf does on failure:
     no exception, a partial factor) is caught by the backward-error check and solved again."""
     from plateaulab.backends import _engine
 
@@ -200,8 +200,8 @@ def test_failed_cholesky_is_recomputed_by_eigh(backend, monkeypatch):
     be = get_backend(backend)
     be.probe_block(xtr, ytr, xte, yte, tasks[:1], [64.0], 8)   # creates be._ops
     ops = be._ops
-    monkeypatch.setattr(ops, "cholesky_max_l", 1)
-    original = ops.chol_solve
+    monkeypatch.setattr(ops, "solve_max_l", 1)
+    original = ops.spd_solve
 
     def corrupt_second(a, rhs):
         w, solved = original(a, rhs)
@@ -209,22 +209,23 @@ def test_failed_cholesky_is_recomputed_by_eigh(backend, monkeypatch):
             w[1] *= 1.5                       # wrong but finite: only the residual shows it
         return w, solved
 
-    monkeypatch.setattr(ops, "chol_solve", corrupt_second)
-    before = ops.cholesky_fallbacks
+    monkeypatch.setattr(ops, "spd_solve", corrupt_second)
+    before = ops.solve_fallbacks
     got = be.probe_block(xtr, ytr, xte, yte, tasks, [64.0], 8)
-    assert ops.cholesky_fallbacks - before == 2   # one per training-set size (3 seeds each)
+    assert ops.solve_fallbacks - before == 2   # one per training-set size (3 seeds each)
     _assert_matches(got, ref)
 
 
-def test_numpy_ops_cholesky_flags_an_indefinite_matrix():
+def test_numpy_ops_direct_solve_flags_a_singular_matrix():
     from plateaulab.backends import _engine
 
     ops = _engine.NumpyOps()
-    a = np.stack([np.eye(3) * 2.0, np.diag([1.0, -1.0, 1.0])])
-    rhs = np.ones((2, 3, 2))
-    w, solved = ops.chol_solve(a, rhs)
-    assert solved.tolist() == [True, False]
+    a = np.stack([np.eye(3) * 2.0, np.diag([1.0, 0.0, 1.0]), np.diag([1.0, -1.0, 1.0])])
+    rhs = np.ones((3, 3, 2))
+    w, solved = ops.spd_solve(a, rhs)
+    assert solved.tolist() == [True, False, True]
     np.testing.assert_allclose(w[0], 0.5)
+    np.testing.assert_allclose(w[2][:, 0], [1.0, -1.0, 1.0])
 
 
 @pytest.mark.parametrize("backend", AVAILABLE)

@@ -79,7 +79,7 @@ def test_solver_sweep_on_the_reference_workload(bench_out):
     assert all(r["eigh_s"] > 0 and r["cholesky_s"] > 0 for r in sw["cholesky_vs_eigh"])
     from plateaulab.backends._engine import NumpyOps
 
-    assert "cholesky_max_l" not in vars(NumpyOps()) and sw["cholesky_max_l_now"] == NumpyOps.cholesky_max_l
+    assert "solve_max_l" not in vars(NumpyOps()) and sw["solve_max_l_now"] == NumpyOps.solve_max_l
 
 
 def test_io_workload_and_ceilings(bench_out):

@@ -102,6 +102,6 @@ def test_batched_cholesky_solve_matches_numpy():
     x = rng.normal(size=(3, 60, 40))
     a = np.swapaxes(x, 1, 2) @ x + 5.0 * np.eye(40)
     rhs = rng.normal(size=(3, 40, 9))
-    w, solved = ops.chol_solve(cp.asarray(a), cp.asarray(rhs))
+    w, solved = ops.spd_solve(cp.asarray(a), cp.asarray(rhs))
     assert solved.all()
     np.testing.assert_allclose(cp.asnumpy(w), np.linalg.solve(a, rhs), rtol=1e-9)

@@ -76,7 +76,7 @@ class EmulatedSmallOps:
 
         ops = NumpyOps()
         ops.small_max_n = 10_000
-        ops.cholesky_max_l = 4
+        ops.solve_max_l = 4
         ops.calls = 0
 
         def small_ridge(xs, labels, C, l2s):
@@ -108,11 +108,11 @@ def test_engine_with_the_small_kernel_matches_reference(fail):
     tasks = P.plan_tasks(ytr, C, [1, 3, 12], [0, 1, 2])       # n = 6, 18 (dual) and 72 (primal)
     l2s = [1024.0, 2.0]
     ops = EmulatedSmallOps(fail)
-    before = ops.cholesky_fallbacks
+    before = ops.solve_fallbacks
     got = _engine.probe_block(ops, xtr, ytr, xte, yte, tasks, l2s, C)
     assert ops.calls == 2                                      # the two dual sizes, not the primal one
     # (1, 0) and (0, 1) flag tasks 1 and 0 of each of the two dual batches: four tasks redone by eigh
-    assert ops.cholesky_fallbacks - before == (4 if fail else 0)
+    assert ops.solve_fallbacks - before == (4 if fail else 0)
     ref = get_backend("numpy").probe_block(xtr, ytr, xte, yte, tasks, l2s, C)
     diff = np.abs(got.correct - ref.correct)
     assert np.all(diff <= np.maximum(got.ties, ref.ties)), diff

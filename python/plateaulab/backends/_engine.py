@@ -127,15 +127,16 @@ class _Scorer:
             ties[h["t"]] += kt
 
 
-# With at most ``ops.cholesky_max_l`` l2 values (and no leave-one-out, which needs the
-# eigenvectors), each l2 gets its own Cholesky solve instead of sharing one eigendecomposition: a
-# Cholesky factorisation costs s^3/3 flops against roughly 4-9 s^3 for a symmetric eigendecomposition
-# with vectors, whose tridiagonal reduction is memory-bound besides. Where the break-even lies is a
-# property of the device (NumpyOps and CupyOps each give theirs, with how it was found).
-# A Cholesky solve whose normwise backward error ||A w - r|| / (||A|| ||w|| + ||r||) exceeds this
+# With at most ``ops.solve_max_l`` l2 values (and no leave-one-out, which needs the
+# eigenvectors), each l2 gets its own direct solve of (G + l2 I) w = r instead of sharing one
+# eigendecomposition: Cholesky (cuda) costs s^3/3 flops and LU (cpu) 2 s^3/3, against roughly 4-9 s^3
+# for a symmetric eigendecomposition with vectors, whose tridiagonal reduction is memory-bound
+# besides. Where the break-even lies is a property of the device (NumpyOps and CupyOps each give
+# theirs, with how it was found).
+# A direct solve whose normwise backward error ||A w - r|| / (||A|| ||w|| + ||r||) exceeds this
 # counts as failed (cuSOLVER's batched potrf does not raise) and that matrix is solved again
 # through the float64 eigendecomposition. A successful solve sits near s * 1e-16.
-CHOLESKY_BACKWARD_TOL = 1e-10
+SOLVE_BACKWARD_TOL = 1e-10
 
 
 def _eigh_coef(xp, e, q, rhs, l2s):
@@ -151,13 +152,13 @@ def _solve(ops, gram, rhs, l2s, need_eigh: bool):
 
     gram: (B, s, s) float64, rhs: (B, s, C). Returns (coef, e, q): coef is (B, s, L*C) with the
     l2 values side by side; e, q are the batch's eigendecomposition when it was computed (always
-    when ``need_eigh``), else None. Per-l2 Cholesky when few l2 values are asked for (above); a
-    matrix whose factorisation or solve fails is recomputed from its float64 eigendecomposition.
+    when ``need_eigh``), else None. One direct solve per l2 when few l2 values are asked for
+    (above); a matrix whose solve fails is recomputed from its float64 eigendecomposition.
     """
     xp = ops.xp
     B, s, C = rhs.shape
     L = len(l2s)
-    if need_eigh or L > ops.cholesky_max_l:
+    if need_eigh or L > ops.solve_max_l:
         e, q = ops.eigh(gram)                                        # batched, float64
         coef = xp.stack([_eigh_coef(xp, e[b], q[b], rhs[b], l2s) for b in range(B)])
         return coef, e, q
@@ -167,16 +168,16 @@ def _solve(ops, gram, rhs, l2s, need_eigh: bool):
     for j, l2 in enumerate(l2s):
         a = gram.copy()
         a[:, idx, idx] += l2
-        w, solved = ops.chol_solve(a, rhs)
+        w, solved = ops.spd_solve(a, rhs)
         resid = xp.linalg.norm(a @ w - rhs, axis=(1, 2))
         scale = xp.linalg.norm(a, axis=(1, 2)) * xp.linalg.norm(w, axis=(1, 2)) + xp.linalg.norm(rhs, axis=(1, 2))
         backward = ops.to_host(resid / scale)
-        ok &= solved & np.isfinite(backward) & (backward <= CHOLESKY_BACKWARD_TOL)
+        ok &= solved & np.isfinite(backward) & (backward <= SOLVE_BACKWARD_TOL)
         coef[:, :, j * C:(j + 1) * C] = w
     for b in np.flatnonzero(~ok):
         e_b, q_b = ops.eigh(gram[int(b)])
         coef[int(b)] = _eigh_coef(xp, e_b, q_b, rhs[int(b)], l2s)
-    ops.cholesky_fallbacks += int(np.count_nonzero(~ok))
+    ops.solve_fallbacks += int(np.count_nonzero(~ok))
     return coef, None, None
 
 
@@ -199,7 +200,7 @@ def _small_solve(ops, xs, labels, C, l2s):
         yt = 2.0 * xp.eye(C, dtype=xp.float64)[labels[b]] - 1.0
         coef[b] = _eigh_coef(xp, e_b, q_b, yt, l2s)
         w_all[b] = xs[b].T @ coef[b]
-    ops.cholesky_fallbacks += int(bad.size)
+    ops.solve_fallbacks += int(bad.size)
     return coef, w_all, int(bad.size)
 
 
@@ -263,7 +264,7 @@ def probe_block(ops, x_train, y_train, x_test, y_test, tasks, l2s, num_classes, 
         primal = n >= D + 1
         xsT = xp.swapaxes(xs, 1, 2)
         w_dual = None
-        if not primal and not loo and L <= ops.cholesky_max_l and n <= getattr(ops, "small_max_n", 0):
+        if not primal and not loo and L <= ops.solve_max_l and n <= getattr(ops, "small_max_n", 0):
             # Small dual systems: one fused kernel per (task, l2) in shared memory (Gram, Cholesky,
             # solve and W = xs^T A); a problem whose factorisation fails comes back flagged.
             coef, w_dual, _ = _small_solve(ops, xs, Y, C, l2_host)
@@ -370,24 +371,28 @@ class NumpyOps:
         """Symmetric eigendecomposition of one matrix or a batch (LAPACK dsyevd per matrix)."""
         return np.linalg.eigh(a)
 
-    cholesky_fallbacks = 0      # matrices whose Cholesky solve failed and were redone by eigh
-    # Measured on the 2-core dev machine, one paper-protocol block (D = 768, C = 100, shots
-    # 1/5/10/25 x 3 seeds, l2 = 1024): the decompositions take 0.29 s by eigh and 0.19 s by one
-    # Cholesky solve (potrf + potrs, plus the backward-error check); with two l2 values the
-    # Cholesky path is already slower (0.34 s). So: Cholesky for a single l2 only.
-    cholesky_max_l = 1
+    solve_fallbacks = 0      # matrices whose direct solve failed and were redone by eigh
+    # Measured on the 2-core dev machine, one block of D = 768, C = 100, shots 1/5/10/25 x 3 seeds,
+    # 10,000 test rows (median of 3, whole probe_block): L = 1: eigh 0.49 s, direct 0.30 s; L = 2:
+    # 0.55 / 0.43; L = 3: 0.63 / 0.56; L = 4: 0.70 / 0.67; L = 6: 0.85 / 0.93.
+    solve_max_l = 3
 
-    def chol_solve(self, a, rhs):
-        """Solve a[b] w[b] = rhs[b] for each b by LAPACK potrf/potrs; (w, solved) with solved a
-        host bool per matrix (False where the matrix is not numerically positive definite)."""
-        import scipy.linalg as sl
-
+    def spd_solve(self, a, rhs):
+        """Solve a[b] w[b] = rhs[b] for the whole batch with numpy's LAPACK (dgesv, LU with partial
+        pivoting); (w, solved) with solved a host bool per matrix. Not Cholesky: scipy's potrf/potrs
+        would bring scipy's own OpenBLAS, whose threads then contend with numpy's for the cores
+        (measured: a paper-protocol block took 0.60 s with scipy's Cholesky, 0.29 s with this, 0.50 s
+        with the shared eigh). An exactly singular matrix is flagged; an inaccurate solve is caught by
+        the caller's backward-error check."""
+        try:
+            return np.linalg.solve(a, rhs), np.ones(a.shape[0], dtype=bool)
+        except np.linalg.LinAlgError:
+            pass
         w = np.zeros_like(rhs)
         solved = np.ones(a.shape[0], dtype=bool)
         for b in range(a.shape[0]):
             try:
-                factor = sl.cho_factor(a[b], lower=True, check_finite=False)
-                w[b] = sl.cho_solve(factor, rhs[b], check_finite=False)
+                w[b] = np.linalg.solve(a[b], rhs[b])
             except np.linalg.LinAlgError:
                 solved[b] = False
         return w, solved

@@ -160,17 +160,17 @@ class CupyOps:
         pairs = [cp.linalg.eigh(m) for m in a]
         return cp.stack([e for e, _ in pairs]), cp.stack([q for _, q in pairs])
 
-    cholesky_fallbacks = 0
+    solve_fallbacks = 0
     # Not yet measured on a GPU. PERFORMANCE.md's figures for a 769^2 system (cuSOLVER eigh 0.2-1 ms,
     # Cholesky 30-150 us) put the break-even near 5 l2 values; 2 is the cautious start. Measure with
     # bench/bench_cuda.py and set it from the result.
-    cholesky_max_l = 2
+    solve_max_l = 2
     # Upper bound on n for the shared-memory kernel, below what shared memory allows (160 on an
     # H100): past a few hundred rows one problem per thread block under-uses the GPU and the batched
     # library path wins. Not yet measured; bench/bench_cuda.py times both.
     small_ridge_max_n = 160
 
-    def chol_solve(self, a, rhs):
+    def spd_solve(self, a, rhs):
         """Batched float64 Cholesky (cuSOLVER potrfBatched through CuPy) and two batched triangular
         solves (cuBLAS trsm). potrfBatched reports a failed matrix only through its info array,
         which CuPy ignores by default, so failure is judged by the caller's backward-error check;
