@@ -90,8 +90,10 @@ def test_staged_splits_give_the_same_scores():
     xtr, ytr, xte, yte, xv, yv = _block(7, 50, 20, 900, 1, np.float16, n_val=200)
     tasks = P.plan_tasks(ytr, 7, [1, 5, 20], [0, 1])
     plain = cuda.probe_block(xtr, ytr, xte, yte, tasks, [1024.0], 7, x_val=xv, y_val=yv)
-    st, sv = cuda.stage(xte, xv)
-    staged = cuda.probe_block(xtr, ytr, st, yte, tasks, [1024.0], 7, x_val=sv, y_val=yv)
+    rows = np.unique(np.concatenate([t.indices for t in tasks]))
+    s_tr, s_te, s_v = cuda.stage(xtr, rows, xte, xv)
+    assert (s_tr.nonfinite, s_te.nonfinite, s_v.nonfinite) == (0, 0, 0)
+    staged = cuda.probe_block(s_tr, ytr, s_te, yte, tasks, [1024.0], 7, x_val=s_v, y_val=yv)
     np.testing.assert_array_equal(staged.correct, plain.correct)
     np.testing.assert_array_equal(staged.val_correct, plain.val_correct)
 
@@ -105,3 +107,26 @@ def test_batched_cholesky_solve_matches_numpy():
     w, solved = ops.spd_solve(cp.asarray(a), cp.asarray(rhs))
     assert solved.all()
     np.testing.assert_allclose(cp.asnumpy(w), np.linalg.solve(a, rhs), rtol=1e-9)
+
+
+def test_cuda_run_matches_cpu_run_and_refuses_nonfinite_features(tmp_path):
+    """End to end through probe_store (reader thread, staging on the copy stream, pinned uploads):
+    the cuda table equals the cpu table within counted ties; a NaN in the test split is refused
+    with its count, found on the device."""
+    from conftest import make_store
+
+    from plateaulab.errors import StoreError
+    from plateaulab.run import probe_store
+
+    st = make_store(tmp_path / "s", n_checkpoints=2, n_layers=2)
+    kw = dict(shots=[1, 3, 10], seeds=2, l2=[1024.0], quiet=True)
+    a = probe_store(st.path, tmp_path / "cpu", backend="cpu", **kw).results()
+    b = probe_store(st.path, tmp_path / "cuda", backend="cuda", **kw).results()
+    assert len(a) == len(b)
+    assert (np.abs(a["correct"] - b["correct"]) <= np.maximum(a["ties"], b["ties"])).all()
+    bdir = st._block_dir("ckpt-01", "toy", "block1")
+    x = np.load(bdir / "test.npy")
+    x[5, 0] = np.nan
+    np.save(bdir / "test.npy", x)
+    with pytest.raises(StoreError, match="test features contain 1 NaN/Inf"):
+        probe_store(st.path, tmp_path / "bad", backend="cuda", **kw)
