@@ -1,20 +1,24 @@
-"""The CUDA backend: the engine of ``_engine`` over CuPy, with the fused arg-max kernel of
-csrc/cuda/score_cuda.cu (module plateaulab._cuda, built when nvcc is present).
+"""The CUDA backend: the engine of ``_engine`` over CuPy, with the kernels of csrc/cuda/ (module
+plateaulab._cuda, built when nvcc is present): the fused arg-max/count kernel (score_cuda.cu) and
+the shared-memory solver for small dual systems (small_ridge_cuda.cu).
 
 Importing this module imports neither CuPy nor the CUDA module: both load on first use. What runs
-on the device: the upload of each block's features (fp16 stays fp16 over PCIe), their conversion
-and centring, the batched float64 Gram matrices and eigendecompositions (cuSOLVER through CuPy),
-the folded weights, one float32 GEMM per chunk of test rows (cuBLAS, TF32 off unless CuPy is told
-otherwise), and the fused arg-max/count kernel. Chunks shrink on out-of-memory instead of failing.
+on the device: each block's used train rows and test split (fp16 stays fp16 over PCIe), their
+conversion and centring, the batched float64 Gram matrices and eigendecompositions (cuSOLVER
+through CuPy; one matrix at a time above n = 32), the per-l2 Cholesky solves (potrfBatched +
+batched trsm) when few l2 values are asked for, the small-system kernel, the folded weights, one
+float32 GEMM per chunk of test rows (cuBLAS, TF32 off unless CuPy is told otherwise) and the fused
+arg-max. Chunks shrink on out-of-memory instead of failing. A failed solve (backward error, or the
+kernel's pivot check) is recomputed from the float64 eigendecomposition.
 
 Streaming: uploads go through two pinned staging buffers (the host fills one while the other is
 copied), and the run loop stages block k+1 on a copy stream from its reader thread while block k
-computes. Few l2 values are solved by batched Cholesky (potrfBatched + batched trsm) with a
-backward-error check that sends a failed matrix back to float64 eigh.
+computes.
 
-Status: it shares its maths (and its tests, through the `cpu` backend) with the CPU engine, and
-has not yet been run on a GPU: see bench/RESULTS.md and bench/GPU_RUNBOOK.md. Not in it yet:
-shared-memory solves for small systems and fp16 tensor-core Gram matrices.
+Status: it shares its maths (and its tests, through the `cpu` backend and the host emulation of the
+small-system kernel) with the CPU engine, and has not yet been run on a GPU: see docs/ENGINE.md,
+bench/RESULTS.md and bench/GPU_RUNBOOK.md. Not used, by design: fp16 tensor-core Gram matrices
+(docs/ENGINE.md says why).
 """
 
 from __future__ import annotations
