@@ -164,16 +164,20 @@ def _solve(ops, gram, rhs, l2s, need_eigh: bool):
         return coef, e, q
     coef = xp.empty((B, s, L * C), dtype=xp.float64)
     ok = np.ones(B, dtype=bool)
+    backward = xp.empty((L, B), dtype=xp.float64)
     idx = xp.arange(s)
+    rhs_norm = xp.linalg.norm(rhs, axis=(1, 2))
     for j, l2 in enumerate(l2s):
         a = gram.copy()
         a[:, idx, idx] += l2
         w, solved = ops.spd_solve(a, rhs)
+        if solved is not None:
+            ok &= solved
         resid = xp.linalg.norm(a @ w - rhs, axis=(1, 2))
-        scale = xp.linalg.norm(a, axis=(1, 2)) * xp.linalg.norm(w, axis=(1, 2)) + xp.linalg.norm(rhs, axis=(1, 2))
-        backward = ops.to_host(resid / scale)
-        ok &= solved & np.isfinite(backward) & (backward <= SOLVE_BACKWARD_TOL)
+        backward[j] = resid / (xp.linalg.norm(a, axis=(1, 2)) * xp.linalg.norm(w, axis=(1, 2)) + rhs_norm)
         coef[:, :, j * C:(j + 1) * C] = w
+    backward = ops.to_host(backward)                                 # one device sync for all l2
+    ok &= np.all(np.isfinite(backward) & (backward <= SOLVE_BACKWARD_TOL), axis=0)
     for b in np.flatnonzero(~ok):
         e_b, q_b = ops.eigh(gram[int(b)])
         coef[int(b)] = _eigh_coef(xp, e_b, q_b, rhs[int(b)], l2s)
