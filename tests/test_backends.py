@@ -246,3 +246,17 @@ def test_predictions_agree_with_the_reference_on_999_per_mille_of_test_rows(back
             agree += int(np.count_nonzero(got.predictions == ref.predictions))
             total += got.predictions.size
     assert agree >= 0.999 * total, f"{total - agree} of {total} predictions differ"
+
+
+def test_partly_staged_block_is_completed_by_probe_block():
+    """probe_block stages whatever part of a block arrives raw (here: staged test split, raw train)."""
+    from plateaulab.backends import _engine
+
+    xtr, ytr, xte, yte, _, _ = _block(5, 24, 12, 300, 9, np.float16)
+    tasks = P.plan_tasks(ytr, 5, [1, 4], [0, 1])
+    be = get_backend("cpu")
+    whole = be.probe_block(xtr, ytr, xte, yte, tasks, [1024.0], 5)
+    rows = np.unique(np.concatenate([t.indices for t in tasks]))
+    _, s_test, _ = _engine.stage(be._get_ops(), xtr, rows, xte)
+    part = be.probe_block(xtr, ytr, s_test, yte, tasks, [1024.0], 5)
+    np.testing.assert_array_equal(part.correct, whole.correct)

@@ -1,9 +1,11 @@
 """The fast probe engine, written once over an array module (numpy for `cpu`, CuPy for `cuda`).
 
-Same decomposition as the reference (float64 eigh of the smaller Gram matrix, one per task, shared
-by every l2; tasks of equal size are decomposed as one batch), different scoring. Where the time
-goes is the test GEMM: T tasks x L l2 x C classes logits for each of m test rows. Three things make
-it cheap:
+Same maths as the reference, solved in float64: one eigendecomposition of the smaller Gram matrix
+per task, shared by every l2 (tasks of equal size decomposed as one batch), or, when only a few l2
+values are asked for, one direct solve per l2 (see ``_solve``; small dual systems on the GPU go to
+a fused shared-memory kernel, ``_small_solve``). The scoring differs. Where the time goes is
+the test GEMM: T tasks x L l2 x C classes logits for each of m test rows. Three things make it
+cheap:
 
 1. Fold the standardisation into the weights. With x_c = x - m0 (m0: the test split's mean, removed
    once per block in float32 so that the folded terms below stay small and fp32 keeps its digits),
@@ -311,13 +313,16 @@ def stage(ops, x_train, train_rows, x_test, x_val=None):
     use (``train_rows``, sorted), read once and put on the device as stored; the test (and
     validation) split converted to float32 and centred on the test mean. NaN/Inf values are counted
     on the way (before centring). Returns (StagedTrain, StagedSplit, StagedSplit or None)."""
-    if isinstance(x_train, StagedTrain) and isinstance(x_test, StagedSplit):
-        return x_train, x_test, x_val
-    rows = np.asarray(train_rows, dtype=np.int64)
-    compact = ops.to_device(np.ascontiguousarray(x_train[rows]))
-    row_of = np.full(x_train.shape[0], -1, dtype=np.int64)
-    row_of[rows] = np.arange(rows.size)
-    train = StagedTrain(compact, row_of, ops.count_nonfinite(compact))
+    if isinstance(x_train, StagedTrain):
+        train = x_train
+    else:
+        rows = np.asarray(train_rows, dtype=np.int64)
+        compact = ops.to_device(np.ascontiguousarray(x_train[rows]))
+        row_of = np.full(x_train.shape[0], -1, dtype=np.int64)
+        row_of[rows] = np.arange(rows.size)
+        train = StagedTrain(compact, row_of, ops.count_nonfinite(compact))
+    if isinstance(x_test, StagedSplit):
+        return train, x_test, x_val
     xt = ops.to_f32(x_test)
     bad_t = ops.count_nonfinite(xt)
     m0 = xt.mean(axis=0, dtype=np.float64)
