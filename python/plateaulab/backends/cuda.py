@@ -227,14 +227,19 @@ class CupyOps:
         self.xp.get_default_memory_pool().free_all_blocks()
 
 
-def _get_ops():
-    global _ops
-    if _ops is None:
-        if not is_available():
-            from ..errors import BackendUnavailable
+_ops_lock = threading.Lock()
 
-            raise BackendUnavailable(f"backend 'cuda' is not available: {unavailable_reason()}")
-        _ops = CupyOps()
+
+def _get_ops():
+    """The one CupyOps of this process (the reader thread and the main thread share it)."""
+    global _ops
+    with _ops_lock:
+        if _ops is None:
+            if not is_available():
+                from ..errors import BackendUnavailable
+
+                raise BackendUnavailable(f"backend 'cuda' is not available: {unavailable_reason()}")
+            _ops = CupyOps()
     return _ops
 
 
