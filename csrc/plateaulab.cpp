@@ -65,7 +65,7 @@ struct NoSync {
 // The CUDA small_ridge kernel's body (csrc/common/small_ridge.h) run by one host thread: tests check
 // the algorithm and its indexing against numpy on machines without a GPU.
 py::tuple small_ridge_emulated(py::array_t<double> xs, py::array_t<int64_t> labels, int num_classes,
-                               py::array_t<double> l2) {
+                               py::array_t<double> l2, bool want_w) {
   check_contiguous(xs, "xs", 3);
   check_contiguous(labels, "labels", 2);
   check_contiguous(l2, "l2", 1);
@@ -89,7 +89,8 @@ py::tuple small_ridge_emulated(py::array_t<double> xs, py::array_t<int64_t> labe
       plateaulab::small_ridge_problem(xs.data() + b * n * static_cast<int64_t>(dp), n, dp, labels.data() + b * n,
                                       num_classes, l2.data()[j], K.data(),
                                       a.mutable_data() + problem * n * num_classes,
-                                      w.mutable_data() + problem * dp * num_classes, &s_info, &s_kmax, 0, 1,
+                                      want_w ? w.mutable_data() + problem * dp * num_classes : nullptr,
+                                      &s_info, &s_kmax, 0, 1,
                                       NoSync{});
       info.mutable_data()[problem] = s_info;
     }
@@ -106,7 +107,7 @@ PYBIND11_MODULE(_core, m) {
         "Add to correct/ties (one entry per probe) the arg-max hits and near-ties of a chunk of stacked logits "
         "(rows x probes*num_classes) plus bias. Logits are read, never written.");
   m.def("small_ridge_emulated", &small_ridge_emulated, py::arg("xs"), py::arg("labels"), py::arg("num_classes"),
-        py::arg("l2"),
+        py::arg("l2"), py::arg("want_w") = true,
         "The CUDA small_ridge kernel's body run by one host thread, for tests: (A, W, info) of every "
-        "(task, l2) dual ridge problem.");
+        "(task, l2) dual ridge problem (W left zero when want_w is false).");
 }

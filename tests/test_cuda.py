@@ -61,6 +61,9 @@ def test_small_ridge_kernel_matches_its_host_emulation_and_numpy(B, n, D, C, l2s
     np.testing.assert_allclose(cp.asnumpy(w), w_emu, rtol=1e-9, atol=1e-12 * np.abs(w_emu).max())
     a_ref, _ = _numpy(xs, labels, C, l2s)
     np.testing.assert_allclose(cp.asnumpy(a), a_ref, rtol=1e-7, atol=1e-9 * np.abs(a_ref).max())
+    a2, w2, ok2 = _ops().small_ridge(cp.asarray(xs), cp.asarray(labels), C, l2s, want_w=False)
+    assert w2 is None and ok2.all()
+    np.testing.assert_array_equal(cp.asnumpy(a2), cp.asnumpy(a))
 
 
 def test_small_ridge_kernel_flags_a_singular_problem():

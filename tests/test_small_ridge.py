@@ -46,6 +46,14 @@ def test_small_ridge_matches_numpy(B, n, extra, C, l2s, seed):
     np.testing.assert_allclose(W, W_ref, rtol=1e-7, atol=1e-9 * np.abs(W_ref).max())
 
 
+def test_small_ridge_can_skip_w():
+    xs, labels = _problem(2, 5, 12, 3, 1)
+    a, w, info = _core.small_ridge_emulated(xs, labels, 3, np.array([8.0]))
+    a2, w2, info2 = _core.small_ridge_emulated(xs, labels, 3, np.array([8.0]), want_w=False)
+    np.testing.assert_array_equal(a2, a)
+    assert not w2.any() and w.any() and not info2.any()
+
+
 def test_small_ridge_reports_a_failed_factorisation():
     """A singular Gram matrix with a negligible l2 stops the factorisation at the first zero pivot
     (two identical rows: pivot 2 is zero); the caller recomputes that problem."""
@@ -78,17 +86,19 @@ class EmulatedSmallOps:
         ops.small_max_n = 10_000
         ops.solve_max_l = 4
         ops.calls = 0
+        ops.want_w = []
 
-        def small_ridge(xs, labels, C, l2s):
+        def small_ridge(xs, labels, C, l2s, want_w=True):
             ops.calls += 1
+            ops.want_w.append(want_w)
             a, w, info = _core.small_ridge_emulated(np.ascontiguousarray(xs), np.ascontiguousarray(labels, np.int64),
-                                                    C, np.asarray(l2s, np.float64))
+                                                    C, np.asarray(l2s, np.float64), want_w)
             for b, j in fail:
                 if b < info.shape[0]:
                     info[b, j] = 1
                     a[b, j] = np.nan                 # what a failed problem leaves: garbage
                     w[b, j] = np.nan
-            return a, w, info == 0
+            return a, (w if want_w else None), info == 0
 
         ops.small_ridge = small_ridge
         return ops
@@ -111,6 +121,8 @@ def test_engine_with_the_small_kernel_matches_reference(fail):
     before = ops.solve_fallbacks
     got = _engine.probe_block(ops, xtr, ytr, xte, yte, tasks, l2s, C)
     assert ops.calls == 2                                      # the two dual sizes, not the primal one
+    # n = 6 scores through the kernel form (no W needed), n = 18 through W = xs^T A
+    assert ops.want_w == [False, True]
     # (1, 0) and (0, 1) flag tasks 1 and 0 of each of the two dual batches: four tasks redone by eigh
     assert ops.solve_fallbacks - before == (4 if fail else 0)
     ref = get_backend("numpy").probe_block(xtr, ytr, xte, yte, tasks, l2s, C)

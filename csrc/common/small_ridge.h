@@ -38,7 +38,7 @@ PL_HD inline bool small_ridge_finite(double x) { return x - x == 0.0; }
 template <class Sync>
 PL_HD inline void small_ridge_problem(const double* X, int n, int dp, const int64_t* labels, int C,
                                       double l2, double* K /* n*n scratch (shared memory) */,
-                                      double* A /* n x C */, double* W /* dp x C */,
+                                      double* A /* n x C */, double* W /* dp x C, or null */,
                                       int* info /* shared; one int */, double* kmax /* shared */,
                                       int tid, int nthreads, Sync sync) {
   // Phase 1: lower triangle of K = X X^T + l2 I.
@@ -100,6 +100,7 @@ PL_HD inline void small_ridge_problem(const double* X, int n, int dp, const int6
     }
   }
   sync();
+  if (W == nullptr) return;  // the caller scores through the kernel form and needs A only
 
   // Phase 4: W = X^T A.
   for (int p = tid; p < dp * C; p += nthreads) {

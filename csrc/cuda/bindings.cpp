@@ -58,7 +58,7 @@ void small_ridge(std::uintptr_t xs, int64_t batch, int n, int dp, std::uintptr_t
     throw std::invalid_argument("small_ridge: n = " + std::to_string(n) + " does not fit shared memory (at most " +
                                 std::to_string(max_n) + " on this device); use the batched library path");
   }
-  if (batch * n_l2 > 0 && (!xs || !labels || !l2 || !a_out || !w_out || !info)) {
+  if (batch * n_l2 > 0 && (!xs || !labels || !l2 || !a_out || !info)) {  // w_out may be null
     throw std::invalid_argument("null device pointer");
   }
   int err;

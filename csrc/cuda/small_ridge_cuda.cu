@@ -27,7 +27,7 @@ small_ridge_kernel(const double* __restrict__ xs, int n, int dp, const int64_t* 
   const int j = static_cast<int>(problem - b * n_l2);
   const double* X = xs + b * n * static_cast<int64_t>(dp);
   double* A = a_out + problem * n * static_cast<int64_t>(C);
-  double* W = w_out + problem * dp * static_cast<int64_t>(C);
+  double* W = w_out ? w_out + problem * dp * static_cast<int64_t>(C) : nullptr;
   small_ridge_problem(X, n, dp, labels + b * n, C, l2[j], K, A, W, &s_info, &s_kmax, threadIdx.x,
                       blockDim.x, BlockSync{});
   if (threadIdx.x == 0) info[problem] = s_info;

@@ -10,7 +10,7 @@ namespace plateaulab {
 //   labels  B x n        classes in [0, C)
 //   l2      L            ridge strengths
 //   a_out   B x L x n x C     dual coefficients A = (X X^T + l2 I)^{-1} Y
-//   w_out   B x L x dp x C    weights W = X^T A
+//   w_out   B x L x dp x C    weights W = X^T A, or null to skip them (kernel-form scoring)
 //   info    B x L        0, or the 1-based column where the factorisation stopped (then a_out and
 //                        w_out of that problem are not written)
 // Needs n * n * 8 bytes of shared memory per block: small_ridge_max_n() gives the largest n the

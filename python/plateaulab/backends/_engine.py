@@ -187,27 +187,29 @@ def _solve(ops, gram, rhs, l2s, need_eigh: bool):
     return coef, None, None
 
 
-def _small_solve(ops, xs, labels, C, l2s):
-    """The small-system kernel for a dual batch: (coef (B, n, L*C), w (B, D', L*C), failed count).
+def _small_solve(ops, xs, labels, C, l2s, want_w: bool):
+    """The small-system kernel for a dual batch: (coef (B, n, L*C), w (B, D', L*C) or None).
 
-    Problems whose Cholesky factorisation stops (info != 0) are solved again from the float64
+    Without ``want_w`` (tasks scored through the kernel form) the kernel skips W = xs^T A. Problems
+    whose Cholesky factorisation stops (info != 0) are solved again from the float64
     eigendecomposition of their Gram matrix, as in ``_solve``.
     """
     xp = ops.xp
     B, n, dp = xs.shape
     L = len(l2s)
-    a, w, ok = ops.small_ridge(xs, labels, C, l2s)              # (B, L, n, C), (B, L, D', C), (B, L)
+    a, w, ok = ops.small_ridge(xs, labels, C, l2s, want_w)      # (B, L, n, C), (B, L, D', C), (B, L)
     coef = xp.ascontiguousarray(a.transpose(0, 2, 1, 3).reshape(B, n, L * C))
-    w_all = xp.ascontiguousarray(w.transpose(0, 2, 1, 3).reshape(B, dp, L * C))
+    w_all = xp.ascontiguousarray(w.transpose(0, 2, 1, 3).reshape(B, dp, L * C)) if want_w else None
     bad = np.flatnonzero(~ok.all(axis=1))
     for b in bad:
         b = int(b)
         e_b, q_b = ops.eigh(xs[b] @ xs[b].T)
         yt = 2.0 * xp.eye(C, dtype=xp.float64)[labels[b]] - 1.0
         coef[b] = _eigh_coef(xp, e_b, q_b, yt, l2s)
-        w_all[b] = xs[b].T @ coef[b]
+        if want_w:
+            w_all[b] = xs[b].T @ coef[b]
     ops.solve_fallbacks += int(bad.size)
-    return coef, w_all, int(bad.size)
+    return coef, w_all
 
 
 def _loo(xp, xs, yt, y, e, q, primal: bool, l2s) -> tuple[np.ndarray, np.ndarray]:
@@ -268,12 +270,13 @@ def probe_block(ops, x_train, y_train, x_test, y_test, tasks, l2s, num_classes, 
         yt = 2.0 * eye[Y] - 1.0                                      # (B, n, C)
         del rows, body
         primal = n >= D + 1
+        kernel_form = not primal and n * D + n * L * C < L * C * D   # (point 2)
         xsT = xp.swapaxes(xs, 1, 2)
         w_dual = None
         if not primal and not loo and L <= ops.solve_max_l and n <= getattr(ops, "small_max_n", 0):
             # Small dual systems: one fused kernel per (task, l2) in shared memory (Gram, Cholesky,
             # solve and W = xs^T A); a problem whose factorisation fails comes back flagged.
-            coef, w_dual, _ = _small_solve(ops, xs, Y, C, l2_host)
+            coef, w_dual = _small_solve(ops, xs, Y, C, l2_host, want_w=not kernel_form)
             e = q = None
         else:
             gram = xsT @ xs if primal else xs @ xsT                  # (B, s, s), float64
@@ -289,7 +292,7 @@ def probe_block(ops, x_train, y_train, x_test, y_test, tasks, l2s, num_classes, 
             else:
                 a = coef[b]                                           # [A_1 | ... | A_L], (n, L*C)
                 x_s = xs[b, :, :D]
-                if n * D + n * L * C < L * C * D:                     # kernel form (point 2)
+                if kernel_form:
                     scorer.add_kernel(t, (x_s / std_t[None, :]).T, -(shift @ x_s.T), a,
                                       (P.BIAS_CONSTANT ** 2) * a.sum(axis=0))
                 else:                                                  # W = xs^T A_l, folded

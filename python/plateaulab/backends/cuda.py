@@ -189,9 +189,9 @@ class CupyOps:
         z = csl.solve_triangular(factor, rhs, lower=True)
         return csl.solve_triangular(factor, z, lower=True, trans="T"), None
 
-    def small_ridge(self, xs, labels, num_classes, l2s):
+    def small_ridge(self, xs, labels, num_classes, l2s, want_w=True):
         """The shared-memory kernel of csrc/cuda/small_ridge_cuda.cu over a batch of dual problems:
-        (A (B, L, n, C), W (B, L, D', C), ok (B, L) host bool)."""
+        (A (B, L, n, C), W (B, L, D', C) or None without ``want_w``, ok (B, L) host bool)."""
         cp = self.xp
         B, n, dp = xs.shape
         L = len(l2s)
@@ -199,10 +199,10 @@ class CupyOps:
         labels = cp.ascontiguousarray(labels, dtype=cp.int64)
         l2 = cp.asarray(np.asarray(l2s, dtype=np.float64))
         a = cp.empty((B, L, n, num_classes), dtype=cp.float64)
-        w = cp.empty((B, L, dp, num_classes), dtype=cp.float64)
+        w = cp.empty((B, L, dp, num_classes), dtype=cp.float64) if want_w else None
         info = cp.zeros((B, L), dtype=cp.int32)
         self._cuda.small_ridge(xs.data.ptr, B, n, dp, labels.data.ptr, num_classes, l2.data.ptr, L, a.data.ptr,
-                               w.data.ptr, info.data.ptr, cp.cuda.get_current_stream().ptr)
+                               w.data.ptr if want_w else 0, info.data.ptr, cp.cuda.get_current_stream().ptr)
         return a, w, cp.asnumpy(info) == 0
 
     def stage(self, x_train, train_rows, x_test, x_val=None):
