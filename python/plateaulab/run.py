@@ -205,8 +205,11 @@ class _BlockReader:
     """
 
     def __init__(self, store, ds_cache, task_cache, use_val: bool, stage, prefetch: bool):
-        self.store, self.ds_cache, self.task_cache = store, ds_cache, task_cache
+        self.store, self.ds_cache = store, ds_cache
         self.use_val, self.stage = use_val, stage
+        # The train rows any task of a dataset uses: the same for every block of that dataset.
+        self.needed = {name: np.unique(np.concatenate([t.indices for t in tasks]))
+                       for name, tasks in task_cache.items() if tasks}
         self.pool = None
         if prefetch:
             from concurrent.futures import ThreadPoolExecutor
@@ -218,7 +221,7 @@ class _BlockReader:
         device as it goes, so the host does not scan the splits a second time)."""
         ds = self.ds_cache[b.dataset]
         block = self.store.block(b.checkpoint, b.dataset, b.layer)
-        needed = np.unique(np.concatenate([t.indices for t in self.task_cache[b.dataset]]))
+        needed = self.needed[b.dataset]
         _check_block_input(block, ds, needed, scan_values=self.stage is None)
         if self.use_val and block.val is None:
             raise StoreError(f"{block.where}: --select val needs val features, and this block has none")
