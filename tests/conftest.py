@@ -11,9 +11,12 @@ from hypothesis import settings
 
 from plateaulab import FeatureStore
 
-# The published accuracy tables of shared/data (open_clip, CLIP_benchmark, model-soups; provenance in
-# shared/data/README.md) sit beside the repository's root, as they do in CI.
-SHARED_DATA = Path(os.environ.get("PLATEAULAB_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+import plateaulab
+
+# The published accuracy tables the tests read are the ones shipped inside the package (open_clip,
+# CLIP_benchmark, model-soups, scaling-laws-openclip; sources, commits and licences in
+# python/plateaulab/data/PROVENANCE.md), so a clone with nothing beside it runs every test.
+DATA = Path(plateaulab.__file__).resolve().parent / "data"
 
 # CI draws the same hypothesis examples on every run, so a red CI is reproducible; locally the
 # examples vary from run to run and keep searching.

@@ -9,9 +9,9 @@ import pytest
 
 from plateaulab.analysis import bootstrap_fit, fit_saturating_power_law, load_openclip
 from plateaulab.cli import main
-from conftest import SHARED_DATA
+from conftest import DATA
 
-SHARED = SHARED_DATA
+SHARED = DATA  # the packaged copies of the published tables
 SOUPS = SHARED / "model_soups" / "individual_model_results.jsonl"
 FIT_KEYS = {"ds", "on", "k", "alpha", "e_ir", "saturation", "sse", "n_points", "hull_points", "identified", "on_bound"}
 

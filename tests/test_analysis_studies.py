@@ -14,9 +14,9 @@ from plateaulab.analysis import (fit_saturating_power_law, hull_overlay, hyperpa
                                  load_clip_benchmark, load_openclip, params_vs_shots, prediction_power, scale_accuracy,
                                  spearman_matrices, upper_hull)
 from plateaulab.errors import InputError
-from conftest import SHARED_DATA
+from conftest import DATA
 
-CLIP_BENCH = SHARED_DATA / "clip_benchmark" / "scaling_experiment_data2.json"
+CLIP_BENCH = DATA / "clip_benchmark" / "scaling_experiment_data2.json"
 
 
 def test_scale_accuracy():

@@ -1,5 +1,5 @@
 """Accuracy tables: formats, layouts, scales, NaN handling and the loaders of the three public tables in
-shared/data beside the repository (open_clip docs/openclip_results.csv 29b90b8d; CLIP_benchmark
+the packaged copies of the published tables (open_clip docs/openclip_results.csv 29b90b8d; CLIP_benchmark
 probe_benchmark/scaling_experiment_data2.json b759cf60; model-soups individual_model_results.jsonl 3bb0f409)."""
 
 import json
@@ -11,17 +11,28 @@ import pytest
 
 from plateaulab.analysis import AccuracyTable, load_clip_benchmark, load_model_soups, load_openclip, load_table
 from plateaulab.errors import InputError
-from conftest import SHARED_DATA
+from conftest import DATA
 
-SHARED = SHARED_DATA
+SHARED = DATA  # the packaged copies of the published tables
 CLIP_BENCH = SHARED / "clip_benchmark" / "scaling_experiment_data2.json"
 SOUPS = SHARED / "model_soups" / "individual_model_results.jsonl"
-OPENCLIP = SHARED / "open_clip" / "openclip_results.csv"
+OPENCLIP = DATA / "open_clip" / "openclip_results.csv"
 
 
-def test_packaged_openclip_is_the_shared_file_and_loads():
-    packaged = Path(__file__).resolve().parents[1] / "python" / "plateaulab" / "data" / "openclip_results.csv"
-    assert packaged.read_bytes() == OPENCLIP.read_bytes()
+def test_packaged_tables_are_the_published_files():
+    """Each shipped table has the SHA-256 that PROVENANCE.md records for the unchanged published copy."""
+    import hashlib
+    import re
+
+    text = (DATA / "PROVENANCE.md").read_text()
+    recorded = dict((path, digest) for digest, path in re.findall(r"^([0-9a-f]{64})  (\S+)$", text, re.M))
+    shipped = sorted(str(p.relative_to(DATA)) for p in DATA.rglob("*") if p.is_file() and p.name != "PROVENANCE.md")
+    assert sorted(recorded) == shipped
+    for path, digest in recorded.items():
+        assert hashlib.sha256((DATA / path).read_bytes()).hexdigest() == digest, path
+
+
+def test_packaged_openclip_loads():
     t = load_openclip()
     assert isinstance(t, AccuracyTable) and t.us_name == "ImageNet 1k" and t.scale_detected == "unit"
     assert len(t.ds_tasks) == 34 and "Flickr" not in t.ds_tasks and "Average perf. on 38 datasets" not in t.ds_tasks

@@ -82,7 +82,7 @@ def test_fits_json_matches_direct_fit(default_report):
 def test_fits_json_has_the_schema_of_fit_json(default_report, tmp_path, capsys):
     from plateaulab.cli import main
 
-    csv = Path(__import__("plateaulab").__file__).parent / "data" / "openclip_results.csv"
+    csv = Path(__import__("plateaulab").__file__).parent / "data" / "open_clip" / "openclip_results.csv"
     capsys.readouterr()
     rc = main(["fit", str(csv), "--us", "ImageNet 1k", "--ds", "Caltech-101,SUN397", "--bootstrap", "100",
                "--json"])
@@ -269,7 +269,7 @@ def test_public_table_recognised_by_name_and_ds_subset(tmp_path):
 
     import plateaulab
 
-    src = Path(plateaulab.__file__).parent / "data" / "openclip_results.csv"
+    src = Path(plateaulab.__file__).parent / "data" / "open_clip" / "openclip_results.csv"
     shutil.copy(src, tmp_path / "openclip_results.csv")
     html = run_study(tmp_path / "openclip_results.csv", tmp_path / "rep", ds="CIFAR-10,SUN397", n_boot=20,
                      sensitivity=False).read_text()

@@ -3,7 +3,7 @@ directory, wide (one column per dataset) or long (one row per model x dataset [x
 
 After loading, every accuracy is on the 0-1 scale and the long table has the columns
 ``model, ds_task, ds, us, shots`` (shots NaN when the source has none) plus any other kept columns.
-Loaders for the public tables in shared/data (see python/plateaulab/data/PROVENANCE.md) sit at the end.
+Loaders for the published tables shipped in the package (see python/plateaulab/data/PROVENANCE.md) sit at the end.
 """
 
 from __future__ import annotations
@@ -298,7 +298,7 @@ def _finish(long: pd.DataFrame, src: str, us_name: str, scale: str, nan: str) ->
                          n_dropped_nan=n_bad, source=src)
 
 
-# --- the public tables of shared/data ------------------------------------------------------------------
+# --- the published tables shipped in the package ------------------------------------------------------------------
 
 #: open_clip's x-axis, as in Kornblith et al. 2019 and Fig. 5 of Abnar et al. (not CLIP's pre-training task).
 OPENCLIP_US = "ImageNet 1k"
@@ -318,7 +318,7 @@ def load_openclip(path=None, *, scale: str = "auto") -> AccuracyTable:
     path None reads the copy shipped in plateaulab/data. Model id is "name/pretrained"; US is
     "ImageNet 1k"; DS is every other classification column. params and FLOPs are kept.
     """
-    src = Path(path) if path is not None else _packaged("openclip_results.csv")
+    src = Path(path) if path is not None else _packaged("open_clip/openclip_results.csv")
     df, _ = read_frame(src, "csv")
     missing = [c for c in ("name", "pretrained", OPENCLIP_US) if c not in df.columns]
     if missing:

@@ -6,7 +6,7 @@ import argparse
 
 BUILTIN = "builtin:openclip"
 LOADERS = ("auto", "table", "openclip", "clip_benchmark", "model_soups")
-#: file names of the public tables (shared/data) that have their own loader
+#: file names of the public tables (shipped in plateaulab/data) that have their own loader
 KNOWN_FILES = {"openclip_results.csv": "openclip", "scaling_experiment_data2.json": "clip_benchmark",
                "individual_model_results.jsonl": "model_soups"}
 

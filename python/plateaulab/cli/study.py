@@ -32,7 +32,7 @@ def register(subparsers) -> None:
                    help="whether table accuracies are on 0-1 (unit) or 0-100 (percent)")
     p.add_argument("--loader", default="auto",
                    choices=("auto", "table", "openclip", "clip_benchmark", "model_soups"),
-                   help="how to read a table: auto recognises the public tables of shared/data by their published "
+                   help="how to read a table: auto recognises the published tables by their "
                         "file names (openclip_results.csv, scaling_experiment_data2.json, "
                         "individual_model_results.jsonl); table is the generic reader")
     p.add_argument("--layer", default="last", metavar="NAME",

@@ -72,7 +72,7 @@ def load_study_input(source=None, *, us: str | None = None, ds=None, input_scale
                      min_points: int = 3, loader: str = "auto", layer: str | None = None) -> StudyInput:
     """Read ``source`` (None: the packaged open_clip table; a directory: a probe run; else a table).
 
-    ``loader``: "auto" reads the three public tables of shared/data (open_clip, CLIP_benchmark, model soups)
+    ``loader``: "auto" reads the published tables (open_clip, CLIP_benchmark, model soups)
     with their own loaders when the file keeps its published name, and any other file with load_table;
     the other choices force one reader. ``layer`` (probe runs): the layer of the main figures, by name;
     None or "last" takes each checkpoint's deepest layer."""
