@@ -16,6 +16,36 @@ from ..errors import PlateaulabError
 # Modules of plateaulab.cli, in the order their commands appear in --help.
 COMMANDS = ("store", "probe", "extract", "study", "synth", "fit", "sensitivity")
 
+#: Library parameters whose flag is spelled differently from the parameter (parameter -> argparse dest).
+#: Every other parameter named by an error maps to the flag of the same dest (``seeds`` -> ``--seeds``).
+#: This is the one place where the library's parameter names meet the command line's flags.
+PARAM_DESTS = {
+    "n_boot": "bootstrap", "sensitivity_trials": "trials", "axis_scale": "scale", "on_short": "skip_short_classes",
+    "prefetch": "no_prefetch", "run_dir": "output", "out_dir": "output", "source": "input",
+}
+
+
+def flag_names(parser: argparse.ArgumentParser) -> dict:
+    """{library parameter: flag} for one (sub)command's parser."""
+    by_dest = {}
+    for action in parser._actions:
+        if action.option_strings:
+            by_dest[action.dest] = max(action.option_strings, key=len)
+        elif action.dest not in ("help",):
+            by_dest[action.dest] = action.metavar if isinstance(action.metavar, str) else action.dest.upper()
+    names = dict(by_dest)
+    for param, dest in PARAM_DESTS.items():
+        if dest in by_dest:
+            names[param] = by_dest[dest]
+    return names
+
+
+def _subparser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices.get(command, parser)
+    return parser
+
 
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
@@ -39,7 +69,8 @@ def main(argv=None) -> int:
     try:
         return int(args.func(args) or 0)
     except PlateaulabError as exc:
-        print(f"plateaulab {args.command}: error: {exc}", file=sys.stderr)
+        message = exc.describe(flag_names(_subparser(parser, args.command)))
+        print(f"plateaulab {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"plateaulab {args.command}: interrupted; finished work is kept, run the same command to resume",
