@@ -1,5 +1,6 @@
 """Probe runs: the results table, resuming after kill -9, refusing mismatched configs, bad input."""
 
+import contextlib
 import json
 import os
 import signal
@@ -62,11 +63,31 @@ def test_validation_selection(tmp_path):
         assert g.loc[g["selected"], "val_accuracy"].iloc[0] == g["val_accuracy"].max()
 
 
-def test_resume_after_partial_run_equals_uninterrupted(tmp_path, small_store):
+class _Crash(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _crash_after(monkeypatch, n_blocks):
+    """Interrupt probe_store after its n-th block (through the run loop's per-block seam), as a crash would."""
+    from plateaulab import run as loop
+
+    def after(b, done):
+        if done >= n_blocks:
+            raise _Crash(b)
+
+    with monkeypatch.context() as m:
+        m.setattr(loop, "_after_block", after)
+        with pytest.raises(_Crash):
+            yield
+
+
+def test_resume_after_partial_run_equals_uninterrupted(tmp_path, monkeypatch, small_store):
     kw = dict(shots=[1, 5], seeds=2, l2=[1024.0], quiet=True)
     full = probe_store(small_store.path, tmp_path / "full", **kw).results()
-    part = probe_store(small_store.path, tmp_path / "part", _stop_after_blocks=1, **kw)
-    assert not part.results_path.exists()
+    with _crash_after(monkeypatch, 1):
+        probe_store(small_store.path, tmp_path / "part", **kw)
+    assert not (tmp_path / "part" / "results.parquet").exists()
     first = sorted((tmp_path / "part" / "parts").rglob("*.parquet"))
     assert len(first) == 1
     stamp = first[0].stat().st_mtime_ns

@@ -52,7 +52,7 @@ def test_float64_is_stored_as_float32(tmp_path):
 
 @pytest.mark.parametrize("bad,match", [
     (dict(train=np.full((4, 2), np.nan, np.float32)), "NaN/Inf"),
-    (dict(train=np.ones((3, 2), np.float32)), "3 rows but the dataset has 4 train labels"),
+    (dict(train=np.ones((3, 2), np.float32)), "3 rows but dataset 'd' has 4 train labels"),
     (dict(test=np.ones((2, 3), np.float32)), "3 wide but train features are 2 wide"),
     (dict(train=np.ones((4, 2), np.int32)), "float16 or float32"),
 ])

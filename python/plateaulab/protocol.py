@@ -74,14 +74,14 @@ def fewshot_indices(y_train: np.ndarray, num_classes: int, shots: int, seed: int
                     dataset: str = "?") -> np.ndarray:
     """Train indices of the ``shots``-shot set of ``seed``, in class order."""
     if shots <= 0:
-        raise ProtocolError(f"dataset {dataset!r}: shots must be positive, got {shots}")
+        raise ProtocolError(f"dataset {dataset!r}: " "{param} must be positive, got " f"{shots}", param="shots")
     perms = class_permutations(y_train, num_classes, seed)
     for c, p in enumerate(perms):
         if p.size < shots:
             raise ProtocolError(
                 f"dataset {dataset!r}: class {c} has {p.size} train examples, fewer than shots={shots}; "
-                "lower --shots or pass --skip-short-classes to skip this shot count"
-            )
+                "lower {param} or ask for the shot counts that a class cannot fill to be skipped",
+                param="shots")
     return np.concatenate([p[:shots] for p in perms])
 
 
@@ -94,7 +94,7 @@ def plan_tasks(y_train: np.ndarray, num_classes: int, shots, seeds, dataset: str
     for shots in shots:
         shots = int(shots)
         if shots <= 0:
-            raise ProtocolError(f"shots must be positive, got {shots}")
+            raise ProtocolError("{param} must be positive, got " f"{shots}", param="shots")
         short = np.flatnonzero(counts < shots)
         if short.size:
             c = int(short[0])
@@ -103,7 +103,8 @@ def plan_tasks(y_train: np.ndarray, num_classes: int, shots, seeds, dataset: str
             if on_short == "skip":
                 warnings.warn(msg + f"; skipping shots={shots} for this dataset", stacklevel=2)
                 continue
-            raise ProtocolError(msg + "; lower --shots or pass --skip-short-classes to skip that shot count")
+            raise ProtocolError(msg + "; lower {param} or ask for the shot counts that a class cannot fill "
+                                "to be skipped", param="shots")
         for seed in seeds:
             idx = fewshot_indices(y_train, num_classes, shots, int(seed), dataset)
             tasks.append(ProbeTask(shots=shots, seed=int(seed), indices=idx))
@@ -205,17 +206,19 @@ def select_l2(l2s, method: str, loo_acc=None, loo_mse=None, val_acc=None) -> int
     elif method == "val":
         keys = (l2s, np.asarray(val_acc))
     else:
-        raise ProtocolError(f"unknown l2 selection {method!r}; expected one of {', '.join(SELECT_METHODS)}")
+        raise ProtocolError("unknown {param} " f"{method!r}; expected one of {', '.join(SELECT_METHODS)}",
+                            param="select")
     return int(np.lexsort(keys)[-1])
 
 
 def check_l2s(l2s) -> tuple[float, ...]:
     out = tuple(float(v) for v in np.atleast_1d(np.asarray(l2s, dtype=np.float64)))
     if not out:
-        raise ProtocolError("at least one l2 value is needed")
+        raise ProtocolError("at least one {param} value is needed", param="l2")
     bad = [v for v in out if not np.isfinite(v) or v <= 0]
     if bad:
-        raise ProtocolError(f"l2 must be positive and finite, got {bad[0]}; the default is {DEFAULT_L2:g}")
+        raise ProtocolError("{param} must be positive and finite, got " f"{bad[0]}; the default is {DEFAULT_L2:g}",
+                            param="l2")
     if len(set(out)) != len(out):
-        raise ProtocolError(f"l2 values must be distinct, got {list(out)}")
+        raise ProtocolError("{param} values must be distinct, got " f"{list(out)}", param="l2")
     return out

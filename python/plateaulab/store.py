@@ -205,7 +205,30 @@ def check_labels(y, name: str, split: str, num_classes: int | None = None) -> np
     return arr
 
 
-def check_features(x, where: str, split: str, rows: int, dim: int | None = None) -> np.ndarray:
+def check_rows(where: str, split: str, n_rows: int, n_labels: int, dataset: str) -> None:
+    """The one check that a split's feature rows match its labels (writing, reading, checking)."""
+    if n_rows != n_labels:
+        raise StoreError(
+            f"{where}: {split} features have {n_rows} rows but dataset {dataset!r} has {n_labels} {split} "
+            "labels; features and labels must describe the same examples in the same order"
+        )
+
+
+def check_block_against_dataset(b: "Block", ds: "Dataset") -> None:
+    """Refuse a block whose splits do not match its dataset's labels, naming the block."""
+    for split, y in (("train", ds.y_train), ("test", ds.y_test), ("val", ds.y_val)):
+        x = getattr(b, split)
+        if x is None:
+            if split != "val":
+                raise StoreError(f"{b.where}: {split} features are missing")
+            continue
+        if y is None:
+            raise StoreError(f"{b.where}: has val features but dataset {ds.name!r} has no val labels")
+        check_rows(b.where, split, x.shape[0], y.size, ds.name)
+
+
+def check_features(x, where: str, split: str, rows: int, dim: int | None = None,
+                   dataset: str = "?") -> np.ndarray:
     """Return a feature matrix as fp16/fp32; raise naming the block on a bad shape, dtype or value."""
     arr = np.asarray(x)
     if arr.ndim != 2:
@@ -214,11 +237,7 @@ def check_features(x, where: str, split: str, rows: int, dim: int | None = None)
         arr = arr.astype(np.float32)
     if arr.dtype not in FEATURE_DTYPES:
         raise StoreError(f"{where}: {split} features must be float16 or float32, got {arr.dtype}")
-    if arr.shape[0] != rows:
-        raise StoreError(
-            f"{where}: {split} features have {arr.shape[0]} rows but the dataset has {rows} {split} labels; "
-            "features and labels must describe the same examples in the same order"
-        )
+    check_rows(where, split, arr.shape[0], rows, dataset)
     if dim is not None and arr.shape[1] != dim:
         raise StoreError(
             f"{where}: {split} features are {arr.shape[1]} wide but train features are {dim} wide; "
@@ -391,13 +410,13 @@ class FeatureStore:
         bdir = self._block_dir(checkpoint, dataset, layer)
         if (bdir / "block.json").exists() and not overwrite:
             raise StoreError(f"{where}: features already stored; pass overwrite=True to replace them")
-        train = check_features(train, where, "train", ds.y_train.size)
+        train = check_features(train, where, "train", ds.y_train.size, dataset=dataset)
         dim = train.shape[1]
-        test = check_features(test, where, "test", ds.y_test.size, dim)
+        test = check_features(test, where, "test", ds.y_test.size, dim, dataset=dataset)
         if val is not None:
             if ds.y_val is None:
                 raise StoreError(f"{where}: val features given but dataset {dataset!r} has no val labels")
-            val = check_features(val, where, "val", ds.y_val.size, dim)
+            val = check_features(val, where, "val", ds.y_val.size, dim, dataset=dataset)
         if layer_index is None:
             existing = [b for b in self.layers(checkpoint, dataset)] if self._has_ckpt_dataset(checkpoint, dataset) else []
             layer_index = len([n for n in existing if n != layer])
@@ -542,7 +561,7 @@ class FeatureStore:
                     n_blocks += 1
                     try:
                         b = self.block(ck, dsname, layer)
-                        self._check_block_against_dataset(b, datasets[dsname])
+                        check_block_against_dataset(b, datasets[dsname])
                         if deep:
                             self._deep_check_block(b)
                     except StoreError as exc:
@@ -550,22 +569,6 @@ class FeatureStore:
         if ckpts and datasets and n_blocks == 0:
             problems.append(Problem(f"store {self.path}", "holds no complete feature blocks"))
         return problems
-
-    @staticmethod
-    def _check_block_against_dataset(b: Block, ds: Dataset) -> None:
-        for split, y in (("train", ds.y_train), ("test", ds.y_test), ("val", ds.y_val)):
-            x = getattr(b, split)
-            if x is None:
-                if split != "val":
-                    raise StoreError(f"{b.where}: {split} features are missing")
-                continue
-            if y is None:
-                raise StoreError(f"{b.where}: has val features but dataset {ds.name!r} has no val labels")
-            if x.shape[0] != y.size:
-                raise StoreError(
-                    f"{b.where}: {split} features have {x.shape[0]} rows but dataset {ds.name!r} has "
-                    f"{y.size} {split} labels"
-                )
 
     @staticmethod
     def _deep_check_block(b: Block) -> None:

@@ -1,0 +1,102 @@
+"""Writing a run's outputs: one parquet part per finished block, then the results table (every part in
+plan order) and the checkpoint table. Every file is written to a temporary name and renamed into place."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .. import protocol as P
+from ..store import atomic_write_bytes, encode_name
+from .plan import PlannedBlock, ProbeConfig
+
+RESULT_COLUMNS = (
+    ("checkpoint", "string"), ("layer", "string"), ("layer_index", "int64"), ("dataset", "string"),
+    ("shots", "int64"), ("seed", "int64"), ("l2", "float64"), ("accuracy", "float64"),
+    ("correct", "int64"), ("ties", "int64"), ("n_train", "int64"), ("n_test", "int64"), ("dim", "int64"),
+    ("selected", "bool"), ("select", "string"), ("loo_accuracy", "float64"), ("loo_mse", "float64"),
+    ("val_accuracy", "float64"),
+)
+
+
+def result_schema():
+    import pyarrow as pa
+
+    return pa.schema([(name, getattr(pa, t)() if t != "bool" else pa.bool_()) for name, t in RESULT_COLUMNS])
+
+
+def part_path(run_dir: Path, b: PlannedBlock) -> Path:
+    return (run_dir / "parts" / encode_name(b.checkpoint, "checkpoint") / encode_name(b.dataset, "dataset")
+            / f"{encode_name(b.layer, 'layer')}.parquet")
+
+
+def rows_for_block(b: PlannedBlock, block, tasks, l2s, cfg: ProbeConfig, scores):
+    """The result rows of one probed block: one per (task, l2), with the selected l2 marked."""
+    import pandas as pd
+
+    T, L = len(tasks), len(l2s)
+    chosen = np.zeros((T, L), dtype=bool)
+    for t in range(T):
+        j = P.select_l2(l2s, cfg.select,
+                        loo_acc=None if scores.loo_acc is None else scores.loo_acc[t],
+                        loo_mse=None if scores.loo_mse is None else scores.loo_mse[t],
+                        val_acc=None if scores.val_correct is None else scores.val_correct[t] / max(scores.n_val, 1))
+        chosen[t, j] = True
+    nan = np.full((T, L), np.nan)
+    shots = np.repeat([tk.shots for tk in tasks], L)
+    return pd.DataFrame({
+        "checkpoint": b.checkpoint, "layer": b.layer, "layer_index": b.layer_index, "dataset": b.dataset,
+        "shots": shots, "seed": np.repeat([tk.seed for tk in tasks], L),
+        "l2": np.tile(np.asarray(l2s, dtype=np.float64), T),
+        "accuracy": (scores.correct / scores.n_test).ravel(), "correct": scores.correct.ravel(),
+        "ties": scores.ties.ravel(), "n_train": np.repeat([tk.n_train for tk in tasks], L),
+        "n_test": scores.n_test, "dim": int(block.dim), "selected": chosen.ravel(), "select": cfg.select,
+        "loo_accuracy": (scores.loo_acc if scores.loo_acc is not None else nan).ravel(),
+        "loo_mse": (scores.loo_mse if scores.loo_mse is not None else nan).ravel(),
+        "val_accuracy": (scores.val_correct / max(scores.n_val, 1) if scores.val_correct is not None else nan).ravel(),
+    })
+
+
+def write_part(path: Path, df) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(df, schema=result_schema(), preserve_index=False)
+    atomic_write_bytes(path, lambda f: pq.write_table(table, f))
+
+
+def consolidate(run_dir: Path, plan: list[PlannedBlock]) -> Path:
+    """Stream every part, in plan order, into results.parquet (one part in memory at a time)."""
+    import pyarrow.parquet as pq
+
+    out = run_dir / "results.parquet"
+
+    def write(f):
+        with pq.ParquetWriter(f, result_schema()) as writer:
+            for b in plan:
+                writer.write_table(pq.read_table(part_path(run_dir, b), schema=result_schema()))
+
+    atomic_write_bytes(out, write)
+    return out
+
+
+def write_checkpoint_table(run_dir: Path, store, checkpoints: list[str]) -> None:
+    """checkpoints.parquet: the metadata of every checkpoint of the run, joinable on `checkpoint`."""
+    import pandas as pd
+
+    records = []
+    for ck in checkpoints:
+        meta = store.checkpoint_meta(ck)
+        rec = {"checkpoint": ck}
+        for k, v in meta.items():
+            rec[k] = json.dumps(v) if isinstance(v, (dict, list)) else v
+        records.append(rec)
+    df = pd.DataFrame.from_records(records)
+    for col in df.columns:
+        if df[col].dtype == object:
+            kinds = {type(v) for v in df[col].dropna()}
+            if len(kinds) > 1:
+                df[col] = df[col].map(lambda v: v if v is None or (isinstance(v, float) and np.isnan(v)) else str(v))
+    atomic_write_bytes(run_dir / "checkpoints.parquet", lambda f: df.to_parquet(f, index=False))
