@@ -70,9 +70,9 @@ def build_store(path: Path, n_ckpt: int, n_layers: int, dim: int, C: int, per_cl
 
 
 def _ops_solve_max_l() -> int:
-    from plateaulab.backends import _engine
+    from plateaulab.backends import cpu
 
-    return _engine.NumpyOps.solve_max_l
+    return cpu.get_ops().solve_max_l
 
 
 def main(argv=None) -> int:
@@ -110,9 +110,7 @@ def main(argv=None) -> int:
     # Baselines on the first few blocks.
     cpu = get_backend("cpu")
     if args.solver == "eigh":
-        from plateaulab.backends import _engine
-
-        _engine.NumpyOps.solve_max_l = 0
+        cpu.get_ops().solve_max_l = 0
     t_ref = t_bv = t_cpu_sub = t_read = 0.0
     n_equal, n_probes_cmp = 0, 0
     for ck, dsn, layer in blocks[: args.baseline_blocks]:

@@ -151,7 +151,7 @@ def test_small_batches_and_chunks_give_the_same_scores(backend, monkeypatch):
     be = get_backend(backend)
     whole = be.probe_block(xtr, ytr, xte, yte, tasks, [1024.0, 4.0], 6, loo=True)
     monkeypatch.setattr(_engine, "BATCH_BYTES", 1)
-    monkeypatch.setattr(type(be._ops) if getattr(be, "_ops", None) else _engine.NumpyOps, "chunk_bytes", 1)
+    monkeypatch.setattr(be.get_ops(), "chunk_bytes", 1)          # a public knob of the instance in use
     split = be.probe_block(xtr, ytr, xte, yte, tasks, [1024.0, 4.0], 6, loo=True)
     np.testing.assert_array_equal(split.correct, whole.correct)
     np.testing.assert_array_equal(split.ties, whole.ties)
@@ -175,10 +175,9 @@ def test_direct_and_eigh_paths_match_reference(backend, case, monkeypatch):
     tasks = P.plan_tasks(ytr, C, shots, [0, 1, 2])
     ref = REF.probe_block(xtr, ytr, xte, yte, tasks, l2s, C)
     be = get_backend(backend)
-    be.probe_block(xtr, ytr, xte, yte, tasks[:1], l2s, C)       # creates be._ops
     calls = []
     for max_l, expect_chol in ((len(l2s), True), (0, False)):
-        monkeypatch.setattr(be._ops, "solve_max_l", max_l)
+        monkeypatch.setattr(be.get_ops(), "solve_max_l", max_l)
         calls.clear()
         original = _engine._eigh_coef
         monkeypatch.setattr(_engine, "_eigh_coef", lambda *a: calls.append(1) or original(*a))
@@ -191,16 +190,16 @@ def test_direct_and_eigh_paths_match_reference(backend, case, monkeypatch):
 @pytest.mark.parametrize("backend", AVAILABLE)
 def test_failed_direct_solve_is_recomputed_by_eigh(backend, monkeypatch):
     """A matrix whose direct solve comes back wrong (as cuSOLVER's batched potrf does on failure:
-    no exception, a partial factor) is caught by the backward-error check and solved again."""
-    from plateaulab.backends import _engine
-
+    no exception, a partial factor) is caught by the backward-error check and solved again. The
+    small-system kernel is off (small_max_n = 0), so the dual batch (n = 16) goes through spd_solve
+    as well as the primal one (n = 160)."""
     xtr, ytr, xte, yte, _, _ = _block(8, 48, 20, 500, 7, np.float32)
     tasks = P.plan_tasks(ytr, 8, [2, 20], [0, 1, 2])
     ref = REF.probe_block(xtr, ytr, xte, yte, tasks, [64.0], 8)
     be = get_backend(backend)
-    be.probe_block(xtr, ytr, xte, yte, tasks[:1], [64.0], 8)   # creates be._ops
-    ops = be._ops
+    ops = be.get_ops()
     monkeypatch.setattr(ops, "solve_max_l", 1)
+    monkeypatch.setattr(ops, "small_max_n", 0)
     original = ops.spd_solve
 
     def corrupt_second(a, rhs):
@@ -217,9 +216,9 @@ def test_failed_direct_solve_is_recomputed_by_eigh(backend, monkeypatch):
 
 
 def test_numpy_ops_direct_solve_flags_a_singular_matrix():
-    from plateaulab.backends import _engine
+    from plateaulab.backends.cpu import NumpyOps
 
-    ops = _engine.NumpyOps()
+    ops = NumpyOps()
     a = np.stack([np.eye(3) * 2.0, np.diag([1.0, 0.0, 1.0]), np.diag([1.0, -1.0, 1.0])])
     rhs = np.ones((3, 3, 2))
     w, solved = ops.spd_solve(a, rhs)
@@ -257,6 +256,6 @@ def test_partly_staged_block_is_completed_by_probe_block():
     be = get_backend("cpu")
     whole = be.probe_block(xtr, ytr, xte, yte, tasks, [1024.0], 5)
     rows = np.unique(np.concatenate([t.indices for t in tasks]))
-    _, s_test, _ = _engine.stage(be._get_ops(), xtr, rows, xte)
+    _, s_test, _ = _engine.stage(be.get_ops(), xtr, rows, xte)
     part = be.probe_block(xtr, ytr, s_test, yte, tasks, [1024.0], 5)
     np.testing.assert_array_equal(part.correct, whole.correct)

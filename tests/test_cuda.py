@@ -41,7 +41,7 @@ def test_cuda_scorer_matches_numpy(rows, groups, C, seed):
 def _ops():
     from plateaulab.backends import cuda
 
-    return cuda._get_ops()
+    return cuda.get_ops()
 
 
 @pytest.mark.parametrize("B,n,D,C,l2s", [(3, 7, 30, 4, [1024.0]), (2, 100, 768, 100, [1024.0, 8.0]),

@@ -76,29 +76,29 @@ def test_small_ridge_validates_shapes():
 
 
 class EmulatedSmallOps:
-    """The cpu engine's ops with the small-system kernel, run on the host by its emulation: exercises
-    the engine's use of the kernel (layouts, W taken from the kernel, fallback) without a GPU."""
+    """The cpu engine's ops with the small-system path on (``small_max_n``), which NumpyOps runs
+    through the kernel's host emulation: exercises the engine's use of the kernel (layouts, W taken
+    from the kernel, fallback) without a GPU. Counts the calls and can flag problems as failed."""
 
     def __new__(cls, fail=()):
-        from plateaulab.backends._engine import NumpyOps
+        from plateaulab.backends.cpu import NumpyOps
 
-        ops = NumpyOps()
-        ops.small_max_n = 10_000
-        ops.solve_max_l = 4
+        ops = NumpyOps(small_max_n=10_000, solve_max_l=4)
         ops.calls = 0
         ops.want_w = []
+        emulated = ops.small_ridge
 
         def small_ridge(xs, labels, C, l2s, want_w=True):
             ops.calls += 1
             ops.want_w.append(want_w)
-            a, w, info = _core.small_ridge_emulated(np.ascontiguousarray(xs), np.ascontiguousarray(labels, np.int64),
-                                                    C, np.asarray(l2s, np.float64), want_w)
+            a, w, ok = emulated(xs, labels, C, l2s, want_w)
             for b, j in fail:
-                if b < info.shape[0]:
-                    info[b, j] = 1
+                if b < ok.shape[0]:
+                    ok[b, j] = False
                     a[b, j] = np.nan                 # what a failed problem leaves: garbage
-                    w[b, j] = np.nan
-            return a, (w if want_w else None), info == 0
+                    if w is not None:
+                        w[b, j] = np.nan
+            return a, w, ok
 
         ops.small_ridge = small_ridge
         return ops

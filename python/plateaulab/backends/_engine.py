@@ -20,8 +20,9 @@ cheap:
 3. Arg-max, correct count and near-tie count are fused in a compiled kernel (csrc/cpu/score_cpu.cpp,
    csrc/cuda/score_cuda.cu) over each chunk of logits, so full logits (m x T x L x C) never exist.
 
-An ``Ops`` object supplies the array module and the few things that differ by device: moving
-arrays, the fused scorer, and the chunk size.
+An ``ops`` object supplies the array module and the few things that differ by device: moving
+arrays, the fused scorer, the solvers and the tuning knobs. Its contract is ``base.Ops``, and this
+file uses nothing else of it; ``cpu.NumpyOps`` and ``cuda.CupyOps`` implement it.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from collections import defaultdict
 import numpy as np
 
 from .. import protocol as P
-from .base import BlockScores, StagedSplit, StagedTrain
+from .base import BlockScores, HostSplit, StagedSplit, StagedTrain
 
 # Few-shot features of the tasks decomposed together in one batch stay below this many bytes.
 BATCH_BYTES = 256 << 20
@@ -141,6 +142,46 @@ class _Scorer:
 SOLVE_BACKWARD_TOL = 1e-10
 
 
+# An eigendecomposition whose check (``_eigh_residual``) exceeds this counts as failed and that matrix
+# is decomposed again on the host by LAPACK. cuSOLVER reports a Jacobi solve that did not converge
+# (syevjBatched) or a failed syevd only through an info array, which CuPy ignores by default; a
+# backward-stable decomposition sits near s * 1e-16.
+EIGH_RESIDUAL_TOL = 1e-10
+
+
+def _eigh_residual(xp, a, e, q):
+    """Per matrix of the batch a (B, s, s): ||A Q z - Q (e * z)|| / (||A|| ||z||) + ||Q^T Q z - z|| / ||z||
+    for a fixed random z. Zero for an exact decomposition and O(1) or NaN for a failed one; it costs
+    matrix-vector products only. Returns a device array (B,)."""
+    s = a.shape[-1]
+    z_host = np.random.default_rng(s).standard_normal(s)
+    z = xp.asarray(z_host)
+    mv = lambda m, v: (m @ v[:, :, None])[:, :, 0]                    # noqa: E731  batched matrix-vector
+    v = q @ z                                                         # (B, s)
+    resid = mv(a, v) - mv(q, e * z)
+    orth = mv(xp.swapaxes(q, 1, 2), v) - z
+    zn = float(np.linalg.norm(z_host))
+    a_norm = xp.linalg.norm(a, axis=(1, 2)) + np.finfo(np.float64).tiny
+    return xp.linalg.norm(resid, axis=1) / (a_norm * zn) + xp.linalg.norm(orth, axis=1) / zn
+
+
+def _eigh(ops, a):
+    """``ops.eigh`` of a matrix (s, s) or a batch (B, s, s), checked the way the direct solves are:
+    one device sync for the whole batch; a matrix whose check fails (``EIGH_RESIDUAL_TOL``) is
+    decomposed again on the host by LAPACK (which raises if that fails too) and counted in
+    ``ops.solve_fallbacks``."""
+    xp = ops.xp
+    e, q = ops.eigh(a)
+    a3, e3, q3 = (a[None], e[None], q[None]) if a.ndim == 2 else (a, e, q)   # views: e3, q3 write into e, q
+    check = ops.to_host(_eigh_residual(xp, a3, e3, q3))
+    bad = np.flatnonzero(~(check <= EIGH_RESIDUAL_TOL))              # NaN fails too
+    for b in bad:
+        e_b, q_b = np.linalg.eigh(ops.to_host(a3[int(b)]))
+        e3[int(b)], q3[int(b)] = xp.asarray(e_b), xp.asarray(q_b)
+    ops.solve_fallbacks += int(bad.size)
+    return e, q
+
+
 def _eigh_coef(xp, e, q, rhs, l2s):
     """(Q diag(1/(e + l2)) Q^T) rhs for every l2, side by side: (s, L*C) from one (s, s) eigh."""
     s, C = rhs.shape
@@ -161,7 +202,7 @@ def _solve(ops, gram, rhs, l2s, need_eigh: bool):
     B, s, C = rhs.shape
     L = len(l2s)
     if need_eigh or L > ops.solve_max_l:
-        e, q = ops.eigh(gram)                                        # batched, float64
+        e, q = _eigh(ops, gram)                                      # batched, float64
         coef = xp.stack([_eigh_coef(xp, e[b], q[b], rhs[b], l2s) for b in range(B)])
         return coef, e, q
     coef = xp.empty((B, s, L * C), dtype=xp.float64)
@@ -181,7 +222,7 @@ def _solve(ops, gram, rhs, l2s, need_eigh: bool):
     backward = ops.to_host(backward)                                 # one device sync for all l2
     ok &= np.all(np.isfinite(backward) & (backward <= SOLVE_BACKWARD_TOL), axis=0)
     for b in np.flatnonzero(~ok):
-        e_b, q_b = ops.eigh(gram[int(b)])
+        e_b, q_b = _eigh(ops, gram[int(b)])
         coef[int(b)] = _eigh_coef(xp, e_b, q_b, rhs[int(b)], l2s)
     ops.solve_fallbacks += int(np.count_nonzero(~ok))
     return coef, None, None
@@ -203,7 +244,7 @@ def _small_solve(ops, xs, labels, C, l2s, want_w: bool):
     bad = np.flatnonzero(~ok.all(axis=1))
     for b in bad:
         b = int(b)
-        e_b, q_b = ops.eigh(xs[b] @ xs[b].T)
+        e_b, q_b = _eigh(ops, xs[b] @ xs[b].T)
         yt = 2.0 * xp.eye(C, dtype=xp.float64)[labels[b]] - 1.0
         coef[b] = _eigh_coef(xp, e_b, q_b, yt, l2s)
         if want_w:
@@ -238,7 +279,7 @@ def probe_block(ops, x_train, y_train, x_test, y_test, tasks, l2s, num_classes, 
     L, C = len(l2_host), num_classes
     if not isinstance(x_train, StagedTrain) or not isinstance(x_test, StagedSplit):
         rows = np.unique(np.concatenate([task.indices for task in tasks]))
-        x_train, x_test, x_val = stage(ops, x_train, rows, x_test, x_val)
+        x_train, x_test, x_val = stage(ops, _raw(x_train), rows, _raw(x_test), _raw(x_val))
     xt, m0 = x_test.array, x_test.mean_ref
     xv = None if x_val is None else x_val.array
     D = xt.shape[1]
@@ -273,7 +314,7 @@ def probe_block(ops, x_train, y_train, x_test, y_test, tasks, l2s, num_classes, 
         kernel_form = not primal and n * D + n * L * C < L * C * D   # (point 2)
         xsT = xp.swapaxes(xs, 1, 2)
         w_dual = None
-        if not primal and not loo and L <= ops.solve_max_l and n <= getattr(ops, "small_max_n", 0):
+        if not primal and not loo and L <= ops.solve_max_l and n <= ops.small_max_n:
             # Small dual systems: one fused kernel per (task, l2) in shared memory (Gram, Cholesky,
             # solve and W = xs^T A); a problem whose factorisation fails comes back flagged.
             coef, w_dual = _small_solve(ops, xs, Y, C, l2_host, want_w=not kernel_form)
@@ -311,6 +352,10 @@ def probe_block(ops, x_train, y_train, x_test, y_test, tasks, l2s, num_classes, 
     return out
 
 
+def _raw(x):
+    return x.array if isinstance(x, HostSplit) else x
+
+
 def stage(ops, x_train, train_rows, x_test, x_val=None):
     """What ``probe_block`` needs of a block's features, done ahead of it: the train rows the tasks
     use (``train_rows``, sorted), read once and put on the device as stored; the test (and
@@ -341,73 +386,20 @@ def stage(ops, x_train, train_rows, x_test, x_val=None):
     return train, StagedSplit(xt, m0, bad_t), val
 
 
-class NumpyOps:
-    """Host arrays, BLAS GEMMs, the C++ scorer."""
+def stage_or_defer(ops, x_train, train_rows, x_test, x_val=None):
+    """``stage``, or, when the device runs out of memory while staging, the splits left on the host
+    as ``HostSplit``s with their NaN/Inf counted there (the run loop's refusal of a bad block does
+    not depend on where it was staged); ``probe_block`` then stages them itself."""
+    try:
+        return stage(ops, x_train, train_rows, x_test, x_val)
+    except ops.out_of_memory:
+        ops.release_memory()
+    from ..store import count_nonfinite
 
-    xp = np
-    chunk_bytes = 16 << 20          # logits of one chunk of test rows stay below this
-    out_of_memory = MemoryError
-
-    def __init__(self):
-        from .. import _core
-
-        self._core = _core
-
-    def to_device(self, x):
-        return np.ascontiguousarray(x)
-
-    def to_f32(self, x):
-        return np.array(x, dtype=np.float32, copy=True, order="C")
-
-    def count_nonfinite(self, a) -> int:
-        from ..store import count_nonfinite
-
-        return count_nonfinite(a)
-
-    def labels(self, y):
-        return np.ascontiguousarray(y, dtype=np.int64)
-
-    def counters(self, n: int):
-        return np.zeros(n, np.int64), np.zeros(n, np.int64)
-
-    def score_argmax(self, logits, bias, labels, num_classes, counts) -> None:
-        self._core.score_argmax(logits, bias, labels, num_classes, P.TIE_RTOL, counts[0], counts[1])
-
-    def to_host_counts(self, counts):
-        return counts
-
-    def to_host(self, a):
-        return np.asarray(a)
-
-    def eigh(self, a):
-        """Symmetric eigendecomposition of one matrix or a batch (LAPACK dsyevd per matrix)."""
-        return np.linalg.eigh(a)
-
-    solve_fallbacks = 0      # matrices whose direct solve failed and were redone by eigh
-    # Measured on the 2-core dev machine, one block of D = 768, C = 100, shots 1/5/10/25 x 3 seeds,
-    # 10,000 test rows (median of 3, whole probe_block): L = 1: eigh 0.49 s, direct 0.30 s; L = 2:
-    # 0.55 / 0.43; L = 3: 0.63 / 0.56; L = 4: 0.70 / 0.67; L = 6: 0.85 / 0.93.
-    solve_max_l = 3
-
-    def spd_solve(self, a, rhs):
-        """Solve a[b] w[b] = rhs[b] for the whole batch with numpy's LAPACK (dgesv, LU with partial
-        pivoting); (w, solved) with solved a host bool per matrix. Not Cholesky: scipy's potrf/potrs
-        would bring scipy's own OpenBLAS, whose threads then contend with numpy's for the cores
-        (measured: a paper-protocol block took 0.60 s with scipy's Cholesky, 0.29 s with this, 0.50 s
-        with the shared eigh). An exactly singular matrix is flagged; an inaccurate solve is caught by
-        the caller's backward-error check."""
-        try:
-            return np.linalg.solve(a, rhs), np.ones(a.shape[0], dtype=bool)
-        except np.linalg.LinAlgError:
-            pass
-        w = np.zeros_like(rhs)
-        solved = np.ones(a.shape[0], dtype=bool)
-        for b in range(a.shape[0]):
-            try:
-                w[b] = np.linalg.solve(a[b], rhs[b])
-            except np.linalg.LinAlgError:
-                solved[b] = False
-        return w, solved
-
-    def release_memory(self) -> None:
-        pass
+    rows = np.asarray(train_rows, dtype=np.int64)
+    train = x_train if isinstance(x_train, StagedTrain) else HostSplit(
+        x_train, count_nonfinite(np.asarray(x_train)[rows]) if rows.size else count_nonfinite(np.asarray(x_train)))
+    test = x_test if isinstance(x_test, StagedSplit) else HostSplit(x_test, count_nonfinite(np.asarray(x_test)))
+    val = x_val if x_val is None or isinstance(x_val, StagedSplit) else HostSplit(
+        x_val, count_nonfinite(np.asarray(x_val)))
+    return train, test, val

@@ -5,11 +5,13 @@ the shared-memory solver for small dual systems (small_ridge_cuda.cu).
 Importing this module imports neither CuPy nor the CUDA module: both load on first use. What runs
 on the device: each block's used train rows and test split (fp16 stays fp16 over PCIe), their
 conversion and centring, the batched float64 Gram matrices and eigendecompositions (cuSOLVER
-through CuPy; one matrix at a time above n = 32), the per-l2 Cholesky solves (potrfBatched +
+through CuPy; one matrix at a time above ``eigh_batched_max_n``), the per-l2 Cholesky solves (potrfBatched +
 batched trsm) when few l2 values are asked for, the small-system kernel, the folded weights, one
 float32 GEMM per chunk of test rows (cuBLAS, TF32 off unless CuPy is told otherwise) and the fused
 arg-max. Chunks shrink on out-of-memory instead of failing. A failed solve (backward error, or the
-kernel's pivot check) is recomputed from the float64 eigendecomposition.
+kernel's pivot check) is recomputed from the float64 eigendecomposition, and every
+eigendecomposition is checked (cuSOLVER's info arrays are ignored by CuPy). ``CupyOps`` is this
+backend's side of the device contract (``base.Ops``); ``get_ops()`` returns the instance in use.
 
 Streaming: uploads go through two pinned staging buffers (the host fills one while the other is
 copied), and the run loop stages block k+1 on a copy stream from its reader thread while block k
@@ -29,9 +31,9 @@ import numpy as np
 
 from .. import protocol as P
 from . import _engine
+from .base import SharedOps
 
 name = "cuda"
-_ops = None
 
 
 def unavailable_reason() -> str:
@@ -65,9 +67,31 @@ def device() -> str:
 
 
 class CupyOps:
-    """Device arrays through CuPy; the fused scorer from plateaulab._cuda."""
+    """Device arrays through CuPy, cuSOLVER/cuBLAS through CuPy, and the kernels of plateaulab._cuda:
+    ``base.Ops`` on a GPU.
 
-    def __init__(self):
+    Tuning knobs (constructor arguments and public attributes; ``None`` derives the value from the
+    device):
+
+    chunk_bytes         None: the logits of one chunk of test rows take at most an eighth of the
+                        free device memory at construction, between 16 MiB and 1 GiB.
+    pinned_chunk_bytes  32 MiB: size of each of the two pinned staging buffers of ``upload``.
+    solve_max_l         2: one Cholesky per l2 up to this many l2 values, else one eigh for all.
+                        Not measured on a GPU: PERFORMANCE.md's figures for a 769^2 system (cuSOLVER
+                        eigh 0.2-1 ms, Cholesky 30-150 us) put the break-even near 5; 2 is the
+                        cautious start. bench/gpu_check.py's solver sweep measures it.
+    small_max_n         None: the largest n whose n x n float64 Gram matrix fits the device's opt-in
+                        shared memory per block (``_cuda.small_ridge_max_n()``; with the 227 KiB of
+                        an H100/H200 that is n = 170); dual systems up to this n go to the shared-memory kernel. A larger
+                        value is lowered to that limit; 0 turns the kernel off.
+    eigh_batched_max_n  32: a batch of matrices up to this size goes to ``cupy.linalg.eigh`` as one
+                        3-D call (cuSOLVER's Jacobi syevjBatched), a batch of larger ones one matrix
+                        at a time (syevd). 32 is from cuSOLVER's documentation, not measured;
+                        bench/gpu_check.py times both at the engine's sizes and recommends a value.
+    """
+
+    def __init__(self, *, chunk_bytes: int | None = None, pinned_chunk_bytes: int = 32 << 20,
+                 solve_max_l: int = 2, small_max_n: int | None = None, eigh_batched_max_n: int = 32):
         import cupy as cp
 
         from .. import _cuda
@@ -77,20 +101,22 @@ class CupyOps:
         self.out_of_memory = cp.cuda.memory.OutOfMemoryError
         self._pinned, self._pinned_done, self._pinned_lock = None, None, threading.Lock()
         self._copy_stream = None
-        # Dual systems up to this size go to the shared-memory kernel (n x n float64 per block).
-        self.small_max_n = min(self.small_ridge_max_n, _cuda.small_ridge_max_n())
-        free, _total = cp.cuda.runtime.memGetInfo()
-        # Logits of one chunk use at most an eighth of the free memory (and 1 GiB).
-        self.chunk_bytes = int(min(1 << 30, max(free // 8, 16 << 20)))
-
-    # Host-to-device uploads go through two pinned staging buffers of this many bytes: while the
-    # DMA engine copies one to the device, the host fills the other from the store (page cache or
-    # disk), so the read and the copy overlap (double buffering).
-    pinned_chunk_bytes = 32 << 20
+        if chunk_bytes is None:
+            free, _total = cp.cuda.runtime.memGetInfo()
+            chunk_bytes = min(1 << 30, max(free // 8, 16 << 20))
+        self.chunk_bytes = int(chunk_bytes)
+        self.pinned_chunk_bytes = int(pinned_chunk_bytes)
+        self.solve_max_l = int(solve_max_l)
+        limit = _cuda.small_ridge_max_n()
+        self.small_max_n = limit if small_max_n is None else min(int(small_max_n), limit)
+        self.eigh_batched_max_n = int(eigh_batched_max_n)
+        self.solve_fallbacks = 0
 
     def upload(self, x):
         """Copy host array ``x`` (memory-mapped is fine) to a new device array, chunk by chunk through
-        the pinned buffers, on the current stream; returns once the copy is complete."""
+        the two pinned buffers of ``pinned_chunk_bytes``, on the current stream: while the DMA engine
+        copies one to the device, the host fills the other from the store (page cache or disk), so
+        the read and the copy overlap. Returns once the copy is complete."""
         import cupyx
 
         cp = self.xp
@@ -151,28 +177,16 @@ class CupyOps:
     def to_host(self, a):
         return self.xp.asnumpy(a)
 
-    # cupy.linalg.eigh sends every 3-D input to cuSOLVER's Jacobi syevjBatched, which PERFORMANCE.md
-    # reports fast up to n ~ 32 and slow above; a single matrix goes to divide-and-conquer syevd.
-    # So batches of larger matrices are decomposed one matrix at a time. The cut-over is from the
-    # documentation, not yet measured here (bench/bench_cuda.py's ceilings time both).
-    eigh_batched_max_n = 32
-
     def eigh(self, a):
+        """cupy.linalg.eigh sends every 3-D input to cuSOLVER's Jacobi syevjBatched and a single
+        matrix to divide-and-conquer syevd; batches of matrices larger than ``eigh_batched_max_n``
+        are decomposed one at a time. Convergence is not judged here: CuPy ignores cuSOLVER's info
+        arrays, and the engine checks every decomposition (``_engine._eigh``)."""
         cp = self.xp
         if a.ndim == 2 or a.shape[-1] <= self.eigh_batched_max_n:
             return cp.linalg.eigh(a)
         pairs = [cp.linalg.eigh(m) for m in a]
         return cp.stack([e for e, _ in pairs]), cp.stack([q for _, q in pairs])
-
-    solve_fallbacks = 0
-    # Not yet measured on a GPU. PERFORMANCE.md's figures for a 769^2 system (cuSOLVER eigh 0.2-1 ms,
-    # Cholesky 30-150 us) put the break-even near 5 l2 values; 2 is the cautious start. Measure with
-    # bench/bench_cuda.py and set it from the result.
-    solve_max_l = 2
-    # Upper bound on n for the shared-memory kernel, below what shared memory allows (160 on an
-    # H100): past a few hundred rows one problem per thread block under-uses the GPU and the batched
-    # library path wins. Not yet measured; bench/bench_cuda.py times both.
-    small_ridge_max_n = 160
 
     def spd_solve(self, a, rhs):
         """Batched float64 Cholesky (cuSOLVER potrfBatched through CuPy) and two batched triangular
@@ -206,51 +220,49 @@ class CupyOps:
         return a, w, cp.asnumpy(info) == 0
 
     def stage(self, x_train, train_rows, x_test, x_val=None):
-        """``_engine.stage`` on a non-blocking stream of its own. It waits for that stream before
-        returning (blocking only the calling reader thread), so the arrays it hands over are
-        complete and the main stream needs no event; they are freed only after ``probe_block``
-        has synchronised on its counts, so CuPy's per-stream memory pool cannot hand their
-        memory to a copy while a kernel still reads it."""
+        """``_engine.stage_or_defer`` on a non-blocking stream of its own. It waits for that stream
+        before returning (blocking only the calling reader thread), so the arrays it hands over are
+        complete and the main stream needs no event; they are freed only after ``probe_block`` has
+        synchronised on its counts, so CuPy's per-stream memory pool cannot hand their memory to a
+        copy while a kernel still reads it. Out of device memory, the splits stay on the host with
+        their NaN/Inf counted there, and ``probe_block`` stages them once the last block is freed."""
         cp = self.xp
         if self._copy_stream is None:
             self._copy_stream = cp.cuda.Stream(non_blocking=True)
-        try:
-            with self._copy_stream:
-                staged = _engine.stage(self, x_train, train_rows, x_test, x_val)
-            self._copy_stream.synchronize()
-        except self.out_of_memory:
-            self.release_memory()
-            return x_train, x_test, x_val  # probe_block stages it itself, once the last block is freed
+        with self._copy_stream:
+            staged = _engine.stage_or_defer(self, x_train, train_rows, x_test, x_val)
+        self._copy_stream.synchronize()
         return staged
 
     def release_memory(self) -> None:
         self.xp.get_default_memory_pool().free_all_blocks()
 
 
-_ops_lock = threading.Lock()
+def _make_ops() -> CupyOps:
+    if not is_available():
+        from ..errors import BackendUnavailable
+
+        raise BackendUnavailable(f"backend 'cuda' is not available: {unavailable_reason()}")
+    return CupyOps()
 
 
-def _get_ops():
-    """The one CupyOps of this process (the reader thread and the main thread share it)."""
-    global _ops
-    with _ops_lock:
-        if _ops is None:
-            if not is_available():
-                from ..errors import BackendUnavailable
+_shared = SharedOps(_make_ops)
 
-                raise BackendUnavailable(f"backend 'cuda' is not available: {unavailable_reason()}")
-            _ops = CupyOps()
-    return _ops
+
+def get_ops() -> CupyOps:
+    """The one CupyOps of this process, made on first use (the reader thread and the main thread
+    share it, with its copy stream, pinned buffers and counters)."""
+    return _shared.get()
 
 
 def stage(x_train, train_rows, x_test, x_val=None):
     """Read and upload the used train rows and the test/val splits ahead of ``probe_block``, on a
     stream of their own (the run loop calls this from its reader thread while the previous block
     computes)."""
-    return _get_ops().stage(x_train, train_rows, x_test, x_val)
+    return get_ops().stage(x_train, train_rows, x_test, x_val)
 
 
 def probe_block(x_train, y_train, x_test, y_test, tasks, l2s, num_classes, *,
                 x_val=None, y_val=None, loo=False, predictions=False):
-    return _engine.probe_block(_get_ops(), x_train, y_train, x_test, y_test, tasks, l2s, num_classes,
+    return _engine.probe_block(get_ops(), x_train, y_train, x_test, y_test, tasks, l2s, num_classes,
                                x_val=x_val, y_val=y_val, loo=loo, predictions=predictions)
