@@ -12,25 +12,35 @@ The format is documented for people who write stores from their own code in
 
 Names are percent-encoded into directory names, so a checkpoint may be called
 ``ViT-B-32/laion2b``. Every file is written to a temporary name and renamed into place,
-and a block's ``block.json`` (shapes, dtype, CRC-32 of each array) is written only after its
+and a block's ``block.json`` (shapes, dtype, a checksum of each array) is written only after its
 arrays: a block without it is incomplete and is never read as features.
+
+The parts live in ``plateaulab._store``: ``schema`` (the pydantic schema of every metadata file,
+and the one place they are validated), ``names`` (canonical encodings, names refused at write
+time), ``files`` (atomic writes that honour the umask, temporary files, reads that name the file)
+and ``checksum`` (XXH3-64 for new blocks, CRC-32 for older ones).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import tempfile
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
-from urllib.parse import quote, unquote
 
 import numpy as np
 
+from ._store.checksum import DEFAULT as CHECKSUM, array_checksum, array_crc32, verify_block
+from ._store.files import (atomic_save_npy, atomic_write_bytes, atomic_write_json, load_npy, read_json,
+                           remove_temp_files)
+from ._store.names import MAX_ENCODED_BYTES, decode_name, encode_name, list_entries, scan_entries
 from .errors import StoreError
+
+__all__ = ["FeatureStore", "Dataset", "Block", "Problem", "check_labels", "check_features", "check_rows",
+           "check_block_against_dataset", "count_nonfinite", "encode_name", "decode_name", "atomic_write_bytes",
+           "atomic_write_json", "atomic_save_npy", "load_npy", "array_checksum", "array_crc32", "verify_block",
+           "remove_temp_files", "MAX_ENCODED_BYTES", "FORMAT_NAME", "FORMAT_VERSION"]
 
 FORMAT_NAME = "plateaulab-feature-store"
 FORMAT_VERSION = 1
@@ -38,97 +48,11 @@ FEATURE_DTYPES = (np.dtype(np.float16), np.dtype(np.float32))
 SPLITS = ("train", "test", "val")
 
 
-# --------------------------------------------------------------------------- file helpers
+def _validate(kind: str, path: Path, what: str):
+    """Read and validate one metadata file (plateaulab._store.schema; imported on first use)."""
+    from ._store import schema
 
-def encode_name(name: str, what: str) -> str:
-    """Directory name for a checkpoint, dataset or layer name (percent-encoded, reversible)."""
-    if not isinstance(name, str) or not name or name in (".", ".."):
-        raise StoreError(f"invalid {what} name {name!r}: expected a non-empty string other than '.' or '..'")
-    return quote(name, safe="")
-
-
-def decode_name(dirname: str) -> str:
-    return unquote(dirname)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, write) -> None:
-    """Write a file through ``write(fileobj)`` to a temporary name, fsync it, rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_write_json(path: Path, obj) -> None:
-    data = json.dumps(obj, indent=2, sort_keys=True, default=_json_default).encode()
-    atomic_write_bytes(path, lambda f: f.write(data))
-
-
-def atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    atomic_write_bytes(path, lambda f: np.save(f, array, allow_pickle=False))
-
-
-def _json_default(obj):
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"metadata value of type {type(obj).__name__} is not JSON-serialisable")
-
-
-def array_crc32(array: np.ndarray) -> int:
-    """CRC-32 of an array's data bytes (C order); cheap enough to run on every write."""
-    a = np.ascontiguousarray(array)
-    return zlib.crc32(memoryview(a).cast("B")) & 0xFFFFFFFF
-
-
-def _read_json(path: Path, what: str) -> dict:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise StoreError(f"{what}: missing file {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise StoreError(f"{what}: {path} is not valid JSON ({exc}); rewrite it or remove the entry") from None
-
-
-def load_npy(path: Path, what: str, mmap: bool = True) -> np.ndarray:
-    """Open an .npy file, memory-mapped by default, with errors that name the file."""
-    try:
-        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except FileNotFoundError:
-        raise StoreError(f"{what}: missing array file {path}") from None
-    except (ValueError, OSError, EOFError) as exc:
-        raise StoreError(
-            f"{what}: array file {path} is truncated or corrupt ({exc}); re-extract this block"
-        ) from None
+    return schema.validate(kind, read_json(path, what), path, what)
 
 
 # --------------------------------------------------------------------------- records
@@ -288,14 +212,9 @@ class FeatureStore:
         path = Path(path)
         if not path.is_dir():
             raise StoreError(f"no feature store at {path}: the directory does not exist")
-        info = _read_json(path / "store.json", f"store {path}")
-        if info.get("format") != FORMAT_NAME:
-            raise StoreError(f"{path / 'store.json'} does not describe a plateaulab feature store")
-        if int(info.get("version", -1)) > FORMAT_VERSION:
-            raise StoreError(
-                f"store {path} has format version {info.get('version')}, newer than this plateaulab "
-                f"reads ({FORMAT_VERSION}); upgrade plateaulab"
-            )
+        if not (path / "store.json").exists():
+            raise StoreError(f"{path} is not a plateaulab feature store: store.json is missing")
+        _validate("store.json", path / "store.json", f"store {path}")
         return cls(path, _checked=True)
 
     def __repr__(self) -> str:
@@ -308,9 +227,11 @@ class FeatureStore:
     def _checkpoint_dir(self, checkpoint: str) -> Path:
         return self.path / "checkpoints" / encode_name(checkpoint, "checkpoint")
 
+    def _features_dir(self, checkpoint: str, dataset: str) -> Path:
+        return self._checkpoint_dir(checkpoint) / "features" / encode_name(dataset, "dataset")
+
     def _block_dir(self, checkpoint: str, dataset: str, layer: str) -> Path:
-        return (self._checkpoint_dir(checkpoint) / "features" / encode_name(dataset, "dataset")
-                / encode_name(layer, "layer"))
+        return self._features_dir(checkpoint, dataset) / encode_name(layer, "layer")
 
     # -- datasets ------------------------------------------------------------------------
     def add_dataset(self, name: str, y_train, y_test, num_classes: int | None = None, *,
@@ -348,56 +269,69 @@ class FeatureStore:
         return self.dataset(name)
 
     def datasets(self) -> list[str]:
-        root = self.path / "datasets"
-        if not root.is_dir():
-            return []
-        return sorted(decode_name(p.name) for p in root.iterdir() if (p / "dataset.json").exists())
+        """Names of the complete datasets (those with a dataset.json)."""
+        return sorted(list_entries(self.path / "datasets", "dataset", f"store {self.path}", marker="dataset.json"))
 
     def dataset(self, name: str) -> Dataset:
+        """A dataset's labels, after validating dataset.json and checking the labels against it."""
         d = self._dataset_dir(name)
         if not (d / "dataset.json").exists():
             known = ", ".join(self.datasets()) or "none"
             raise StoreError(f"unknown dataset {name!r} in store {self.path} (known: {known})")
-        info = _read_json(d / "dataset.json", f"dataset {name!r}")
-        num_classes = int(info["num_classes"])
+        what = f"dataset {name!r}"
+        info = _validate("dataset.json", d / "dataset.json", what)
+        if info.name is not None and info.name != name:
+            raise StoreError(f"{what}: {d / 'dataset.json'}: key 'name' is {info.name!r} but the directory "
+                             f"holds dataset {name!r}; fix the key or move the directory")
         ys = {}
         for split in SPLITS:
             f = d / f"y_{split}.npy"
-            if split == "val" and not f.exists():
+            expected = getattr(info, f"n_{split}")
+            if split == "val" and expected is None:
+                if f.exists():
+                    raise StoreError(f"{what}: {f} exists but dataset.json has no n_val; set n_val or remove the file")
                 ys[split] = None
                 continue
-            y = load_npy(f, f"dataset {name!r}", mmap=False)
-            ys[split] = check_labels(y, name, split, num_classes)
-            expected = info.get(f"n_{split}")
-            if expected is not None and ys[split].size != int(expected):
+            y = load_npy(f, what, mmap=False)
+            ys[split] = check_labels(y, name, split, info.num_classes)
+            if ys[split].size != expected:
                 raise StoreError(
-                    f"dataset {name!r}: {f} has {ys[split].size} labels but dataset.json says n_{split} = {expected}"
+                    f"{what}: {f} has {ys[split].size} labels but dataset.json says n_{split} = {expected}"
                 )
-        return Dataset(name=name, num_classes=num_classes, y_train=ys["train"], y_test=ys["test"],
-                       y_val=ys["val"], class_names=info.get("class_names"))
+        return Dataset(name=name, num_classes=info.num_classes, y_train=ys["train"], y_test=ys["test"],
+                       y_val=ys["val"], class_names=info.class_names)
 
     # -- checkpoints ---------------------------------------------------------------------
     def set_checkpoint_meta(self, checkpoint: str, **meta) -> dict:
         """Merge ``meta`` into the checkpoint's metadata (architecture, params, upstream accuracy, ...)."""
+        import json
+
+        from ._store import schema
+        from ._store.files import _json_default
+
         d = self._checkpoint_dir(checkpoint)
         current = self.checkpoint_meta(checkpoint) if (d / "meta.json").exists() else {}
         current.update(meta)
-        atomic_write_json(d / "meta.json", current)
-        return current
+        try:
+            as_json = json.loads(json.dumps(current, default=_json_default, allow_nan=False))
+        except (TypeError, ValueError) as exc:
+            raise StoreError(f"checkpoint {checkpoint!r}: metadata is not JSON ({exc}); "
+                             "store numbers, strings, lists and dicts") from None
+        schema.validate("meta.json", as_json, d / "meta.json", f"checkpoint {checkpoint!r}")
+        atomic_write_json(d / "meta.json", as_json)
+        return as_json
 
     def checkpoint_meta(self, checkpoint: str) -> dict:
+        """The checkpoint's meta.json, validated ({} where the checkpoint has none)."""
         d = self._checkpoint_dir(checkpoint)
         if not d.is_dir():
             raise StoreError(f"unknown checkpoint {checkpoint!r} in store {self.path}")
         if not (d / "meta.json").exists():
             return {}
-        return _read_json(d / "meta.json", f"checkpoint {checkpoint!r}")
+        return _validate("meta.json", d / "meta.json", f"checkpoint {checkpoint!r}").model_dump()
 
     def checkpoints(self) -> list[str]:
-        root = self.path / "checkpoints"
-        if not root.is_dir():
-            return []
-        return sorted(decode_name(p.name) for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        return sorted(list_entries(self.path / "checkpoints", "checkpoint", f"store {self.path}"))
 
     # -- features ------------------------------------------------------------------------
     def add_features(self, checkpoint: str, dataset: str, layer: str, train, test, *, val=None,
@@ -405,11 +339,14 @@ class FeatureStore:
         """Store one block of features. Arrays are (rows, dim), float16 or float32 (float64 is cast
         to float32). ``layer_index`` orders the layers of a checkpoint; by default a new layer goes
         after the ones already stored for this (checkpoint, dataset)."""
+        bdir = self._block_dir(checkpoint, dataset, layer)   # refuses names the store cannot hold
         ds = self.dataset(dataset)
         where = f"checkpoint {checkpoint!r}, dataset {dataset!r}, layer {layer!r}"
-        bdir = self._block_dir(checkpoint, dataset, layer)
         if (bdir / "block.json").exists() and not overwrite:
             raise StoreError(f"{where}: features already stored; pass overwrite=True to replace them")
+        if layer_index is not None and (isinstance(layer_index, bool) or int(layer_index) != layer_index
+                                        or layer_index < 0):
+            raise StoreError(f"{where}: layer_index must be a non-negative integer, got {layer_index!r}")
         train = check_features(train, where, "train", ds.y_train.size, dataset=dataset)
         dim = train.shape[1]
         test = check_features(test, where, "test", ds.y_test.size, dim, dataset=dataset)
@@ -418,11 +355,11 @@ class FeatureStore:
                 raise StoreError(f"{where}: val features given but dataset {dataset!r} has no val labels")
             val = check_features(val, where, "val", ds.y_val.size, dim, dataset=dataset)
         if layer_index is None:
-            existing = [b for b in self.layers(checkpoint, dataset)] if self._has_ckpt_dataset(checkpoint, dataset) else []
+            existing = self.layers(checkpoint, dataset) if self._features_dir(checkpoint, dataset).is_dir() else []
             layer_index = len([n for n in existing if n != layer])
         if (bdir / "block.json").exists():
             os.unlink(bdir / "block.json")
-        crc = {}
+        sums = {}
         dtype = None
         for split, arr in (("train", train), ("test", test), ("val", val)):
             f = bdir / f"{split}.npy"
@@ -435,34 +372,43 @@ class FeatureStore:
             elif str(arr.dtype) != dtype:
                 arr = arr.astype(dtype)
             atomic_save_npy(f, arr)
-            crc[split] = array_crc32(arr)
+            sums[split] = array_checksum(arr, CHECKSUM)
         if not (self._checkpoint_dir(checkpoint) / "meta.json").exists():
             atomic_write_json(self._checkpoint_dir(checkpoint) / "meta.json", {})
         info = {
             "checkpoint": checkpoint, "dataset": dataset, "layer": layer, "layer_index": int(layer_index),
             "dim": int(dim), "dtype": dtype,
             "rows": {s: int(a.shape[0]) for s, a in (("train", train), ("test", test), ("val", val)) if a is not None},
-            "crc32": crc,
+            CHECKSUM: sums,
         }
         atomic_write_json(bdir / "block.json", info)
         return self.block(checkpoint, dataset, layer)
 
-    def _has_ckpt_dataset(self, checkpoint: str, dataset: str) -> bool:
-        return (self._checkpoint_dir(checkpoint) / "features" / encode_name(dataset, "dataset")).is_dir()
+    def _block_info(self, bdir: Path, checkpoint: str, dataset: str, layer: str) -> dict:
+        """A block's validated block.json, as a dict with its ``layer`` name."""
+        where = f"checkpoint {checkpoint!r}, dataset {dataset!r}, layer {layer!r}"
+        info = _validate("block.json", bdir / "block.json", where).info()
+        for key, value in (("checkpoint", checkpoint), ("dataset", dataset), ("layer", layer)):
+            if key in info and info[key] != value:
+                raise StoreError(f"{where}: {bdir / 'block.json'}: key {key!r} is {info[key]!r} but the block "
+                                 f"lives in the directory of {key} {value!r}; re-extract the block or fix the key")
+        info["layer"] = layer
+        return info
 
     def block_infos(self, checkpoint: str, dataset: str) -> list[dict]:
-        """block.json of every complete layer of (checkpoint, dataset), in layer order."""
-        root = self._checkpoint_dir(checkpoint) / "features" / encode_name(dataset, "dataset")
-        if not root.is_dir():
-            return []
-        infos = []
-        for p in root.iterdir():
-            if (p / "block.json").exists():
-                info = _read_json(p / "block.json", f"checkpoint {checkpoint!r}, dataset {dataset!r}")
-                info["layer"] = decode_name(p.name)
-                infos.append(info)
-        infos.sort(key=lambda i: (int(i.get("layer_index", 0)), i["layer"]))
+        """Validated block.json of every complete layer of (checkpoint, dataset), in layer order."""
+        root = self._features_dir(checkpoint, dataset)
+        where = f"checkpoint {checkpoint!r}, dataset {dataset!r}"
+        entries = list_entries(root, "layer", where, marker="block.json")
+        infos = [self._block_info(p, checkpoint, dataset, layer) for layer, p in entries.items()]
+        infos.sort(key=lambda i: (i["layer_index"], i["layer"]))
         return infos
+
+    def incomplete_layers(self, checkpoint: str, dataset: str) -> list[str]:
+        """Layers of (checkpoint, dataset) whose directory has no block.json (a write that did not finish)."""
+        root = self._features_dir(checkpoint, dataset)
+        entries = list_entries(root, "layer", f"checkpoint {checkpoint!r}, dataset {dataset!r}")
+        return sorted(layer for layer, p in entries.items() if not (p / "block.json").exists())
 
     def layers(self, checkpoint: str, dataset: str) -> list[str]:
         """Complete layers of (checkpoint, dataset), in layer order."""
@@ -474,7 +420,7 @@ class FeatureStore:
         return (self._block_dir(checkpoint, dataset, layer) / "block.json").exists()
 
     def block(self, checkpoint: str, dataset: str, layer: str, mmap: bool = True) -> Block:
-        """Open one block's arrays (memory-mapped) after checking them against block.json and the labels."""
+        """Open one block's arrays (memory-mapped) after checking them against its validated block.json."""
         where = f"checkpoint {checkpoint!r}, dataset {dataset!r}, layer {layer!r}"
         bdir = self._block_dir(checkpoint, dataset, layer)
         if not (bdir / "block.json").exists():
@@ -484,25 +430,27 @@ class FeatureStore:
                 raise StoreError(f"{where}: block is incomplete (no block.json); re-extract it")
             known = ", ".join(self.layers(checkpoint, dataset)) or "none"
             raise StoreError(f"{where}: no such block in {self.path} (layers stored for this pair: {known})")
-        info = _read_json(bdir / "block.json", where)
+        info = self._block_info(bdir, checkpoint, dataset, layer)
         arrays = {}
         for split in SPLITS:
             f = bdir / f"{split}.npy"
-            if split not in info.get("rows", {}):
+            if split not in info["rows"]:
                 arrays[split] = None
                 continue
             a = load_npy(f, where, mmap=mmap)
-            if a.ndim != 2 or a.shape[0] != int(info["rows"][split]) or a.shape[1] != int(info["dim"]):
+            if a.ndim != 2 or a.shape[0] != info["rows"][split] or a.shape[1] != info["dim"]:
                 raise StoreError(
                     f"{where}: {f} has shape {a.shape}, block.json says ({info['rows'][split]}, {info['dim']}); "
                     "the file was changed after it was written: re-extract this block"
                 )
             if a.dtype not in FEATURE_DTYPES:
                 raise StoreError(f"{where}: {f} holds {a.dtype}; features must be float16 or float32")
+            if str(a.dtype) != info["dtype"]:
+                raise StoreError(f"{where}: {f} holds {a.dtype} but block.json says dtype {info['dtype']!r}; "
+                                 "re-extract this block")
             arrays[split] = a
-        return Block(checkpoint=checkpoint, dataset=dataset, layer=layer,
-                     layer_index=int(info.get("layer_index", 0)), dim=int(info["dim"]),
-                     dtype=str(info.get("dtype")), train=arrays["train"], test=arrays["test"],
+        return Block(checkpoint=checkpoint, dataset=dataset, layer=layer, layer_index=info["layer_index"],
+                     dim=info["dim"], dtype=info["dtype"], train=arrays["train"], test=arrays["test"],
                      val=arrays["val"], path=bdir, info=info)
 
     def iter_blocks(self, checkpoints=None, datasets=None) -> Iterator[tuple[str, str, str]]:
@@ -520,41 +468,49 @@ class FeatureStore:
 
     # -- checks --------------------------------------------------------------------------
     def check(self, deep: bool = False) -> list[Problem]:
-        """Every problem found in the store. ``deep`` also reads every array: checksums and NaN/Inf."""
+        """Every problem found in the store, by the same validation ``probe`` uses when it reads it.
+        ``deep`` also reads every array as ``probe`` does: checksums and NaN/Inf."""
         problems: list[Problem] = []
+        here = f"store {self.path}"
+        try:
+            _validate("store.json", self.path / "store.json", here)
+        except StoreError as exc:
+            problems.append(Problem(here, str(exc)))
         datasets = {}
-        ds_root = self.path / "datasets"
-        for p in sorted(ds_root.iterdir()) if ds_root.is_dir() else []:
-            name = decode_name(p.name)
+        ds_entries, name_problems = scan_entries(self.path / "datasets", "dataset", here)
+        problems += [Problem(here, m.removeprefix(here + ": ")) for m in name_problems]
+        for name, p in ds_entries.items():
             if not (p / "dataset.json").exists():
                 problems.append(Problem(f"dataset {name!r}", "incomplete: dataset.json is missing"))
                 continue
             try:
                 datasets[name] = self.dataset(name)
             except StoreError as exc:
-                problems.append(Problem(f"dataset {name!r}", str(exc)))
+                problems.append(Problem(f"dataset {name!r}", str(exc).removeprefix(f"dataset {name!r}: ")))
         if not datasets:
-            problems.append(Problem(f"store {self.path}", "holds no datasets"))
-        ckpts = self.checkpoints()
-        if not ckpts:
-            problems.append(Problem(f"store {self.path}", "holds no checkpoints"))
+            problems.append(Problem(here, "holds no datasets"))
+        ck_entries, name_problems = scan_entries(self.path / "checkpoints", "checkpoint", here)
+        problems += [Problem(here, m.removeprefix(here + ": ")) for m in name_problems]
+        if not ck_entries:
+            problems.append(Problem(here, "holds no checkpoints"))
         n_blocks = 0
-        for ck in ckpts:
-            cdir = self._checkpoint_dir(ck)
+        for ck, cdir in ck_entries.items():
             try:
                 self.checkpoint_meta(ck)
             except StoreError as exc:
-                problems.append(Problem(f"checkpoint {ck!r}", str(exc)))
-            froot = cdir / "features"
-            for dsdir in sorted(froot.iterdir()) if froot.is_dir() else []:
-                dsname = decode_name(dsdir.name)
+                problems.append(Problem(f"checkpoint {ck!r}", str(exc).removeprefix(f"checkpoint {ck!r}: ")))
+            ds_dirs, name_problems = scan_entries(cdir / "features", "dataset", f"checkpoint {ck!r}")
+            problems += [Problem(f"checkpoint {ck!r}", m.removeprefix(f"checkpoint {ck!r}: ")) for m in name_problems]
+            for dsname, dsdir in ds_dirs.items():
+                pair = f"checkpoint {ck!r}, dataset {dsname!r}"
                 if dsname not in datasets:
-                    problems.append(Problem(f"checkpoint {ck!r}, dataset {dsname!r}",
-                                            "features for a dataset the store does not define (or whose labels are broken)"))
+                    problems.append(Problem(pair, "features for a dataset the store does not define "
+                                                  "(or whose labels are broken)"))
                     continue
-                for ldir in sorted(dsdir.iterdir()):
-                    layer = decode_name(ldir.name)
-                    where = f"checkpoint {ck!r}, dataset {dsname!r}, layer {layer!r}"
+                layer_dirs, name_problems = scan_entries(dsdir, "layer", pair)
+                problems += [Problem(pair, m.removeprefix(pair + ": ")) for m in name_problems]
+                for layer, ldir in layer_dirs.items():
+                    where = f"{pair}, layer {layer!r}"
                     if not (ldir / "block.json").exists():
                         problems.append(Problem(where, "incomplete block (no block.json): re-extract it"))
                         continue
@@ -563,25 +519,17 @@ class FeatureStore:
                         b = self.block(ck, dsname, layer)
                         check_block_against_dataset(b, datasets[dsname])
                         if deep:
-                            self._deep_check_block(b)
+                            verify_block(b)
+                            for split in SPLITS:
+                                x = getattr(b, split)
+                                n_bad = 0 if x is None else count_nonfinite(x)
+                                if n_bad:
+                                    raise StoreError(f"{b.where}: {split} features contain {n_bad} NaN/Inf values")
                     except StoreError as exc:
                         problems.append(Problem(where, str(exc).removeprefix(where + ": ")))
-        if ckpts and datasets and n_blocks == 0:
-            problems.append(Problem(f"store {self.path}", "holds no complete feature blocks"))
+        if ck_entries and datasets and n_blocks == 0:
+            problems.append(Problem(here, "holds no complete feature blocks"))
         return problems
-
-    @staticmethod
-    def _deep_check_block(b: Block) -> None:
-        for split in SPLITS:
-            x = getattr(b, split)
-            if x is None:
-                continue
-            want = b.info.get("crc32", {}).get(split)
-            if want is not None and array_crc32(x) != int(want):
-                raise StoreError(f"{b.where}: {split}.npy fails its CRC-32 check (corrupt); re-extract this block")
-            n_bad = count_nonfinite(x)
-            if n_bad:
-                raise StoreError(f"{b.where}: {split} features contain {n_bad} NaN/Inf values")
 
     def summary(self) -> dict:
         """Counts and sizes for ``plateaulab store info``."""
@@ -592,7 +540,7 @@ class FeatureStore:
             datasets[name] = {"num_classes": ds.num_classes, "n_train": int(ds.y_train.size),
                               "n_test": int(ds.y_test.size),
                               "n_val": None if ds.y_val is None else int(ds.y_val.size)}
-        n_blocks, n_bytes, dims, dtypes, layers_per = 0, 0, set(), set(), []
+        n_blocks, n_incomplete, n_bytes, dims, dtypes, layers_per = 0, 0, 0, set(), set(), []
         meta_keys: set[str] = set()
         for ck in ckpts:
             try:
@@ -601,18 +549,18 @@ class FeatureStore:
                 pass
             for ds in datasets:
                 infos = self.block_infos(ck, ds)
+                n_incomplete += len(self.incomplete_layers(ck, ds))
                 if infos:
                     layers_per.append(len(infos))
                 for info in infos:
                     n_blocks += 1
-                    dims.add(int(info["dim"]))
-                    dtypes.add(info.get("dtype"))
-                    itemsize = np.dtype(info.get("dtype", "float32")).itemsize
-                    n_bytes += sum(info["rows"].values()) * int(info["dim"]) * itemsize
+                    dims.add(info["dim"])
+                    dtypes.add(info["dtype"])
+                    n_bytes += sum(info["rows"].values()) * info["dim"] * np.dtype(info["dtype"]).itemsize
         return {
             "path": str(self.path), "checkpoints": len(ckpts), "datasets": datasets,
-            "blocks": n_blocks, "feature_bytes": n_bytes, "dims": sorted(dims),
-            "dtypes": sorted(d for d in dtypes if d), "metadata_keys": sorted(meta_keys),
+            "blocks": n_blocks, "incomplete_blocks": n_incomplete, "feature_bytes": n_bytes, "dims": sorted(dims),
+            "dtypes": sorted(dtypes), "metadata_keys": sorted(meta_keys),
             "layers_per_checkpoint": [min(layers_per), max(layers_per)] if layers_per else [0, 0],
         }
 

@@ -1,0 +1,1 @@
+"""The parts of the feature store; ``plateaulab.store`` is their public face."""
