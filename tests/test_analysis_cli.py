@@ -62,9 +62,9 @@ def test_fit_model_soups_jsonl(capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["fit", "builtin:openclip", "--ds", "Nope"], "unknown DS column"),
+    (["fit", "builtin:openclip", "--ds", "Nope"], "unknown DS task(s) 'Nope'"),
     (["fit", str(SOUPS), "--us", "ImageNetX", "--loader", "table"], "known columns: model_name, ImageNet2p"),
-    (["fit", str(SOUPS), "--us", "ImageNetX"], "has US 'ImageNet'"),
+    (["fit", str(SOUPS), "--us", "ImageNetX"], "whose US column is 'ImageNet'; --us='ImageNetX' does not apply"),
     (["fit", "/nonexistent/table.csv", "--us", "a"], "does not exist"),
 ])
 def test_fit_bad_input_exit_2(capsys, argv, message):
@@ -81,4 +81,4 @@ def test_fit_clip_benchmark_by_file_name(capsys):
     assert sorted(f["shots"] for f in out["fits"]) == [-1, 10]
     assert all(f["ds"] == "vtab/pets" and f["n_points"] == 12 for f in out["fits"])
     assert main(["fit", str(SHARED / "clip_benchmark" / "scaling_experiment_data2.json"), "--us", "cifar100"]) == 2
-    assert "has US 'imagenet1k-unverified'" in capsys.readouterr().err
+    assert "whose US column is 'imagenet1k-unverified'" in capsys.readouterr().err

@@ -29,3 +29,77 @@ def test_nothing_reads_outside_the_repository():
                           "python", "tests", "bench", ".ci", ":!tests/test_repository.py"],
                          cwd=ROOT, capture_output=True, text=True)
     assert out.stdout == "", out.stdout
+
+
+def _imports() -> dict:
+    """{module: set of plateaulab modules it imports (at any depth of the file, lazy imports included)}."""
+    import ast
+
+    pkg = ROOT / "python" / "plateaulab"
+    graph = {}
+    for f in pkg.rglob("*.py"):
+        parts = list(f.relative_to(pkg.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        mod = ".".join(parts)
+        package = mod if f.name == "__init__.py" else mod.rpartition(".")[0]
+        deps = set()
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package.split(".")
+                    base = base[:len(base) - node.level + 1]
+                    target = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    target = node.module or ""
+                names = [target] + [f"{target}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            deps |= {n for n in names if n.startswith("plateaulab")}
+        graph[mod] = deps
+    mods = set(graph)
+    return {m: {d for d in deps if d in mods and d != m} for m, deps in graph.items()}
+
+
+def test_analysis_never_imports_report():
+    graph = _imports()
+    bad = {m: sorted(d for d in deps if d.startswith("plateaulab.report"))
+           for m, deps in graph.items() if m.startswith("plateaulab.analysis")}
+    assert not {m: d for m, d in bad.items() if d}
+
+
+def test_no_import_circle_between_modules():
+    """No cycle among plateaulab's modules (package __init__ re-exports aside), lazy imports included."""
+    graph = _imports()
+    graph = {m: {d for d in deps if not (d in graph and d != m and m.startswith(d + "."))}
+             for m, deps in graph.items()}   # a module importing its own package's __init__ is not a cycle
+    state, cycles = {}, []
+
+    def visit(m, path):
+        state[m] = 1
+        for d in graph.get(m, ()):
+            if d.startswith(m + "."):
+                continue            # a package __init__ re-exporting its own modules
+            if state.get(d) == 1:
+                cycles.append(path[path.index(d):] + [d] if d in path else [m, d])
+            elif d not in state:
+                visit(d, path + [d])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+    assert not cycles, cycles
+
+
+def test_report_functions_are_short():
+    import ast
+
+    longest = []
+    for f in (ROOT / "python" / "plateaulab" / "report").rglob("*.py"):
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                longest.append((node.end_lineno - node.lineno + 1, f"{f.name}:{node.name}"))
+    assert max(longest)[0] < 60, sorted(longest)[-3:]

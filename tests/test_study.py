@@ -275,8 +275,9 @@ def test_public_table_recognised_by_name_and_ds_subset(tmp_path):
                      sensitivity=False).read_text()
     assert [f["ds"] for f in read_fits(tmp_path / "rep")] == ["CIFAR-10", "SUN397"]
     assert "29b90b8d" in html
-    with pytest.raises(InputError, match="--us"):
+    with pytest.raises(InputError, match="us='CIFAR-10' does not apply") as err:
         run_study(tmp_path / "openclip_results.csv", tmp_path / "rep2", us="CIFAR-10", n_boot=20)
+    assert err.value.param == "us"      # the CLI spells it --us
     shutil.copy(src, tmp_path / "renamed.csv")
     run_study(tmp_path / "renamed.csv", tmp_path / "rep3", us="ImageNet 1k", ds=["CIFAR-10"], n_boot=20,
               sensitivity=False)

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
+from .accuracy import AccuracyTable
 
 __all__ = ["AccuracyTable", "load_table", "load_openclip", "load_clip_benchmark", "load_model_soups",
            "OPENCLIP_US", "OPENCLIP_NOT_CLASSIFICATION"]
@@ -27,48 +28,9 @@ ACC_CANDIDATES = ("ds", "accuracy", "acc")
 SHOTS_CANDIDATES = ("shots",)
 
 
-@dataclasses.dataclass
-class AccuracyTable:
-    """A loaded accuracy table. ``long`` has columns model, ds_task, ds, us, shots (+ kept columns)."""
-
-    long: pd.DataFrame
-    us_name: str
-    ds_tasks: list
-    scale_detected: str
-    n_dropped_nan: int = 0
-    source: str = ""
-
-    def wide(self) -> pd.DataFrame:
-        """One row per model (and shots, when the table has shots): the US column, then one per DS task."""
-        keys = ["model"] + (["shots"] if self.long["shots"].notna().any() else [])
-        dup = self.long.duplicated(keys + ["ds_task"])
-        if dup.any():
-            r = self.long.loc[dup].iloc[0]
-            raise InputError(f"{self.source or 'the table'} has several rows per ({', '.join(keys)}, ds_task), e.g. "
-                             f"model {r['model']!r}, DS {r['ds_task']!r} (hyper-parameter runs, seeds?); filter or "
-                             "aggregate them before asking for a wide table")
-        ds = self.long.pivot_table(index=keys, columns="ds_task", values="ds", aggfunc="first", sort=False)
-        us = self.long.groupby(keys, sort=False)["us"].first().rename(self.us_name)
-        out = pd.concat([us, ds.reindex(columns=self.ds_tasks)], axis=1).reset_index()
-        out.columns.name = None
-        return out
-
-    def pair(self, ds_task: str, shots=None) -> tuple[np.ndarray, np.ndarray]:
-        """(us, ds) accuracy arrays of one DS task (and one shots value when the table has several)."""
-        if ds_task not in self.ds_tasks:
-            raise InputError(f"unknown DS task {ds_task!r} in {self.source or 'the table'}; known: "
-                             f"{', '.join(map(str, self.ds_tasks))}")
-        rows = self.long[self.long["ds_task"] == ds_task]
-        shot_values = rows["shots"].dropna().unique()
-        if shots is None and shot_values.size > 1:
-            raise InputError(f"DS task {ds_task!r} has several shots values {sorted(shot_values.tolist())}; "
-                             "pick one with shots=")
-        if shots is not None:
-            rows = rows[rows["shots"] == shots]
-            if rows.empty:
-                raise InputError(f"DS task {ds_task!r} has no rows with shots={shots!r}; known: "
-                                 f"{sorted(shot_values.tolist())}")
-        return rows["us"].to_numpy(np.float64), rows["ds"].to_numpy(np.float64)
+def describe_source(source) -> str:
+    """How messages name a table: its path, or <DataFrame>."""
+    return "<DataFrame>" if isinstance(source, pd.DataFrame) else str(source)
 
 
 def read_frame(source, fmt: Optional[str] = None) -> tuple[pd.DataFrame, str]:
@@ -79,7 +41,8 @@ def read_frame(source, fmt: Optional[str] = None) -> tuple[pd.DataFrame, str]:
     if not path.exists():
         raise InputError(f"accuracy table {str(path)!r} does not exist")
     if path.is_dir():
-        return _read_run_dir(path), str(path)
+        raise InputError(f"{str(path)!r} is a directory; a probe run is read by load_table or read_source, "
+                         "a table must be a file")
     fmt = (fmt or path.suffix.lstrip(".")).lower()
     try:
         if fmt in ("csv", "tsv", "txt"):
@@ -95,28 +58,6 @@ def read_frame(source, fmt: Optional[str] = None) -> tuple[pd.DataFrame, str]:
         raise InputError(f"cannot read {str(path)!r} as {fmt}: {exc}") from None
     raise InputError(f"unknown table format {fmt!r} for {str(path)!r}; use csv, tsv, parquet, json or jsonl "
                      "(or pass format=)")
-
-
-def _read_run_dir(path: Path) -> pd.DataFrame:
-    """A probe run directory: results.parquet joined with checkpoints.parquet's metadata columns.
-
-    Keeps the selected l2 rows (when the table marks them), the deepest layer of each checkpoint, and the
-    mean accuracy over seeds; layer-wise questions go to :func:`layer_profile` on results.parquet itself.
-    """
-    from ..run import load_run
-
-    if not (path / "manifest.json").exists():
-        raise InputError(f"{str(path)!r} is a directory but not a probe run (no manifest.json); pass a table "
-                         "file or a probe run directory")
-    res, checkpoints, _ = load_run(path)
-    if "selected" in res.columns:
-        res = res[res["selected"].astype(bool)]
-    if "layer_index" in res.columns:
-        last = res.groupby("checkpoint")["layer_index"].transform("max")
-        res = res[res["layer_index"] == last]
-    keys = [c for c in ("checkpoint", "dataset", "shots") if c in res.columns]
-    res = res.groupby(keys, as_index=False)["accuracy"].mean()
-    return res.merge(checkpoints, on="checkpoint", how="left")
 
 
 def _pick(df: pd.DataFrame, given, candidates, what: str, required: bool = True):
@@ -165,6 +106,10 @@ def load_table(source, *, model_col: Optional[str] = None, us: Optional[str] = N
         raise InputError(f"scale must be 'auto', 'unit' or 'percent'; got {scale!r}")
     if nan not in ("drop", "raise"):
         raise InputError(f"nan must be 'drop' or 'raise'; got {nan!r}")
+    if not isinstance(source, pd.DataFrame) and Path(source).is_dir():
+        from .runs import DEFAULT_RUN_US, read_run   # probe runs have one reader
+
+        return read_run(source, us=us or DEFAULT_RUN_US, ds=ds).table
     df, src = read_frame(source, format)
     if df.empty:
         raise InputError(f"accuracy table {src} is empty")
@@ -263,6 +208,7 @@ def _long_to_long(df, src, model_col, us, ds_list, shots_col, dataset_col, acc_c
 
 
 def _finish(long: pd.DataFrame, src: str, us_name: str, scale: str, nan: str) -> AccuracyTable:
+    asked = list(dict.fromkeys(long["ds_task"]))
     bad = long["us"].isna() | long["ds"].isna()
     n_bad = int(bad.sum())
     if n_bad:
@@ -295,7 +241,7 @@ def _finish(long: pd.DataFrame, src: str, us_name: str, scale: str, nan: str) ->
         raise InputError(f"DS column(s) {', '.join(map(repr, const))} of {src} are constant; leave them out "
                          f"with ds=")
     return AccuracyTable(long=long, us_name=us_name, ds_tasks=tasks, scale_detected=detected,
-                         n_dropped_nan=n_bad, source=src)
+                         n_dropped_nan=n_bad, source=src, empty_tasks=[t for t in asked if t not in set(tasks)])
 
 
 # --- the published tables shipped in the package ------------------------------------------------------------------
@@ -331,7 +277,7 @@ def load_openclip(path=None, *, scale: str = "auto") -> AccuracyTable:
     return table
 
 
-def load_clip_benchmark(path, *, hyper: str = "best", scale: str = "auto") -> AccuracyTable:
+def load_clip_benchmark(path=None, *, hyper: str = "best", scale: str = "auto") -> AccuracyTable:
     """CLIP_benchmark's linear-probe runs (LAION-AI/CLIP_benchmark probe_benchmark/scaling_experiment_data2.json,
     commit b759cf60, MIT): 12 CLIP models x 21 datasets x few-shot k in {10, 25, -1 = full} x lr x epochs.
 
@@ -343,7 +289,8 @@ def load_clip_benchmark(path, *, hyper: str = "best", scale: str = "auto") -> Ac
     """
     if hyper not in ("best", "all"):
         raise InputError(f"hyper must be 'best' or 'all'; got {hyper!r}")
-    df, src = read_frame(path, "json")
+    df, src = read_frame(path if path is not None else _packaged("clip_benchmark/scaling_experiment_data2.json"),
+                         "json")
     need = ["model", "pretrained", "dataset", "fewshot_k", "lr", "epochs", "lp_acc1"]
     missing = [c for c in need if c not in df.columns]
     if missing:
@@ -371,11 +318,12 @@ def load_clip_benchmark(path, *, hyper: str = "best", scale: str = "auto") -> Ac
 MODEL_SOUPS_DS = ("ImageNetV2", "ImageNetSketch", "ImageNetR", "ObjectNet", "ImageNetA")
 
 
-def load_model_soups(path, *, scale: str = "auto") -> AccuracyTable:
+def load_model_soups(path=None, *, scale: str = "auto") -> AccuracyTable:
     """model-soups' 72 fine-tuned CLIP ViT-B/32 models (mlfoundations/model-soups individual_model_results.jsonl,
     commit 3bb0f409, MIT). US is ImageNet; DS are the five distribution-shift test sets. The US range is very
     narrow (0.75-0.80), so fits on it extrapolate far."""
-    df, src = read_frame(path, "jsonl")
+    df, src = read_frame(path if path is not None else _packaged("model_soups/individual_model_results.jsonl"),
+                         "jsonl")
     table = load_table(df, model_col="model_name", us="ImageNet", ds=[d for d in MODEL_SOUPS_DS if d in df.columns],
                        scale=scale, layout="wide")
     table.source = src

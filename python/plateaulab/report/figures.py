@@ -15,6 +15,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from ..analysis.groups import shots_order  # noqa: E402
+from .text import saturation_text, shots_tick  # noqa: E402
+
 COLORS = {"points": "#6b8fb5", "hull": "#1f3b63", "fit_hull": "#c0392b", "fit_all": "#555555",
           "band": "#e6a19a", "sat": "#c0392b", "overlay": "#d62728"}
 SCALE_LABEL = {"linear": "{}", "logit": "logit({})", "neglog1m": "-log(1 - {})"}
@@ -38,15 +41,10 @@ def _grid_shape(n: int, max_cols: int = 4) -> tuple[int, int]:
     return int(math.ceil(n / cols)), cols
 
 
-def _shots_key(shots):
-    """Shot counts in increasing order, "full data" (-1, as in CLIP_benchmark) last."""
-    return float("inf") if shots is not None and shots < 0 else (shots if shots is not None else -1.0)
-
-
 def _panel_axes(groups, *, width: float, height: float, extra_top: float):
     """A figure with one panel per group. With several shot counts, one row per task and one column per
     shot count (so a column reads as one shots setting); otherwise a grid of up to 4 columns."""
-    shots = sorted({g.shots for g in groups if g.shots is not None}, key=_shots_key)
+    shots = sorted({g.shots for g in groups if g.shots is not None}, key=shots_order)
     if 2 <= len(shots) <= 5:
         tasks = list(dict.fromkeys(g.task for g in groups))
         rows, cols = len(tasks), len(shots)
@@ -129,8 +127,6 @@ def saturation_grid(groups, us_name: str, scale: str = "linear", planted: dict |
         if planted and r.task in planted:
             ax.axhline(_scale(np.array([planted[r.task]]), scale)[0], color="#2ca02c", ls="-.", lw=1.2,
                        label="planted saturation")
-        from .study import saturation_text
-
         sat = "sat. " + saturation_text(r)
         ax.set_title(f"{_wrap(r.label, 34)}\n{sat}", fontsize=9.5)
         ax.grid(alpha=0.25, lw=0.5)
@@ -185,14 +181,14 @@ def params_vs_shots_plot(df: pd.DataFrame):
     evenly spaced categories ("full" = -1 last). Hollow markers: fits that are not identified (hull of
     <= 3 points, or k = 0)."""
     tasks = list(dict.fromkeys(df["ds_task"]))
-    shots = sorted(df["shots"].unique(), key=_shots_key)
+    shots = sorted(df["shots"].unique(), key=shots_order)
     pos = {s: i for i, s in enumerate(shots)}
     n_leg_rows = int(math.ceil(len(tasks) / 4))
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.9 + 0.22 * n_leg_rows), squeeze=False)
     cmap = plt.get_cmap("tab10" if len(tasks) <= 10 else "tab20")
     for ax, (p, name) in zip(axes.flat, (("k", "k"), ("alpha", "alpha"), ("e_ir", "e_IR"))):
         for i, t in enumerate(tasks):
-            g = df[df["ds_task"] == t].sort_values("shots", key=lambda c: c.map(_shots_key))
+            g = df[df["ds_task"] == t].sort_values("shots", key=lambda c: c.map(shots_order))
             x = g["shots"].map(pos).to_numpy()
             y = g[p].to_numpy(float)
             color = cmap(i % cmap.N)
@@ -200,7 +196,7 @@ def params_vs_shots_plot(df: pd.DataFrame):
             ident = g["identified"].astype(bool).to_numpy() if "identified" in g else np.ones(len(g), bool)
             ax.plot(x[ident], y[ident], "o", ms=5, color=color)
             ax.plot(x[~ident], y[~ident], "o", ms=6, mfc="white", mec=color, mew=1.4)
-        ax.set_xticks(range(len(shots)), [_shots_tick(s) for s in shots])
+        ax.set_xticks(range(len(shots)), [shots_tick(s) for s in shots])
         ax.set_xlim(-0.3, len(shots) - 0.7)
         vals = df[p].to_numpy(float)
         vals = vals[np.isfinite(vals) & (vals > 0)]
@@ -215,11 +211,6 @@ def params_vs_shots_plot(df: pd.DataFrame):
     fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="lower center", ncol=min(4, len(tasks)),
                frameon=False, fontsize=8.5, bbox_to_anchor=(0.5, 0.0))
     return fig
-
-
-def _shots_tick(s) -> str:
-    s = float(s)
-    return "full" if s < 0 else (f"{int(s)}" if s.is_integer() else f"{s:g}")
 
 
 def spearman_heatmap(ds_ds: pd.DataFrame, order=None):
@@ -323,12 +314,6 @@ def layer_plot(layers: pd.DataFrame, us_name: str, best: pd.DataFrame | None = N
         if h:
             axes.flat[0].legend(h[:1], lab[:1], loc="lower right", fontsize=7)
     return fig
-
-
-def _shots_label(shots) -> str:
-    from .study import _shots_text
-
-    return _shots_text(shots)
 
 
 def _shared_legend(fig, panels) -> None:

@@ -1,0 +1,59 @@
+"""The tidy accuracy table every analysis reads: one row per (model, DS task[, shots]) with both accuracies
+on the 0-1 scale. Loaders (``tables``, ``runs``, ``sources``) build it; the analyses only read it."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+
+from ..errors import InputError
+
+__all__ = ["AccuracyTable"]
+
+
+@dataclasses.dataclass
+class AccuracyTable:
+    """A loaded accuracy table. ``long`` has columns model, ds_task, ds, us, shots (+ kept columns)."""
+
+    long: pd.DataFrame
+    us_name: str
+    ds_tasks: list
+    scale_detected: str
+    n_dropped_nan: int = 0
+    source: str = ""
+    #: DS tasks asked for (or found) that have no row with both accuracies
+    empty_tasks: list = dataclasses.field(default_factory=list)
+
+    def wide(self) -> pd.DataFrame:
+        """One row per model (and shots, when the table has shots): the US column, then one per DS task."""
+        keys = ["model"] + (["shots"] if self.long["shots"].notna().any() else [])
+        dup = self.long.duplicated(keys + ["ds_task"])
+        if dup.any():
+            r = self.long.loc[dup].iloc[0]
+            raise InputError(f"{self.source or 'the table'} has several rows per ({', '.join(keys)}, ds_task), e.g. "
+                             f"model {r['model']!r}, DS {r['ds_task']!r} (hyper-parameter runs, seeds?); filter or "
+                             "aggregate them before asking for a wide table")
+        ds = self.long.pivot_table(index=keys, columns="ds_task", values="ds", aggfunc="first", sort=False)
+        us = self.long.groupby(keys, sort=False)["us"].first().rename(self.us_name)
+        out = pd.concat([us, ds.reindex(columns=self.ds_tasks)], axis=1).reset_index()
+        out.columns.name = None
+        return out
+
+    def pair(self, ds_task: str, shots=None) -> tuple[np.ndarray, np.ndarray]:
+        """(us, ds) accuracy arrays of one DS task (and one shots value when the table has several)."""
+        if ds_task not in self.ds_tasks:
+            raise InputError(f"unknown DS task {ds_task!r} in {self.source or 'the table'}; known: "
+                             f"{', '.join(map(str, self.ds_tasks))}")
+        rows = self.long[self.long["ds_task"] == ds_task]
+        shot_values = rows["shots"].dropna().unique()
+        if shots is None and shot_values.size > 1:
+            raise InputError(f"DS task {ds_task!r} has several shots values {sorted(shot_values.tolist())}; "
+                             "pick one with shots=")
+        if shots is not None:
+            rows = rows[rows["shots"] == shots]
+            if rows.empty:
+                raise InputError(f"DS task {ds_task!r} has no rows with shots={shots!r}; known: "
+                                 f"{sorted(shot_values.tolist())}")
+        return rows["us"].to_numpy(np.float64), rows["ds"].to_numpy(np.float64)

@@ -1,0 +1,248 @@
+"""Where accuracy tables come from: the builtin published tables, table files, and probe runs.
+
+This is the one map from an input to its reader, used by ``fit``, ``sensitivity`` and ``study``:
+
+* ``builtin:NAME`` (or no input, for the study): a published table shipped in ``plateaulab/data``
+  (PROVENANCE.md there), read by its own loader; ``loader="table"`` reads the same file with the generic
+  :func:`~plateaulab.analysis.tables.load_table` instead.
+* a directory: a probe run, read by :func:`~plateaulab.analysis.runs.read_run`.
+* a file: a published table by its published file name (e.g. a copy of openclip_results.csv), or any
+  other table through :func:`~plateaulab.analysis.tables.load_table`.
+
+Every input becomes one :class:`Source`: an :class:`~plateaulab.analysis.tables.AccuracyTable` plus how to
+cite it, notes for the reader, the DS tasks left out and why, and, for probe runs, every layer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from pathlib import Path
+from typing import Callable, Optional
+
+import pandas as pd
+
+from ..errors import InputError, PlateaulabError
+from . import tables as T
+from .runs import DEFAULT_RUN_US, is_run_dir, planted_values, read_run
+
+__all__ = ["Builtin", "BUILTINS", "BUILTIN_PREFIX", "LOADERS", "Source", "read_source", "resolve_builtin",
+           "DATA_DIR"]
+
+BUILTIN_PREFIX = "builtin:"
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+
+
+@dataclasses.dataclass(frozen=True)
+class Builtin:
+    """A published table shipped with plateaulab."""
+
+    name: str
+    loader: str                      # key of LOADERS
+    file: str                        # path under plateaulab/data
+    citation: str                    # source repository, file, commit, licence
+    note: str = ""                   # what a reader must know to read the figures right
+
+    @property
+    def path(self) -> Path:
+        return DATA_DIR / self.file
+
+
+_CLIP_NOTE = ("For these CLIP models ImageNet is not the pre-training task: as in Kornblith et al. (2019) and "
+              "Figure 5 of Abnar et al. (2022), ImageNet 1k accuracy plays the upstream role.")
+
+BUILTINS = {b.name: b for b in (
+    Builtin("openclip", "openclip", "open_clip/openclip_results.csv",
+            "mlfoundations/open_clip, docs/openclip_results.csv, commit 29b90b8d (MIT licence): zero-shot "
+            "accuracies of 121 CLIP models on 38 evaluations",
+            _CLIP_NOTE + " Accuracies are zero-shot, not few-shot."),
+    Builtin("clip-benchmark", "clip_benchmark", "clip_benchmark/scaling_experiment_data2.json",
+            "LAION-AI/CLIP_benchmark, probe_benchmark/scaling_experiment_data2.json, commit b759cf60 (MIT licence): "
+            "linear probes of 12 CLIP models, best learning rate and epochs per setting",
+            _CLIP_NOTE + " The best learning rate and epochs per setting are chosen on test accuracy by the source "
+            "(optimistic)."),
+    Builtin("model-soups", "model_soups", "model_soups/individual_model_results.jsonl",
+            "mlfoundations/model-soups, individual_model_results.jsonl, commit 3bb0f409 (MIT licence): 72 "
+            "fine-tuned CLIP ViT-B/32 models",
+            "US accuracy spans a narrow range (0.75-0.80), so every fit extrapolates far."),
+)}
+
+#: loader name -> function(path, scale=...) -> AccuracyTable, for the published tables' own formats.
+LOADERS: dict[str, Callable] = {
+    "openclip": T.load_openclip,
+    "clip_benchmark": T.load_clip_benchmark,
+    "model_soups": T.load_model_soups,
+}
+LOADER_CHOICES = ("auto", "table", "run", *LOADERS)
+#: published file names that pick their own loader under loader="auto"
+PUBLISHED_FILES = {Path(b.file).name: b.loader for b in BUILTINS.values()}
+
+
+@dataclasses.dataclass
+class Source:
+    """An input read for the analysis."""
+
+    table: T.AccuracyTable
+    kind: str                                    # "builtin", "table" or "run"
+    citation: str
+    loader: str
+    notes: list = dataclasses.field(default_factory=list)
+    skipped: dict = dataclasses.field(default_factory=dict)     # DS task -> why it is left out
+    layers: Optional[pd.DataFrame] = None                       # probe runs: every layer's accuracy
+    layer_rule: Optional[str] = None                            # probe runs: "last" or the layer's name
+    planted: Optional[dict] = None                              # synthetic stores: what was planted
+    builtin: Optional[Builtin] = None
+
+    @property
+    def long(self) -> pd.DataFrame:
+        return self.table.long
+
+
+def resolve_builtin(spec: str) -> Builtin:
+    """The builtin named by 'builtin:NAME' (case-insensitive; '_' and '-' alike), with a did-you-mean."""
+    name = spec[len(BUILTIN_PREFIX):] if spec.lower().startswith(BUILTIN_PREFIX) else spec
+    key = name.strip().lower().replace("_", "-")
+    if key in BUILTINS:
+        return BUILTINS[key]
+    close = difflib.get_close_matches(key, list(BUILTINS), n=1, cutoff=0.5)
+    hint = f"; did you mean {BUILTIN_PREFIX}{close[0]}?" if close else ""
+    raise InputError(f"unknown builtin table {spec!r}{hint} Builtins: "
+                     f"{', '.join(BUILTIN_PREFIX + b for b in BUILTINS)}")
+
+
+def _names(value) -> Optional[list]:
+    if value is None:
+        return None
+    items = value.split(",") if isinstance(value, str) else [str(v) for v in value]
+    items = [v.strip() for v in items if v.strip()]
+    return items or None
+
+
+def read_source(source=None, *, loader: str = "auto", us: Optional[str] = None, ds=None, scale: str = "auto",
+                layer: Optional[str] = "last", partial: bool = False, **table_options) -> Source:
+    """Read ``source`` (None: builtin:openclip; 'builtin:NAME'; a probe run directory; a table file or a
+    DataFrame) into a :class:`Source`.
+
+    loader: "auto" (by the rules of the module docstring), "table" (the generic reader), "run", or one
+    of the published tables' loaders. us, ds: the upstream column and the DS columns (default: the
+    loader's, or every other numeric column). scale: input scale of table accuracies. layer: probe runs
+    only. partial: when some DS columns of a generic table cannot be used (constant, out of range,
+    empty), leave them out and record why in ``skipped`` instead of refusing the table.
+    table_options go to load_table (model_col, shots_col, format, nan).
+    """
+    if loader not in LOADER_CHOICES:
+        raise InputError(f"{{param}} {loader!r} is not one of {', '.join(LOADER_CHOICES)}", param="loader")
+    ds_list = _names(ds)
+    if source is None:
+        source = BUILTIN_PREFIX + "openclip"
+    builtin = None
+    if isinstance(source, str) and source.lower().startswith(BUILTIN_PREFIX):
+        builtin = resolve_builtin(source)
+        path = builtin.path
+    elif isinstance(source, pd.DataFrame):
+        path = source
+    else:
+        path = Path(source)
+        if not path.exists():
+            raise InputError(f"input {str(path)!r} does not exist; pass a probe run directory, an accuracy table "
+                             f"or one of {', '.join(BUILTIN_PREFIX + b for b in BUILTINS)}")
+    if isinstance(path, Path) and path.is_dir():
+        if not is_run_dir(path):
+            raise InputError(f"{path} is a directory but not a probe run: it has none of manifest.json, "
+                             "results.parquet, checkpoints.parquet; pass a run directory written by "
+                             "`plateaulab probe` or an accuracy table file")
+        if loader not in ("auto", "run"):
+            raise InputError(f"{path} is a directory (a probe run); {{param}}={loader!r} reads table files",
+                             param="loader")
+        return _from_run(path, us=us, ds=ds_list, layer=layer)
+    if layer not in (None, "last"):
+        raise InputError(f"{{param}} applies to probe run directories, not to the table {path}", param="layer")
+    if loader == "run":
+        raise InputError(f"{{param}}='run' needs a probe run directory; {path} is a file", param="loader")
+    if loader == "auto":
+        loader = builtin.loader if builtin else PUBLISHED_FILES.get(getattr(path, "name", ""), "table")
+    if loader == "table":
+        table, skipped = _generic(path, us=us, ds=ds_list, scale=scale, partial=partial, **table_options)
+        kind = "builtin" if builtin else "table"
+        citation = builtin.citation if builtin else T.describe_source(path)
+    else:
+        table, skipped = _published(path, loader, us=us, ds=ds_list, scale=scale), {}
+        kind = "builtin" if builtin else "table"
+        known = next((b for b in BUILTINS.values() if b.loader == loader), None)
+        citation = (builtin or known).citation + ("" if builtin else f" (read from {path})")
+        builtin = builtin or known
+    notes = [builtin.note] if builtin is not None and builtin.note and loader != "table" else []
+    return Source(table=table, kind=kind, citation=citation, loader=loader, notes=notes, skipped=skipped,
+                  builtin=builtin)
+
+
+def _published(path: Path, loader: str, *, us, ds, scale) -> T.AccuracyTable:
+    where = str(path)
+    try:
+        table = LOADERS[loader](path, scale=scale)
+    except PlateaulabError:
+        raise
+    except (KeyError, ValueError, OSError) as exc:
+        raise InputError(f"{where}: {exc}") from None
+    if us is not None and us != table.us_name:
+        raise InputError(f"{where} is read with the {loader} loader, whose US column is {table.us_name!r}; "
+                         f"{{param}}={us!r} does not apply; read the file with the generic table loader to map "
+                         "columns yourself",
+                         param="us")
+    if ds is not None:
+        unknown = [d for d in ds if d not in table.ds_tasks]
+        if unknown:
+            raise InputError(f"unknown DS task(s) {', '.join(map(repr, unknown))} in {where}; known: "
+                             f"{', '.join(map(str, table.ds_tasks))}", param="ds")
+        table.long = table.long[table.long["ds_task"].isin(ds)].reset_index(drop=True)
+        table.ds_tasks = [t for t in ds]
+    return table
+
+
+def _generic(path, *, us, ds, scale, partial: bool, **options) -> tuple[T.AccuracyTable, dict]:
+    """load_table on the whole table. With ``partial``, a wide table refused because of some DS columns
+    (constant, out of range, empty) is loaded column by column: the bad ones are recorded in ``skipped``
+    and the others kept, so that a report covers what it can."""
+    kwargs = dict(options, scale=scale)
+    if us is not None:
+        kwargs["us"] = us
+    if ds is not None:
+        kwargs["ds"] = ds
+    try:
+        return T.load_table(path, **kwargs), {}
+    except InputError as whole:
+        if not partial or us is None:
+            raise
+        df, _ = T.read_frame(path, options.get("format"))
+        if us not in df.columns or any(c in df.columns for c in T.DATASET_CANDIDATES):
+            raise whole from None
+        numeric = [c for c in df.columns if pd.api.types.is_numeric_dtype(df[c])]
+        shots = [c for c in ("shots",) if c in df.columns]
+        ids = [c for c in df.columns if c not in numeric and c not in shots]
+        candidates = ds if ds is not None else [c for c in numeric if c not in (us, *shots)]
+        if any(c not in df.columns for c in candidates):
+            raise whole from None
+        good, skipped = [], {}
+        for c in candidates:
+            try:
+                T.load_table(df[ids + shots + [us, c]], **dict(kwargs, ds=[c]))
+                good.append(c)
+            except InputError as exc:
+                skipped[str(c)] = str(exc).replace("<DataFrame>", str(path))
+        if not good or not skipped:
+            raise whole from None
+        table = T.load_table(df[ids + shots + [us, *good]], **dict(kwargs, ds=good))
+        table.source = str(path)
+        return table, skipped
+
+
+def _from_run(path: Path, *, us, ds, layer) -> Source:
+    run = read_run(path, us=us or DEFAULT_RUN_US, ds=ds, layer=layer)
+    notes = list(run.notes)
+    if run.layer_rule != "last":
+        notes.append(f"Points use layer {run.layer_rule!r} of every checkpoint that has it.")
+    elif run.n_layers > 1:
+        notes.append("Points use each checkpoint's deepest layer probed on that dataset.")
+    return Source(table=run.table, kind="run", citation=str(path), loader="run", notes=notes,
+                  layers=run.layers if run.n_layers > 1 else None, layer_rule=run.layer_rule,
+                  planted=planted_values(run.manifest))

@@ -1,0 +1,265 @@
+"""The study's computation: every analysis of the report, on one :class:`~plateaulab.analysis.sources.Source`.
+
+Per (DS task, shots) group (:func:`analyse_group`): the upper hull, eq. (1) fitted on the hull and on all
+points, the bootstrap and its pointwise band, and how well US accuracy predicts DS accuracy. Across
+groups (:func:`analyse`): the sample-size sensitivity (A4), the parameters against shots (A3), the
+Spearman matrices (A8), the reference task of the hull overlay (A7) and the layer profile (A9).
+
+Nothing here draws or words anything: ``plateaulab.report`` does, from the :class:`StudyResult`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Callable, Optional
+
+import numpy as np
+import pandas as pd
+
+from ..errors import InputError, PlateaulabError
+from .bootstrap import BootstrapResult, bootstrap_fit
+from .correlations import spearman_matrices
+from .groups import Group, iter_groups, shots_order
+from .hull import upper_hull
+from .layers import layer_profile
+from .powerlaw import PowerLawFit, fit_saturating_power_law
+from .prediction import prediction_power
+from .sensitivity import sample_size_sensitivity
+from .shots import params_vs_shots
+from .sources import Source
+from .accuracy import AccuracyTable
+
+__all__ = ["GroupResult", "StudyResult", "analyse", "analyse_group", "main_shots", "DEFAULT_BOOTSTRAP",
+           "MIN_MODELS", "MIN_SENSITIVITY_MODELS"]
+
+DEFAULT_BOOTSTRAP = 300
+#: A group needs this many models for a three-parameter fit.
+MIN_MODELS = 3
+#: The sensitivity analysis needs enough models below the cut to draw samples of several sizes.
+MIN_SENSITIVITY_MODELS = 12
+BAND_LEVEL = 0.95
+
+
+@dataclasses.dataclass
+class GroupResult:
+    """Everything the study computes for one (DS task, shots)."""
+
+    group: Group
+    hull: np.ndarray
+    fit_hull: PowerLawFit
+    fit_all: Optional[PowerLawFit]
+    boot: Optional[BootstrapResult]
+    power: Optional[dict]
+    band: Optional[tuple] = None      # (grid, lo, hi) of the bootstrap band, accuracy units
+
+    task = property(lambda self: self.group.task)
+    shots = property(lambda self: self.group.shots)
+    label = property(lambda self: self.group.label)
+    us = property(lambda self: self.group.us)
+    ds = property(lambda self: self.group.ds)
+    models = property(lambda self: self.group.models)
+
+
+@dataclasses.dataclass
+class StudyResult:
+    source: Source
+    groups: list
+    n_boot: int
+    seed: int
+    skipped: dict = dataclasses.field(default_factory=dict)     # what was not analysed -> why
+    sensitivity: Optional[pd.DataFrame] = None
+    shots_long: Optional[pd.DataFrame] = None                   # k, alpha, e_ir per (task, shots)
+    shots_table: Optional[pd.DataFrame] = None                  # Tables F.1 / F.2
+    spearman: Optional[tuple] = None                            # (ds_ds DataFrame, ds_us Series)
+    overlay_ref: Optional[str] = None
+    layer_table: Optional[pd.DataFrame] = None
+    main_shots: Optional[float] = None
+    timings: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def tasks(self) -> list:
+        return list(dict.fromkeys(r.task for r in self.groups))
+
+    @property
+    def shots(self) -> list:
+        return sorted({r.shots for r in self.groups if r.shots is not None}, key=shots_order)
+
+
+def bootstrap_band(boot: BootstrapResult, grid: np.ndarray, level: float = BAND_LEVEL):
+    """Pointwise percentile band of eq. (1) over the bootstrap replicates (accuracy units), or None when
+    fewer than 10 replicates succeeded."""
+    samples = np.asarray(boot.samples, dtype=float)
+    if samples.ndim != 2 or samples.shape[0] == 0:
+        return None
+    ok = np.all(np.isfinite(samples[:, :3]), axis=1)
+    if ok.sum() < 10:
+        return None
+    k, alpha, e_ir = samples[ok, 0:1], samples[ok, 1:2], samples[ok, 2:3]
+    e_us = np.clip(1.0 - grid, 0.0, None)[None, :]
+    acc = 1.0 - (k * e_us ** alpha + e_ir)
+    q = (1.0 - level) / 2.0
+    return grid, np.quantile(acc, q, axis=0), np.quantile(acc, 1.0 - q, axis=0)
+
+
+def band_grid(us: np.ndarray) -> np.ndarray:
+    """US accuracies at which the band is evaluated: linear spacing for linear axes, plus points dense
+    near both ends for logit-type axes."""
+    lo = 0.0 if us.min() < 0.2 else float(us.min())
+    lo_pos = max(1e-3, float(us.min()))
+    return np.unique(np.concatenate([np.linspace(lo, 1.0, 120), np.geomspace(lo_pos, 1.0, 60),
+                                     1.0 - np.geomspace(1e-4, 1.0 - lo_pos, 60)]))
+
+
+def analyse_group(group: Group, *, n_boot: int, seed: int, on_all: bool = True) -> GroupResult:
+    us, ds = group.us, group.ds
+    fit_hull = fit_saturating_power_law(us, ds, on="hull", ds=group.task)
+    fit_all = fit_saturating_power_law(us, ds, on="all", ds=group.task) if on_all else None
+    boot = bootstrap_fit(us, ds, n_boot=n_boot, on="hull", seed=seed) if n_boot > 0 else None
+    power = prediction_power(us, ds, fit=fit_all) if fit_all is not None else None
+    r = GroupResult(group=group, hull=np.asarray(upper_hull(us, ds), dtype=int), fit_hull=fit_hull,
+                    fit_all=fit_all, boot=boot, power=dict(power) if power is not None else None)
+    if boot is not None:
+        r.band = bootstrap_band(boot, band_grid(us))
+    return r
+
+
+def _usable(groups: list, skipped: dict) -> list:
+    """The groups a fit can use; the others go to ``skipped`` with the reason."""
+    keep = []
+    for g in groups:
+        if len(g) < MIN_MODELS:
+            skipped[g.label] = f"only {len(g)} model(s) with both accuracies; the fit needs at least {MIN_MODELS}"
+        elif g.rows["ds"].nunique() < 2:
+            skipped[g.label] = f"DS accuracy is constant ({g.rows['ds'].iloc[0]:.4g}) across models"
+        elif g.rows["us"].nunique() < 2:
+            skipped[g.label] = f"US accuracy is constant ({g.rows['us'].iloc[0]:.4g}) across models"
+        else:
+            keep.append(g)
+    return keep
+
+
+def analyse(source: Source, *, n_boot: int = DEFAULT_BOOTSTRAP, seed: int = 0, sensitivity: bool = True,
+            sensitivity_trials: int = 10, overlay: Optional[str] = None,
+            progress: Optional[Callable[[str], None]] = None) -> StudyResult:
+    """Every analysis of the study. ``progress(label)`` is called after each group is fitted."""
+    if n_boot < 0:
+        raise InputError(f"{{param}} must be >= 0 (0 turns the bootstrap off); got {n_boot}", param="n_boot")
+    t0 = time.perf_counter()
+    skipped = dict(source.skipped)
+    for task in source.table.empty_tasks:
+        skipped.setdefault(str(task), "no model has both a US and a DS accuracy")
+    groups = _usable(iter_groups(source.long, tasks=source.table.ds_tasks), skipped)
+    results = []
+    for g in groups:
+        try:
+            results.append(analyse_group(g, n_boot=n_boot, seed=seed))
+        except PlateaulabError as exc:
+            skipped[g.label] = str(exc)
+        if progress:
+            progress(g.label)
+    if not results:
+        raise InputError(f"{source.citation}: no downstream task could be fitted: "
+                         + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
+    res = StudyResult(source=source, groups=results, n_boot=n_boot, seed=seed, skipped=skipped)
+    res.timings["fits"] = time.perf_counter() - t0
+    if sensitivity:
+        t1 = time.perf_counter()
+        res.sensitivity = _sensitivity(results, sensitivity_trials, seed, skipped)
+        res.timings["sensitivity"] = time.perf_counter() - t1
+    _shots_analysis(res)
+    res.main_shots = main_shots(source.long[source.long["ds_task"].isin(res.tasks)])
+    res.spearman = _spearman(res)
+    res.overlay_ref = _overlay_reference(res, overlay)
+    if source.layers is not None:
+        res.layer_table = _layers(res)
+    res.timings["total"] = time.perf_counter() - t0
+    return res
+
+
+def _sensitivity(results: list, trials: int, seed: int, skipped: dict) -> Optional[pd.DataFrame]:
+    frames = []
+    for r in results:
+        if len(r.us) < MIN_SENSITIVITY_MODELS:
+            continue
+        try:
+            df = sample_size_sensitivity(r.us, r.ds, trials=trials, seed=seed)
+        except PlateaulabError as exc:
+            skipped[f"sensitivity of {r.label}"] = str(exc)
+            continue
+        df = pd.DataFrame(df).copy()
+        df.insert(0, "ds_task", r.task)
+        df.insert(1, "shots", r.shots)
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True) if frames else None
+
+
+def _shots_analysis(res: StudyResult) -> None:
+    """Parameters against shots (A3), when the groups have at least two shot counts."""
+    if len(res.shots) < 2:
+        return
+    res.shots_long = pd.DataFrame([{"ds_task": r.task, "shots": r.shots, "k": r.fit_hull.k,
+                                    "alpha": r.fit_hull.alpha, "e_ir": r.fit_hull.e_ir,
+                                    "identified": bool(r.fit_hull.identified)}
+                                   for r in res.groups if r.shots is not None])
+    try:
+        res.shots_table = pd.DataFrame(params_vs_shots(res.shots_long[["ds_task", "shots", "k", "alpha", "e_ir"]]))
+    except PlateaulabError as exc:
+        res.skipped["parameters vs shots"] = str(exc)
+
+
+def main_shots(points: pd.DataFrame):
+    """The shot count used where one is needed (Spearman, layers): the one that covers the most DS tasks,
+    and among those the most shots ("full" = -1 counts as the most). None when the points have no shots."""
+    pts = points.dropna(subset=["shots"])
+    if pts.empty:
+        return None
+    cover = pts.groupby("shots")["ds_task"].nunique()
+    return max(cover.index, key=lambda s: (cover[s], shots_order(float(s))))
+
+
+def _spearman(res: StudyResult):
+    """DS x DS and DS x US Spearman matrices over models, at the main shot count (A8)."""
+    long = res.source.long
+    pts = long[long["ds_task"].isin(res.tasks)]
+    table = AccuracyTable(long=pts[["model", "ds_task", "ds", "us", "shots"]].reset_index(drop=True),
+                          us_name=res.source.table.us_name, ds_tasks=res.tasks, scale_detected="unit",
+                          source=res.source.citation)
+    try:
+        ds_ds, ds_us = spearman_matrices(table, shots=res.main_shots)
+    except PlateaulabError as exc:
+        res.skipped["Spearman matrices (Figures F.20, F.21)"] = str(exc)
+        return None
+    return pd.DataFrame(ds_ds), pd.Series(ds_us)
+
+
+def _overlay_reference(res: StudyResult, overlay: Optional[str]) -> Optional[str]:
+    """The DS task whose hull is drawn over the others (A7): the one asked for, else the task ranked most
+    like US, else the first."""
+    tasks = res.tasks
+    if overlay is not None:
+        if overlay not in tasks:
+            raise InputError(f"{{param}} {overlay!r} is not a fitted DS task; fitted tasks: {sorted(tasks)}",
+                             param="overlay")
+        return overlay
+    if len(tasks) < 2:
+        return None
+    if res.spearman is not None:
+        ds_us = res.spearman[1].dropna()
+        ds_us = ds_us[ds_us.index.isin(tasks)]
+        if not ds_us.empty:
+            return str(ds_us.idxmax())
+    return tasks[0]
+
+
+def _layers(res: StudyResult) -> Optional[pd.DataFrame]:
+    """Few-shot accuracy per layer and the earliest layer near the best (A9), at the main shot count."""
+    lay = res.source.layers
+    if res.main_shots is not None:
+        lay = lay[lay["shots"] == res.main_shots]
+    try:
+        return pd.DataFrame(layer_profile(lay[["checkpoint", "layer_index", "accuracy", "dataset"]]
+                                          .reset_index(drop=True)))
+    except PlateaulabError as exc:
+        res.skipped["layer profile"] = str(exc)
+        return None

@@ -1,0 +1,50 @@
+"""The input arguments that ``fit``, ``sensitivity`` and ``study`` share, and the one call that reads them.
+
+Not a command itself: each of those commands adds these arguments and calls :func:`read_input`, which
+goes through :func:`plateaulab.analysis.sources.read_source` (the one map from an input to its reader).
+"""
+
+from __future__ import annotations
+
+from ..analysis.sources import BUILTIN_PREFIX, BUILTINS, LOADER_CHOICES
+
+BUILTIN_LIST = ", ".join(BUILTIN_PREFIX + b for b in BUILTINS)
+
+
+def add_input_arguments(p, *, optional_input: bool = False) -> None:
+    if optional_input:
+        p.add_argument("input", nargs="?", default=None, metavar="INPUT",
+                       help="probe run directory (from `plateaulab probe`), accuracy table (CSV, TSV, Parquet, JSON, "
+                            f"JSONL) or a builtin table ({BUILTIN_LIST}); default: {BUILTIN_PREFIX}openclip")
+    else:
+        p.add_argument("input", metavar="INPUT",
+                       help="probe run directory, accuracy table (CSV, TSV, Parquet, JSON, JSONL) or a builtin "
+                            f"table ({BUILTIN_LIST})")
+    p.add_argument("--us", default=None, metavar="COL",
+                   help="upstream accuracy: a table column, a dataset of a long table, or a checkpoint-metadata column "
+                        "of a probe run (default for runs: upstream_accuracy; builtins: their own)")
+    p.add_argument("--ds", default=None, metavar="COL[,COL...]",
+                   help="comma-separated downstream tasks (table columns or run datasets); default: all")
+    p.add_argument("--loader", default="auto", choices=LOADER_CHOICES,
+                   help="how to read INPUT: auto picks a builtin's or a published file's own loader, a run "
+                        "directory's reader, and the generic table reader otherwise; table forces the generic reader")
+    p.add_argument("--input-scale", default="auto", choices=("auto", "unit", "percent"),
+                   help="table accuracies on 0-1 (unit) or 0-100 (percent); auto: percent when a value exceeds 1")
+    p.add_argument("--layer", default="last", metavar="NAME",
+                   help="probe runs: the layer whose accuracies are fitted; last = each checkpoint's deepest layer "
+                        "probed on that dataset")
+    p.add_argument("--model-col", default=None, help="model id column (default: model, checkpoint, model_name, name)")
+    p.add_argument("--shots-col", default=None, help="shots column (default: shots, when present)")
+    p.add_argument("--format", default=None, help="table format when the extension does not tell")
+    p.add_argument("--nan", default="drop", choices=("drop", "raise"),
+                   help="rows with a missing accuracy: drop and count them, or stop with an error")
+
+
+def read_input(args, *, partial: bool = False):
+    """The :class:`~plateaulab.analysis.sources.Source` that the parsed arguments name."""
+    from ..analysis.sources import read_source
+
+    options = {k: v for k, v in (("model_col", args.model_col), ("shots_col", args.shots_col),
+                                 ("format", args.format), ("nan", args.nan)) if v is not None}
+    return read_source(args.input, loader=args.loader, us=args.us, ds=args.ds, scale=args.input_scale,
+                       layer=args.layer, partial=partial, **options)

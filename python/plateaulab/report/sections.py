@@ -1,0 +1,230 @@
+"""The sections of report.html, one function each, in the order of the page.
+
+Each section takes the :class:`Page` (the study's result, the artefact writer and the drawing options),
+writes its tables and figures through ``page.art`` and returns its HTML. A section with nothing to show
+returns an empty list.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+
+import pandas as pd
+
+from . import figures as F
+from . import html as H
+from . import tables as T
+from .text import SCALE_NAMES, shots_text, shots_tick, summary_sentence, ranked
+
+
+@dataclasses.dataclass
+class Page:
+    res: object                 # analysis.study.StudyResult
+    art: object                 # writer.Artefacts
+    axis_scale: str = "linear"
+    planted: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def source(self):
+        return self.res.source
+
+
+def header(page: Page) -> list[str]:
+    from .. import __version__
+
+    res, src = page.res, page.source
+    shots = res.shots
+    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    out = ["<h1>Does better upstream accuracy still buy downstream accuracy?</h1>",
+           f'<p class="meta">plateaulab {H.esc(__version__)} study, {H.esc(now)}. '
+           f"Input: {H.esc(src.citation)}. Upstream (x axis): <b>{H.esc(src.table.us_name)}</b>. "
+           f"{src.long['model'].nunique()} models, {len(res.tasks)} downstream tasks"
+           + (f", shots: {', '.join(shots_tick(s) for s in shots)}" if shots else "")
+           + f". Bootstrap: {res.n_boot} replicates (seed {res.seed}). "
+           f"Axis scale: {SCALE_NAMES[page.axis_scale]}. Analysis time {res.timings.get('total', 0):.1f} s.</p>",
+           '<p class="meta">Method: Abnar, Dehghani, Neyshabur and Sedghi, "Exploring the Limits of Large Scale '
+           'Pre-training", ICLR 2022. For each downstream (DS) task, eq. (1) e_DS = k &middot; e_US<sup>&alpha;</sup> '
+           "+ e_IR (e = 1 &minus; accuracy) is fitted to the upper convex hull of the DS-vs-US points; the saturation "
+           "value 1 &minus; e_IR is the DS accuracy predicted for a perfect upstream model.</p>"]
+    if src.kind == "builtin":
+        out.append(f'<p class="note">Data: <b>{H.esc(src.citation)}</b>, shipped inside plateaulab unchanged.</p>')
+    out += [f'<p class="note">{H.esc(note)}</p>' for note in src.notes]
+    return out
+
+
+def not_analysed(page: Page) -> list[str]:
+    skipped = page.res.skipped
+    if not skipped:
+        return []
+    page.art.table("not_analysed", T.not_analysed_table(page.res))
+    return (["<h2>Not analysed</h2><ul>"]
+            + [f'<li class="warn"><b>{H.esc(k)}</b>: {H.esc(v)}</li>' for k, v in skipped.items()] + ["</ul>"])
+
+
+def summary(page: Page) -> list[str]:
+    groups = page.res.groups
+    out = ["<h2>Summary per task</h2>",
+           "<p>Saturation value with its 95% bootstrap percentile interval, the number of upper-hull points "
+           "the fit rests on, and how far the plateau lies above the best model observed.</p>"]
+    if page.planted:
+        planted = T.planted_table(groups, page.planted)
+        if not planted.empty:
+            page.art.table("planted_vs_recovered", planted)
+            out.append("<p>This input comes from <code>plateaulab synth</code>: its saturation values are known by "
+                       "construction. Recovered against planted:</p>" + H.table(planted, text_cols=("ds_task",)))
+    page.art.table("summary", T.summary_table(groups))
+    out.append('<ul class="summary">')
+    out += [f"<li><b>{H.esc(r.label)}</b>: {H.esc(summary_sentence(r))}</li>" for r in ranked(groups)]
+    out.append("</ul>")
+    return out
+
+
+def saturation_figure(page: Page) -> list[str]:
+    png = page.art.figure("fig1_saturation_grid", F.saturation_grid(page.res.groups, page.source.table.us_name,
+                                                                    page.axis_scale, page.planted))
+    caption = ("Each panel: the models (dots), their upper convex hull (dark line), eq. (1) fitted on the hull "
+               "(red) with its 95% pointwise bootstrap band (shaded), eq. (1) fitted on all points (grey "
+               "dashed), and the saturation line 1 &minus; e_IR (red dotted)."
+               + (" Green dash-dots: the saturation planted by construction." if page.planted else ""))
+    return ["<h2>DS accuracy against US accuracy (Figure 1)</h2>", H.figure(png, caption, "Figure 1 grid")]
+
+
+def parameters(page: Page) -> list[str]:
+    params = T.parameter_table(page.res.groups)
+    page.art.table("parameters", params)
+    fits_all = T.fits_all_table(page.res.groups)
+    if not fits_all.empty:
+        page.art.table("fits_all_points", fits_all)
+    page.art.table("points", T.points_table(page.res))
+    return ["<h2>Parameters of eq. (1) per task</h2>",
+            "<p>Fitted on the upper hull (variable projection; global optimum over alpha). Intervals are 2.5/97.5 "
+            "bootstrap percentiles: models are resampled with replacement and the hull is recomputed for every "
+            "replicate. The hull is an extreme-value statistic, for which the plain n-out-of-n bootstrap is "
+            "known to be inconsistent (Bickel &amp; Sakov): read the intervals as indicative. A fit on three "
+            "or fewer distinct hull points is not identified; it is flagged.</p>",
+            H.table(T.display_parameters(params), text_cols=("DS task", "flags"), flag_col="flags",
+                    nowrap_cols=("alpha [95% CI]", "saturation [95% CI]", "sse"))]
+
+
+def prediction_power(page: Page) -> list[str]:
+    power = T.power_table(page.res.groups)
+    if power.empty:
+        return []
+    page.art.table("prediction_power", power)
+    view = power[[c for c in ("ds_task", "shots", "n_points", "std_residual", "std_mean", "ratio") if c in power]].copy()
+    if "n_points" in view:
+        view["n_points"] = view["n_points"].astype(int)
+    if "shots" in view:
+        view["shots"] = view["shots"].map(lambda v: "" if pd.isna(v) else f"{v:g}")
+    return ["<h2>How well US accuracy predicts DS accuracy (Table F.3)</h2>",
+            "<p>std_residual: standard deviation of DS accuracy minus eq. (1) fitted on all points; std_mean: "
+            "standard deviation around the mean DS accuracy (predicting the mean); ratio = std_residual / "
+            "std_mean. A small ratio means US accuracy alone predicts DS accuracy well.</p>",
+            H.table(view, text_cols=("ds_task",), digits=4)]
+
+
+def sensitivity(page: Page) -> list[str]:
+    sens = page.res.sensitivity
+    if sens is None:
+        return []
+    page.art.table("sensitivity", sens)
+    png = page.art.figure("fig3_sensitivity", F.sensitivity_plot(sens))
+    caption = ("Models are split by US accuracy at its 0.75 quantile. n models are drawn from the lower range (10 "
+               "trials per n); eq. (1) is fitted to their hull or to all of them. Fitting error: mean squared error "
+               "on the points used; prediction error: on the held-out high-US models. Thin lines: single tasks "
+               "(values below 1e-7, exact interpolation of a short hull, are drawn at 1e-7); thick: mean over tasks.")
+    return ["<h2>Sensitivity to the number of models (Figure 3)</h2>", H.figure(png, caption, "Figure 3 sensitivity")]
+
+
+def shots(page: Page) -> list[str]:
+    res = page.res
+    if res.shots_long is None:
+        return []
+    png = page.art.figure("fig2_params_vs_shots", F.params_vs_shots_plot(res.shots_long))
+    out = ["<h2>Parameters against the number of shots (Figure 2)</h2>",
+           H.figure(png, "k, alpha and e_IR of the hull fit for each DS task and shot count.",
+                    "Figure 2 parameters vs shots")]
+    if res.shots_table is not None:
+        page.art.table("params_vs_shots", res.shots_table)
+        text_cols = tuple(c for c in res.shots_table.columns if res.shots_table[c].dtype == object)
+        out.append(H.table(res.shots_table, text_cols=text_cols))
+    return out
+
+
+def spearman(page: Page) -> list[str]:
+    res = page.res
+    if res.spearman is None:
+        return []
+    ds_ds, ds_us = res.spearman
+    page.art.table("spearman_ds_ds", ds_ds.rename_axis(index="ds_task", columns=None).reset_index())
+    page.art.table("spearman_ds_us", pd.DataFrame({"ds_task": [str(i) for i in ds_us.index],
+                                                   "spearman_with_us": ds_us.to_numpy(float)}))
+    out = ["<h2>Rank correlations over models (Figures F.20, F.21)</h2>"]
+    if res.main_shots is not None:
+        out.append(f"<p>Accuracies at {H.esc(shots_text(res.main_shots))}, the shot count that covers the most "
+                   "DS tasks.</p>")
+    png = page.art.figure("figF21_spearman_ds_us", F.spearman_us_bars(ds_us, page.source.table.us_name))
+    out.append(H.figure(png, "Spearman correlation of each DS task's accuracy with US accuracy, over models.",
+                        "Spearman DS vs US"))
+    if ds_ds.shape[0] >= 2:
+        order = list(ds_us.dropna().sort_values(ascending=False).index)
+        png = page.art.figure("figF20_spearman_ds_ds", F.spearman_heatmap(ds_ds, order))
+        out.append(H.figure(png, "Spearman correlation between DS tasks, over models; tasks in order of their "
+                                 "correlation with US accuracy.", "Spearman DS vs DS"))
+    return out
+
+
+def overlay(page: Page) -> list[str]:
+    ref = page.res.overlay_ref
+    if ref is None:
+        return []
+    png = page.art.figure("fig5_hull_overlay", F.hull_overlay_grid(page.res.groups, ref, page.source.table.us_name,
+                                                                   page.axis_scale))
+    caption = (f"Red: the upper hull of {H.esc(ref)} (the DS task whose ranking agrees most with US accuracy "
+               "unless chosen with the overlay option) drawn on each task's points. Where the red hull lies above a "
+               "task's own hull, the models best on the reference are not the best on that task.")
+    return [f"<h2>Hull of {H.esc(ref)} over every task (Figure 5)</h2>", H.figure(png, caption, "Figure 5 hull overlay")]
+
+
+def layers(page: Page) -> list[str]:
+    res, lay = page.res, page.source.layers
+    if lay is None:
+        return []
+    page.art.table("layer_accuracy", lay)
+    if res.layer_table is not None:
+        page.art.table("layer_profile", res.layer_table)
+    shown = lay if res.main_shots is None else lay[lay["shots"] == res.main_shots]
+    png = page.art.figure("fig6_layers", F.layer_plot(shown, page.source.table.us_name,
+                                                      T.earliest_layers(res.layer_table)))
+    out = ["<h2>Accuracy per layer (Figure 6)</h2>",
+           H.figure(png, "Few-shot accuracy of a probe on each layer's features"
+                    + (f" ({shots_text(res.main_shots)})" if res.main_shots is not None else "")
+                    + ". One line per checkpoint, coloured by US accuracy.", "Figure 6 layers")]
+    summary_ = T.layer_summary(res.layer_table)
+    if summary_ is not None:
+        page.art.table("layer_summary", summary_)
+        out += ["<p>Per DS task: the mean best layer and the mean earliest layer within 0.01 of the best (over "
+                "checkpoints), and the share of checkpoints whose last layer is not needed.</p>",
+                H.table(summary_, text_cols=("dataset",))]
+    return out
+
+
+def files(page: Page) -> list[str]:
+    stems: dict = {}
+    for f in page.art.files + ["report.html"]:
+        folder, _, name = f.rpartition("/")
+        stem, _, ext = name.rpartition(".")
+        stems.setdefault(folder, {}).setdefault(stem, []).append(ext)
+    out = ["<h2>Files</h2><p>Every figure of this page is saved under <code>figures/</code> (PNG and SVG); "
+           "every table under <code>tables/</code> (CSV and JSON). <code>fits.json</code> has the schema of "
+           "<code>plateaulab fit --json</code>.</p>", "<ul>"]
+    for folder, items in stems.items():
+        listed = ", ".join(f"<code>{H.esc(stem)}</code> ({'/'.join(exts)})" for stem, exts in items.items())
+        out.append(f"<li><b>{H.esc(folder or '.')}/</b>: {listed}</li>")
+    return out + ["</ul>"]
+
+
+#: The page, top to bottom.
+SECTIONS = (header, not_analysed, summary, saturation_figure, parameters, prediction_power, sensitivity, shots,
+            spearman, overlay, layers, files)

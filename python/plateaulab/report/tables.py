@@ -1,0 +1,166 @@
+"""The study's tables: the DataFrames written under tables/ (CSV and JSON) and shown in the report."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ..analysis.records import fit_record
+from . import html as H
+from .text import flags, ranked, summary_sentence
+
+PARAMS = ("k", "alpha", "e_ir", "saturation")
+
+
+def _drop_empty_shots(df: pd.DataFrame) -> pd.DataFrame:
+    if not df.empty and "shots" in df and df["shots"].isna().all():
+        return df.drop(columns="shots")
+    return df
+
+
+def fit_records(res) -> list[dict]:
+    """fits.json: one record per group, in the groups' order (analysis.records's schema)."""
+    extra = {} if res.source.layer_rule is None else {"layer": res.source.layer_rule}
+    return [fit_record(r.fit_hull, task=r.task, shots=r.shots, boot=r.boot, extra=extra) for r in res.groups]
+
+
+def parameter_table(groups: list) -> pd.DataFrame:
+    rows = []
+    for r in groups:
+        f = r.fit_hull
+        row = {"ds_task": r.task, "shots": r.shots, "n_models": len(r.us), "hull_points": int(f.hull_points),
+               "k": f.k, "alpha": f.alpha, "e_ir": f.e_ir, "saturation": f.saturation, "sse": f.sse,
+               "identified": bool(f.identified)}
+        if r.boot is not None:
+            for p in PARAMS:
+                lo, hi = r.boot.ci.get(p, (np.nan, np.nan))
+                row[f"{p}_lo"], row[f"{p}_hi"] = float(lo), float(hi)
+            row["boot_n"], row["boot_failed"] = int(r.boot.n_boot), int(r.boot.n_failed)
+            row["boot_on_bound"], row["boot_unidentified"] = int(r.boot.n_on_bound), int(r.boot.n_unidentified)
+        if r.fit_all is not None:
+            row["saturation_all_points"] = r.fit_all.saturation
+            row["alpha_all_points"] = r.fit_all.alpha
+        row["best_ds"] = float(np.max(r.ds))
+        row["flags"] = "; ".join(flags(r))
+        row["summary"] = summary_sentence(r)
+        rows.append(row)
+    return _drop_empty_shots(pd.DataFrame(rows))
+
+
+def summary_table(groups: list) -> pd.DataFrame:
+    """The per-task summary in the order of the report (ranked): what stdout and the HTML list."""
+    return pd.DataFrame([{"label": r.label, "ds_task": r.task, "shots": r.shots, "summary": summary_sentence(r),
+                          "saturation": r.fit_hull.saturation, "identified": bool(r.fit_hull.identified)}
+                         for r in ranked(groups)])
+
+
+def fits_all_table(groups: list) -> pd.DataFrame:
+    rows = []
+    for r in groups:
+        if r.fit_all is None:
+            continue
+        d = {k: (",".join(map(str, v)) if isinstance(v, (list, tuple)) else v) for k, v in r.fit_all.to_dict().items()}
+        rows.append({"ds_task": r.task, "shots": r.shots, **d})
+    return pd.DataFrame(rows)
+
+
+def power_table(groups: list) -> pd.DataFrame:
+    rows = []
+    for r in groups:
+        if r.power is None:
+            continue
+        row = {"ds_task": r.task, "shots": r.shots}
+        row.update({k: (float(v) if isinstance(v, (int, float, np.number)) and not isinstance(v, bool) else v)
+                    for k, v in r.power.items() if np.isscalar(v)})
+        rows.append(row)
+    return _drop_empty_shots(pd.DataFrame(rows))
+
+
+def points_table(res) -> pd.DataFrame:
+    """Every point of every group with whether it is a vertex of its group's upper hull."""
+    frames = []
+    for r in res.groups:
+        rows = r.group.rows.copy()
+        rows["on_hull"] = False
+        rows.loc[rows.index[r.hull], "on_hull"] = True
+        frames.append(rows)
+    return pd.concat(frames, ignore_index=True)
+
+
+def not_analysed_table(res) -> pd.DataFrame:
+    return pd.DataFrame({"what": list(res.skipped), "why": list(res.skipped.values())})
+
+
+def planted_table(groups: list, planted: dict) -> pd.DataFrame:
+    """Synthetic inputs: the planted saturation against the recovered one and its interval."""
+    rows = []
+    for r in groups:
+        if r.task not in planted:
+            continue
+        lo, hi = (np.nan, np.nan)
+        if r.boot is not None and "saturation" in r.boot.ci:
+            lo, hi = r.boot.ci["saturation"]
+        p = planted[r.task]
+        rows.append({"ds_task": r.task, "shots": "" if r.shots is None else f"{r.shots:g}", "planted saturation": p,
+                     "fitted saturation": r.fit_hull.saturation, "ci_lo": lo, "ci_hi": hi,
+                     "planted inside CI": bool(lo <= p <= hi) if np.isfinite(lo) else None})
+    return pd.DataFrame(rows)
+
+
+def planted_saturations(planted: dict | None) -> dict:
+    """{task: planted saturation} from a synthetic store's metadata (see plateaulab.synth)."""
+    if not planted:
+        return {}
+    tasks = planted.get("tasks", {})
+    return {t: float(v["saturation"]) for t, v in tasks.items() if isinstance(v, dict) and "saturation" in v}
+
+
+def _ci_text(row, p: str, digits: int = 3) -> str:
+    v = row.get(p)
+    if v is None or not np.isfinite(v):
+        return ""
+    text = f"{v:.{digits}f}"
+    lo, hi = row.get(f"{p}_lo"), row.get(f"{p}_hi")
+    if lo is not None and hi is not None and np.isfinite(lo) and np.isfinite(hi):
+        text += f" [{lo:.{digits}f}, {hi:.{digits}f}]"
+    return text
+
+
+def display_parameters(params: pd.DataFrame) -> pd.DataFrame:
+    """The parameter table as shown in the report: CIs folded into their parameter's cell."""
+    rows = []
+    for _, r in params.iterrows():
+        r = r.to_dict()
+        row = {"DS task": r["ds_task"]}
+        if "shots" in r:
+            row["shots"] = H.fmt(r["shots"], 0) if r["shots"] is not None else ""
+        row.update({"models": r["n_models"], "hull pts": r["hull_points"], "k": r["k"],
+                    "alpha [95% CI]": _ci_text(r, "alpha", 2), "e_IR": r["e_ir"],
+                    "saturation [95% CI]": _ci_text(r, "saturation", 3)})
+        if "saturation_all_points" in r:
+            row["sat. (fit on all)"] = r["saturation_all_points"]
+        row.update({"best DS": r["best_ds"], "sse": r["sse"], "flags": r["flags"]})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def layer_summary(table: pd.DataFrame | None) -> pd.DataFrame | None:
+    """Per dataset: mean best and earliest-near-best layer over checkpoints, and how often the earliest
+    near-best layer is below the checkpoint's last layer (the paper's early-saturating tasks)."""
+    if table is None or table.empty:
+        return None
+    per_ck = table.groupby(["dataset", "checkpoint"], sort=False).agg(
+        best_layer=("best_layer", "first"), earliest_layer=("earliest_layer", "first"),
+        deepest=("layer_index", "max")).reset_index()
+    per_ck["not_last"] = per_ck["earliest_layer"] < per_ck["deepest"]
+    return (per_ck.groupby("dataset", sort=False)
+            .agg(checkpoints=("checkpoint", "size"), mean_best_layer=("best_layer", "mean"),
+                 mean_earliest_layer=("earliest_layer", "mean"), share_last_layer_not_needed=("not_last", "mean"))
+            .reset_index())
+
+
+def earliest_layers(table: pd.DataFrame | None) -> pd.DataFrame | None:
+    """Rows of the layer-profile table that mark each checkpoint's earliest near-best layer."""
+    if table is None or table.empty:
+        return None
+    return table[table["is_earliest"]]
