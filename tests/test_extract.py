@@ -40,7 +40,7 @@ def test_discovery_finds_blocks_stages_and_pre_logits():
 
 
 def test_discovery_without_blocks_or_head_asks_for_names():
-    with pytest.raises(InputError, match="name the layers"):
+    with pytest.raises(InputError, match="name the modules to capture in layers"):
         discover_layers(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.ReLU()))
 
 
@@ -327,9 +327,11 @@ def test_pooling_callable_and_per_layer_modes(tmp_path):
         t0 = model.blocks[0](model.tokens(torch.as_tensor(x[:10])))
         t1 = model.blocks[1](t0)
         t2 = model.blocks[2](t1)
-    for layer, want in (("blocks.0", t0[:, -1]), ("blocks.1", t1.mean(dim=1)), ("blocks.2", t2[:, 0])):
+    # The token mean skips the class token, as timm's average pooling skips its prefix tokens.
+    for layer, want in (("blocks.0", t0[:, -1]), ("blocks.1", t1[:, 1:].mean(dim=1)), ("blocks.2", t2[:, 0])):
         np.testing.assert_allclose(st.block("model", "d", layer).train, want.numpy(), rtol=1e-5, atol=1e-5)
-    assert st.checkpoint_meta("model")["extraction"]["pooling"]["blocks.0"] == "last_token"
+    assert st.checkpoint_meta("model")["extraction"]["pooling"] == {
+        "blocks.0": "last_token", "blocks.1": "mean[1:]", "blocks.2": "cls", "pre_logits": "none"}
 
 
 def test_token_pooling_follows_the_model():

@@ -82,9 +82,10 @@ def test_architecture_file_pairs_names_and_specs(tmp_path, ckpts, data):
     (d / "b").mkdir()
     for sub, m in (("a", models[0]), ("b", models[1])):
         torch.save(m.state_dict(), d / sub / "last.pt")
+    # An import path runs code: it takes allow_import=True (a callable or a registered name does not).
     extract_checkpoints([(ARCH, d / "a" / "last.pt"), (M.small_cnn, str(d / "b" / "last.pt")),
                          CheckpointSpec(d / "step300.safetensors", M.small_cnn, name="final", metadata={"epochs": 9})],
-                        tmp_path / "st", "toy", progress=False, **splits)
+                        tmp_path / "st", "toy", progress=False, allow_import=True, **splits)
     st = FeatureStore.open(tmp_path / "st")
     # Equal stems become paths relative to the common folder.
     assert st.checkpoints() == ["a/last", "b/last", "final"]
@@ -110,7 +111,7 @@ def test_missing_unreadable_and_mismatched_checkpoints(tmp_path, ckpts, data):
     torch.save(M.TinyViT().state_dict(), d / "vit.pt")
     with pytest.raises(InputError, match=r"vit\.pt does not fit architecture TinyResNet: .*missing"):
         extract_checkpoints([d / "vit.pt"], tmp_path / "st", "toy", architecture=M.small_cnn, **splits)
-    with pytest.raises(InputError, match="no architecture"):
+    with pytest.raises(InputError, match="no architecture given; pass architecture"):
         extract_checkpoints([d / "step100.pt"], tmp_path / "st", "toy", **splits)
     # A name already in the store that came from a different file is not silently mixed.
     extract_checkpoints([d / "step100.pt"], tmp_path / "st", "toy", architecture=M.small_cnn, progress=False,
@@ -135,8 +136,15 @@ def test_cli_manifest_and_list_layers(tmp_path, ckpts, data, capsys):
         "file,architecture,name,upstream_acc,data_size\n"
         f"runs/step100.pt,{ARCH},small-a,0.71,1000\n"
         f"{d / 'step300.safetensors'},{ARCH},small-b,0.83,30000\n")
+    # The manifest's import paths are refused without --allow-import, naming the file, the line and the flag.
     assert cli_main(["extract", str(tmp_path / "st"), "--manifest", str(tmp_path / "ck.csv"), "--no-progress",
-                     "--meta", "epochs=90", "--meta", "note=two runs", *args]) == 0
+                     *args]) == 2
+    err = capsys.readouterr().err
+    assert f"checkpoint manifest {tmp_path / 'ck.csv'}, line 2: architecture '{ARCH}' is an import path" in err
+    assert "unless --allow-import is set" in err and "Traceback" not in err
+    assert not (tmp_path / "st").exists(), "a refused manifest must not start the run"
+    assert cli_main(["extract", str(tmp_path / "st"), "--manifest", str(tmp_path / "ck.csv"), "--no-progress",
+                     "--allow-import", "--meta", "epochs=90", "--meta", "note=two runs", *args]) == 0
     assert "extracted 2 (checkpoint, dataset) pairs of 4 layers" in capsys.readouterr().out
     st = FeatureStore.open(tmp_path / "st")
     meta = st.checkpoint_meta("small-b")
@@ -145,20 +153,47 @@ def test_cli_manifest_and_list_layers(tmp_path, ckpts, data, capsys):
     out = capsys.readouterr().out
     assert out.splitlines()[1:5] == ["layer1", "layer2", "layer3", "pre_logits"]
     assert "layer2.0.conv1\tConv2d" in out
+    # --arch typed on the command line is the user's own choice: its import path needs no --allow-import.
     assert cli_main(["extract", str(tmp_path / "st2"), str(d / "step100.pt"), "--arch", ARCH, "--layers",
                      "layer9", *args]) == 2
-    assert "layer 'layer9' does not exist" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "layer 'layer9' does not exist" in err and "--layers takes the names" in err
+    assert "`plateaulab extract --list-layers --arch ARCH` prints them" in err
 
 
-def _cli(tmp_path, argv, env_extra=None):
+# The child process of the kill -9 tests. The library has no test hook: the child wraps one of its
+# real steps (a store block written, a batch's features written to the memmaps) so that the
+# ``count``-th call SIGKILLs the process right after it, exactly where a `kill -9` could land.
+_CHILD = """
+import os, signal, sys
+# A stale editable install's import redirector would shadow PYTHONPATH; drop it so the
+# subprocess runs this checkout, as the in-process tests do.
+sys.meta_path[:] = [f for f in sys.meta_path if 'ScikitBuild' not in type(f).__name__]
+kill_after, count = sys.argv[1], int(sys.argv[2])
+if kill_after != "none":
+    import plateaulab.extract.engine as engine
+    import plateaulab.store as store
+    owner, attr = {"blocks": (store.FeatureStore, "add_features"), "batches": (engine._Capture, "store_chunk")}[kill_after]
+    original, calls = getattr(owner, attr), [0]
+
+    def wrapped(*args, **kwargs):
+        out = original(*args, **kwargs)
+        calls[0] += 1
+        if calls[0] == count:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return out
+
+    setattr(owner, attr, wrapped)
+from plateaulab.cli import main
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+def _cli(tmp_path, argv, kill_after="none", count=0):
     # One intra-op thread: the models are tiny, and spinning OpenMP workers only slow a busy CI box.
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "python"), str(TESTS)]), OMP_NUM_THREADS="1")
-    env.update(env_extra or {})
-    # A stale editable install's import redirector would shadow PYTHONPATH; drop it so the
-    # subprocess runs this checkout, as the in-process tests do.
-    code = ("import sys; sys.meta_path[:] = [f for f in sys.meta_path if 'ScikitBuild' not in type(f).__name__]; "
-            "from plateaulab.cli import main; sys.exit(main(sys.argv[1:]))")
-    return subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, env=env, cwd=tmp_path)
+    return subprocess.run([sys.executable, "-c", _CHILD, kill_after, str(count), *argv], capture_output=True,
+                          text=True, env=env, cwd=tmp_path)
 
 
 def _block_files(st):
@@ -166,22 +201,21 @@ def _block_files(st):
             for ck, ds, layer in st.iter_blocks()}
 
 
-@pytest.mark.parametrize("hook,count", [("_PLATEAULAB_TEST_KILL_AFTER_BLOCKS", 6),
-                                        ("_PLATEAULAB_TEST_KILL_AFTER_BATCHES", 12)])
-def test_resume_after_kill_9(tmp_path, ckpts, data, hook, count):
+@pytest.mark.parametrize("kill_after,count", [("blocks", 6), ("batches", 12)])
+def test_resume_after_kill_9(tmp_path, ckpts, data, kill_after, count):
     """kill -9 mid-run (between two blocks of a pair, or mid-inference), then the same command finishes
     the work without redoing completed pairs, and the store equals an uninterrupted run's."""
     d, _ = ckpts
     _, x = data
     argv = ["extract", str(tmp_path / "st"), str(d / "step*"), "--arch", ARCH, "--no-progress",
             "--batch-size", "4", *_write_npz(tmp_path, x, np.arange(36) % 3)]
-    killed = _cli(tmp_path, argv, {hook: str(count)})
+    killed = _cli(tmp_path, argv, kill_after, count)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     st = FeatureStore.open(tmp_path / "st")
     done_before = _block_files(st)
     # 4 layers per pair: 6 blocks is the first pair plus half of the second. A checkpoint takes 9
     # batches of 4 (24 train + 12 test rows), so 12 batches ends inside the second one's inference.
-    if hook.endswith("BLOCKS"):
+    if kill_after == "blocks":
         assert sorted(done_before) == sorted([("step100", "toy", n) for n in ("layer1", "layer2", "layer3", "pre_logits")]
                                              + [("step200", "toy", "layer1"), ("step200", "toy", "layer2")])
     else:

@@ -55,7 +55,8 @@ def manual_vit(model, x, pooling="cls"):
         t = model.tokens(torch.as_tensor(x))
         for i, blk in enumerate(model.blocks):
             t = blk(t)
-            out[f"blocks.{i}"] = (t[:, 0] if pooling == "cls" else t.mean(dim=1)).numpy()
+            # The token mean is over the patch tokens, after the class token (timm's avg pooling).
+            out[f"blocks.{i}"] = (t[:, 0] if pooling == "cls" else t[:, 1:].mean(dim=1)).numpy()
         out["pre_logits"] = model.norm(t)[:, 0].numpy()
     return out
 

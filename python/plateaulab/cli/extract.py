@@ -17,6 +17,10 @@ A split (--train/--test/--val) is an image folder with one sub-folder per class,
 labels 'y' and inputs 'x' (or several named input arrays, passed to the model as keywords).
 A manifest is a .csv or .jsonl with columns file, architecture, name and any metadata
 (upstream accuracy, data size, epochs, ...). Run the same command again to resume after a crash.
+
+Architectures are named: timm:NAME, torchvision:NAME or hf:DIR. An import path (module:factory)
+imports and runs that module: typed as --arch it is allowed (you typed it); in a manifest it is
+refused unless --allow-import is given.
 """
 
 
@@ -30,8 +34,12 @@ def register(subparsers) -> None:
     p.add_argument("checkpoints", nargs="*", metavar="CHECKPOINT",
                    help="checkpoint files or globs (.pt/.pth/.bin state dicts or .safetensors)")
     p.add_argument("--arch", dest="architecture",
-                   help="architecture of the checkpoints: timm:NAME, torchvision:NAME, hf:DIR or module:factory")
+                   help="architecture of the checkpoints: timm:NAME, torchvision:NAME, hf:DIR, or module:factory "
+                        "(an import path: typed here, it is allowed)")
     p.add_argument("--manifest", help="a .csv/.jsonl listing checkpoints (file, architecture, name, metadata)")
+    p.add_argument("--allow-import", action="store_true",
+                   help="allow module:factory import paths in the --manifest's architecture column (importing "
+                        "runs that module's code; without this flag a manifest can only name timm:/hf:/torchvision:)")
     p.add_argument("--dataset", help="dataset name in the store")
     p.add_argument("--train", help="train split: image folder or .npz")
     p.add_argument("--test", help="test split: image folder or .npz")
@@ -72,20 +80,31 @@ def _meta(pairs) -> dict:
     return out
 
 
+def _typed_architecture(args):
+    """--arch as typed: the user's own command, so an import path in it is allowed (a manifest's is not)."""
+    from ..extract.registry import resolve_architecture
+
+    return resolve_architecture(args.architecture, allow_import=True) if args.architecture else None
+
+
 def _list_layers(args) -> int:
     from ..errors import InputError
-    from ..extract.checkpoints import build_model, classifier_outputs, read_state_dict
-    from ..extract.layers import default_token_pooling, discover_layers
+    from ..extract.checkpoints import classifier_outputs, read_state_dict
+    from ..extract.layers import discover_layers, model_layout
 
     if not args.architecture:
         raise InputError("--list-layers needs --arch")
+    arch = _typed_architecture(args)
     num_classes = None
     if args.checkpoints:
         from ..extract.checkpoints import expand_checkpoints
-        spec = expand_checkpoints(args.checkpoints[:1], args.architecture)[0]
+        spec = expand_checkpoints(args.checkpoints[:1], arch)[0]
         num_classes = classifier_outputs(read_state_dict(spec.file))
-    model = build_model(args.architecture, num_classes=num_classes)
-    print(f"# layers captured by --layers auto (token pooling: {default_token_pooling(model)})")
+    model = arch.build(num_classes=num_classes)
+    layout = model_layout(model)
+    prefix = f", {layout.prefix_tokens} prefix tokens skipped by the token mean" if layout.prefix_tokens else ""
+    nhwc = ", feature maps NHWC" if layout.map_format == "NHWC" else ""
+    print(f"# layers captured by --layers auto (token pooling: {layout.token_pooling}{prefix}{nhwc})")
     for layer in discover_layers(model):
         print(layer.name)
     print("# every module")
@@ -98,15 +117,29 @@ def _list_layers(args) -> int:
 def run(args) -> int:
     from ..errors import InputError
 
+    try:
+        return _run(args)
+    except InputError as exc:
+        if exc.param == "layers":
+            # The library names its parameter; here the command that lists the module names can be named too.
+            raise InputError(f"{exc.template}; `plateaulab extract --list-layers --arch ARCH` prints them",
+                             param=exc.param) from None
+        raise
+
+
+def _run(args) -> int:
+    from ..errors import InputError
+
     if args.list_layers:
         return _list_layers(args)
     from ..extract import extract_checkpoints, read_manifest
 
     if not args.store:
         raise InputError("STORE is required (the feature store directory to fill)")
+    architecture = _typed_architecture(args)
     entries = list(args.checkpoints)
     if args.manifest:
-        entries += read_manifest(args.manifest)
+        entries += read_manifest(args.manifest, allow_import=args.allow_import)
     if not entries:
         raise InputError("no checkpoints: pass checkpoint files/globs after STORE, or --manifest")
     for opt in ("dataset", "train", "test"):
@@ -119,11 +152,11 @@ def run(args) -> int:
         except ValueError:
             raise InputError(f"--batch-size must be 'auto' or an integer, got {batch!r}") from None
     report = extract_checkpoints(
-        entries, args.store, args.dataset, architecture=args.architecture, train=args.train, test=args.test,
+        entries, args.store, args.dataset, architecture=architecture, train=args.train, test=args.test,
         val=args.val, layers=args.layers, pooling=args.pooling, dtype=args.dtype, device=args.device,
         amp=False if args.no_amp else None, batch_size=batch, num_workers=args.workers,
         image_size=args.image_size, resize=args.resize, normalize=args.normalize, metadata=_meta(args.meta),
-        overwrite=args.overwrite, progress=not args.no_progress)
+        overwrite=args.overwrite, progress=not args.no_progress, allow_import=args.allow_import)
     done, skipped = report.extracted, report.skipped
     n_layers = len(done[0].layers) if done else (len(skipped[0].layers) if skipped else 0)
     rate = f", {report.images_per_second:.1f} images/s" if done else ""

@@ -5,6 +5,10 @@
     extract_checkpoints("runs/*/ckpt.pt", "store/", architecture="timm:vit_base_patch16_224",
                         dataset="pets", train="pets/train", test="pets/test")
 
+Architectures are named through a registry (``registry``: ``timm:NAME``, ``hf:DIR``,
+``torchvision:NAME``, and builders given a name with :func:`register_architecture`) or passed as
+callables; a ``module:attr`` import path runs code and needs ``allow_import=True``.
+
 One inference pass per (checkpoint, split) captures every layer through forward hooks (see
 ``layers`` for discovery and pooling, ``engine`` for the pass). The unit of work and of resumption
 is a (checkpoint, dataset) pair: all its layers come from the same pass, and its blocks are written
@@ -19,7 +23,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,16 +36,17 @@ from .checkpoints import (CheckpointSpec, architecture_label, build_model, class
                           load_weights, parameter_count, read_manifest, read_state_dict, sha256_file)
 from .engine import amp_dtype_for, default_batch_size, resolve_device, run_split
 from .inputs import ImageTransform, SplitSource, split_source
-from .layers import Layer, check_pooling, default_token_pooling, discover_layers, resolve_layers
+from .layers import Layer, Layout, check_pooling, check_pooling_for, discover_layers, model_layout, resolve_layers
+from .registry import (Architecture, register_architecture, registered_architectures, resolve_architecture,
+                       unregister_architecture)
 
 __all__ = [
     "extract", "extract_checkpoints", "DatasetInputs", "CheckpointSpec", "ExtractionReport", "PairReport",
-    "discover_layers", "resolve_layers", "read_manifest", "ImageTransform", "Layer",
+    "discover_layers", "resolve_layers", "read_manifest", "ImageTransform", "Layer", "Layout", "model_layout",
+    "register_architecture", "unregister_architecture", "registered_architectures", "resolve_architecture",
+    "Architecture",
 ]
 
-# Test hook: the resume tests kill the process (SIGKILL) after this many blocks have been written.
-KILL_AFTER_BLOCKS_ENV = "_PLATEAULAB_TEST_KILL_AFTER_BLOCKS"
-_blocks_written = 0
 DTYPES = ("float16", "float32")
 
 
@@ -110,14 +114,14 @@ def _open_store(store) -> FeatureStore:
 
 def _check_options(opt: _Options) -> None:
     if opt.dtype not in DTYPES:
-        raise InputError(f"dtype must be one of {', '.join(DTYPES)}, got {opt.dtype!r}")
+        raise InputError(f"{{param}} must be one of {', '.join(DTYPES)}, got {opt.dtype!r}", param="dtype")
     if isinstance(opt.pooling, dict):
         for v in opt.pooling.values():
             check_pooling(v)
     else:
         check_pooling(opt.pooling)
     if opt.batch_size != "auto" and not (isinstance(opt.batch_size, int) and opt.batch_size > 0):
-        raise InputError(f"batch_size must be a positive integer or 'auto', got {opt.batch_size!r}")
+        raise InputError(f"{{param}} must be a positive integer or 'auto', got {opt.batch_size!r}", param="batch_size")
 
 
 def _datasets_arg(datasets, dataset, train, test, val, class_names) -> dict[str, DatasetInputs]:
@@ -214,8 +218,7 @@ class _Run:
         return [ds for ds in self.sources
                 if not all(self.store.has_block(checkpoint, ds, n) for n in layer_names)]
 
-    def run_pair(self, model, checkpoint: str, dataset: str, layers: list[Layer], token_pooling: str) -> PairReport:
-        global _blocks_written
+    def run_pair(self, model, checkpoint: str, dataset: str, layers: list[Layer], layout: Layout) -> PairReport:
         tmp = self.tmp_root / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         where = f"checkpoint {checkpoint!r}, dataset {dataset!r}"
         results = {}
@@ -223,7 +226,7 @@ class _Run:
             for split, src in self.sources[dataset].items():
                 results[split] = run_split(
                     model, layers, src, device=self.device, amp_dtype=self.amp_dtype, batch_size=self.batch_size,
-                    pooling=self.opt.pooling, token_pooling=token_pooling, out_dtype=self.opt.dtype,
+                    pooling=self.opt.pooling, layout=layout, out_dtype=self.opt.dtype,
                     tmpdir=tmp / split, progress=self.opt.progress, desc=f"{checkpoint} {dataset}/{split}",
                     where=where)
                 self.batch_size = min(self.batch_size, results[split].batch_size)
@@ -240,9 +243,6 @@ class _Run:
                     test=results["test"].features[name],
                     val=results["val"].features[name] if "val" in results else None,
                     layer_index=index, overwrite=self.opt.overwrite)
-                _blocks_written += 1
-                if int(os.environ.get(KILL_AFTER_BLOCKS_ENV, "0") or 0) == _blocks_written:
-                    os.kill(os.getpid(), signal.SIGKILL)
             pooling = results["train"].pooling
             self.store.set_checkpoint_meta(checkpoint, extraction={
                 "layers": names, "pooling": {n: pooling.get(n) for n in names}, "dtype": self.opt.dtype})
@@ -255,10 +255,13 @@ class _Run:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _prepare(model, device, layers):
+def _prepare(model, device, layers, pooling):
+    """Eval mode on ``device``; the layers to capture and the model's token/feature-map layout."""
     model.eval()
     model.to(device)
-    return resolve_layers(model, layers), default_token_pooling(model)
+    layout = model_layout(model)
+    check_pooling_for(model, layout, pooling)
+    return resolve_layers(model, layers), layout
 
 
 def extract(model, store, dataset: str | None = None, *, train=None, test=None, val=None, datasets=None,
@@ -283,7 +286,7 @@ def extract(model, store, dataset: str | None = None, *, train=None, test=None, 
                    ImageTransform(image_size, resize, normalize), overwrite, progress)
     run = _Run(st, _datasets_arg(datasets, dataset, train, test, val, class_names), opt)
     was_training = model.training
-    chosen, token_pooling = _prepare(model, run.device, layers)
+    chosen, layout = _prepare(model, run.device, layers, pooling)
     report = ExtractionReport()
     names = [layer.name for layer in chosen]
     todo = run.pending(checkpoint, names)
@@ -292,7 +295,7 @@ def extract(model, store, dataset: str | None = None, *, train=None, test=None, 
             st.set_checkpoint_meta(checkpoint, **{**(metadata or {}),
                                                   "architecture": architecture_label(type(model)),
                                                   "parameters": parameter_count(model)})
-        report.pairs += _run_pairs(run, model, checkpoint, chosen, token_pooling, todo, names)
+        report.pairs += _run_pairs(run, model, checkpoint, chosen, layout, todo, names)
     finally:
         model.train(was_training)
     return report
@@ -319,8 +322,7 @@ def _check_same_file(st: FeatureStore, checkpoint: str, file: Path, overwrite: b
         raise InputError(
             f"checkpoint {checkpoint!r} in store {st.path} was extracted from a file with sha256 "
             f"{meta['sha256'][:12]}..., but {file} has sha256 {digest[:12]}...; give this file another name "
-            "or pass overwrite"
-        )
+            "or set {param} to re-extract it", param="overwrite")
     return digest
 
 
@@ -329,25 +331,31 @@ def extract_checkpoints(checkpoints, store, dataset: str | None = None, *, archi
                         dtype: str = "float16", device=None, amp=None, batch_size="auto",
                         num_workers: int | None = None, image_size: int = 224, resize: int = 256,
                         normalize: str = "inception", metadata: dict | None = None, class_names=None,
-                        overwrite: bool = False, progress: bool = True) -> ExtractionReport:
+                        overwrite: bool = False, progress: bool = True,
+                        allow_import: bool = False) -> ExtractionReport:
     """Extract every checkpoint file in ``checkpoints`` (paths, globs, (architecture, file) pairs,
     dicts or CheckpointSpecs; see ``checkpoints.expand_checkpoints``) over the dataset(s).
+
+    Architectures are callables or registry names (``timm:NAME``, ``hf:DIR``, ``torchvision:NAME``, a
+    name given to :func:`register_architecture`); every one is resolved before the first file is
+    read. A ``module:attr`` import path is refused unless ``allow_import=True``, because importing
+    runs code and checkpoint entries often come from a manifest (data).
 
     Each file is read once; its metadata (file, sha256, architecture, parameter count, ``metadata``
     and the spec's own metadata) goes to the store. The skeleton of an architecture is built once and
     reloaded with each file's weights. Other arguments are those of :func:`extract`.
     """
-    specs = expand_checkpoints(checkpoints, architecture)
+    specs = expand_checkpoints(checkpoints, architecture, allow_import=allow_import)
     st = _open_store(store)
     opt = _Options(layers, pooling, dtype, device, amp, batch_size, num_workers,
                    ImageTransform(image_size, resize, normalize), overwrite, progress)
     run = _Run(st, _datasets_arg(datasets, dataset, train, test, val, class_names), opt)
     report = ExtractionReport()
-    skeleton_key, skeleton, chosen, token_pooling = None, None, None, None
+    skeleton_key, skeleton, chosen, layout = None, None, None, None
     for spec in specs:
         ck = spec.name
         digest = _check_same_file(st, ck, spec.file, overwrite)
-        key = (architecture_label(spec.architecture), id(spec.architecture))
+        key = spec.architecture.key
         if skeleton_key is not None and skeleton_key[0] == key:
             names = [layer.name for layer in chosen]
             todo = run.pending(ck, names)
@@ -357,8 +365,8 @@ def extract_checkpoints(checkpoints, store, dataset: str | None = None, *, archi
         sd = read_state_dict(spec.file)
         full_key = (key, classifier_outputs(sd))
         if full_key != skeleton_key:
-            skeleton = build_model(spec.architecture, num_classes=full_key[1])
-            chosen, token_pooling = _prepare(skeleton, run.device, layers)
+            skeleton = spec.architecture.build(num_classes=full_key[1])
+            chosen, layout = _prepare(skeleton, run.device, layers, pooling)
             skeleton_key = full_key
         names = [layer.name for layer in chosen]
         todo = run.pending(ck, names)
@@ -375,11 +383,11 @@ def extract_checkpoints(checkpoints, store, dataset: str | None = None, *, archi
                                       "file_mtime_ns": Path(spec.file).stat().st_mtime_ns,
                                       "architecture": architecture_label(spec.architecture),
                                       "parameters": parameter_count(skeleton)})
-        report.pairs += _run_pairs(run, skeleton, ck, chosen, token_pooling, todo, names)
+        report.pairs += _run_pairs(run, skeleton, ck, chosen, layout, todo, names)
     return report
 
 
-def _run_pairs(run, model, checkpoint, chosen, token_pooling, todo, names) -> list:
+def _run_pairs(run, model, checkpoint, chosen, layout, todo, names) -> list:
     """Extract every pending dataset of one checkpoint; report the finished ones as skipped."""
-    return [run.run_pair(model, checkpoint, ds, chosen, token_pooling) if ds in todo
+    return [run.run_pair(model, checkpoint, ds, chosen, layout) if ds in todo
             else PairReport(checkpoint, ds, "skipped", names) for ds in run.sources]

@@ -4,11 +4,9 @@ Nothing here downloads. Architectures are built with random weights (timm ``pret
 torchvision ``weights=None``, Hugging Face ``from_config`` on a local directory), and the weights
 come only from the files the user names; a missing file is an error that names it.
 
-Architectures are given as
-- a callable returning an ``nn.Module`` (Python API);
-- ``"timm:NAME"`` (or a bare timm model name), ``"torchvision:NAME"``;
-- ``"hf:DIR"``: a local Hugging Face model directory (its ``config.json``);
-- ``"package.module:factory"``: a function called without arguments.
+Architectures are a callable returning an ``nn.Module`` (Python API), or a name from the registry
+(``registry``: ``timm:NAME``, ``torchvision:NAME``, ``hf:DIR``, names given to
+``register_architecture``); a ``module:factory`` import path only with ``allow_import=True``.
 """
 
 from __future__ import annotations
@@ -16,7 +14,6 @@ from __future__ import annotations
 import csv
 import glob
 import hashlib
-import importlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -24,6 +21,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from . import deps
+from .registry import Architecture, resolve_architecture
 
 # Keys under which training scripts nest the state dict (Lightning, DeiT, MAE, timm's train.py).
 _NESTED_KEYS = ("state_dict", "model", "model_state_dict", "module", "net", "state_dict_ema", "model_ema")
@@ -46,6 +44,8 @@ class CheckpointSpec:
 def architecture_label(architecture) -> str:
     if architecture is None:
         return ""
+    if isinstance(architecture, Architecture):
+        return architecture.label
     if isinstance(architecture, str):
         return architecture
     return f"{getattr(architecture, '__module__', '?')}.{getattr(architecture, '__qualname__', repr(architecture))}"
@@ -71,12 +71,14 @@ def _expand_file(pattern) -> list[Path]:
     return [p]
 
 
-def expand_checkpoints(checkpoints, architecture=None) -> list[CheckpointSpec]:
+def expand_checkpoints(checkpoints, architecture=None, *, allow_import: bool = False) -> list[CheckpointSpec]:
     """Normalise the user's checkpoints into CheckpointSpecs with unique store names.
 
     ``checkpoints`` is a path or glob, a list of them, ``(architecture, file)`` pairs, dicts with
     ``file``/``architecture``/``name``/``metadata``, or CheckpointSpecs. ``architecture`` is the
-    default for entries that do not name their own.
+    default for entries that do not name their own. Every architecture is resolved here, before any
+    file is read (``registry.resolve_architecture``; import paths need ``allow_import``), and each
+    spec's ``architecture`` becomes the resolved :class:`~plateaulab.extract.registry.Architecture`.
     """
     if isinstance(checkpoints, (str, os.PathLike, CheckpointSpec, dict)):
         checkpoints = [checkpoints]
@@ -103,9 +105,17 @@ def expand_checkpoints(checkpoints, architecture=None) -> list[CheckpointSpec]:
                              "pair or a dict with 'file'")
     if not specs:
         raise InputError("no checkpoints given")
+    resolved: dict = {}
     for s in specs:
         if s.architecture is None:
-            raise InputError(f"checkpoint file {s.file}: no architecture given; pass architecture= (--arch)")
+            raise InputError(f"checkpoint file {s.file}: no architecture given; pass {{param}} or name one for "
+                             "this file", param="architecture")
+        # One resolution per distinct architecture: the same object for every file that shares it.
+        k = id(s.architecture) if not isinstance(s.architecture, str) else s.architecture
+        if k not in resolved:
+            resolved[k] = resolve_architecture(s.architecture, allow_import=allow_import,
+                                               where=f"checkpoint file {s.file}")
+        s.architecture = resolved[k]
     _assign_names(specs)
     return specs
 
@@ -129,8 +139,13 @@ def _assign_names(specs: list[CheckpointSpec]) -> None:
         seen[s.name] = s.file
 
 
-def read_manifest(path) -> list[dict]:
-    """Checkpoint entries from a .csv (header row) or .jsonl/.json file: file, architecture, name, any metadata."""
+def read_manifest(path, *, allow_import: bool = False) -> list[dict]:
+    """Checkpoint entries from a .csv (header row) or .jsonl/.json file: file, architecture, name, any metadata.
+
+    A manifest is data: its ``architecture`` values are checked against the registry here (see
+    ``registry``), and an import path (``module:attr``) is refused unless ``allow_import``. Relative
+    ``file`` paths and ``hf:DIR`` directories are resolved against the manifest's folder.
+    """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"checkpoint manifest {path} does not exist")
@@ -138,20 +153,38 @@ def read_manifest(path) -> list[dict]:
     try:
         if path.suffix == ".csv":
             with open(path, newline="") as f:
-                rows = [{k: _parse_scalar(v) for k, v in r.items() if v not in (None, "")} for r in csv.DictReader(f)]
+                reader = csv.DictReader(f)
+                rows, lines = [], []
+                for r in reader:
+                    if None in r:
+                        raise InputError(f"checkpoint manifest {path}, line {reader.line_num}: more values than "
+                                         f"the {len(reader.fieldnames)} columns of the header")
+                    rows.append({k: _parse_scalar(v) for k, v in r.items() if v not in (None, "")})
+                    lines.append(reader.line_num)
         elif path.suffix == ".json":
             rows = json.loads(path.read_text())
+            lines = list(range(1, len(rows) + 1)) if isinstance(rows, list) else []
         else:
-            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            numbered = [(i, line) for i, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
+            rows, lines = [json.loads(line) for _, line in numbered], [i for i, _ in numbered]
     except (json.JSONDecodeError, csv.Error, UnicodeDecodeError) as exc:
         raise InputError(f"cannot parse checkpoint manifest {path} ({exc})") from None
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
         raise InputError(f"checkpoint manifest {path} must be a list of objects (rows)")
-    for r in rows:
+    unit = "item" if path.suffix == ".json" else "line"
+    for r, line in zip(rows, lines):
+        where = f"checkpoint manifest {path}, {unit} {line}"
         if "file" not in r:
-            raise InputError(f"checkpoint manifest {path}: row {r} has no 'file' column")
+            raise InputError(f"{where}: no 'file' column")
         f = Path(str(r["file"]))
         r["file"] = str(f if f.is_absolute() else base / f)
+        if "architecture" in r:
+            arch = r["architecture"]
+            if not isinstance(arch, str):
+                raise InputError(f"{where}: 'architecture' must be a name such as timm:NAME or hf:DIR, got {arch!r}")
+            resolved = resolve_architecture(arch, allow_import=allow_import, where=where, base=base)
+            if resolved.kind == "hf":
+                r["architecture"] = resolved.label  # hf:<the directory, resolved against the manifest's folder>
     return rows
 
 
@@ -245,54 +278,9 @@ def classifier_outputs(state_dict: dict) -> int | None:
     return None
 
 
-def build_model(architecture, num_classes: int | None = None):
-    """An ``nn.Module`` with random weights for ``architecture`` (see the module docstring); never downloads."""
-    torch = deps.torch()
-    label = architecture_label(architecture)
-    if callable(architecture) and not isinstance(architecture, str):
-        model = architecture()
-    elif not isinstance(architecture, str) or not architecture:
-        raise InputError(f"architecture must be a callable or a string, got {architecture!r}")
-    elif architecture.startswith("hf:"):
-        model = _build_hf(architecture[3:])
-    elif architecture.startswith("torchvision:"):
-        tv = deps.require("torchvision.models", f"architecture {architecture!r}")
-        kw = {} if num_classes is None else {"num_classes": num_classes}
-        try:
-            model = tv.get_model(architecture.split(":", 1)[1], weights=None, **kw)
-        except ValueError as exc:
-            raise InputError(f"architecture {architecture!r}: {exc}") from None
-    elif ":" in architecture and not architecture.startswith("timm:"):
-        module_name, _, attr = architecture.partition(":")
-        try:
-            factory = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as exc:
-            raise InputError(f"architecture {architecture!r}: cannot import {attr!r} from {module_name!r} ({exc})") from None
-        model = factory()
-    else:
-        timm = deps.require("timm", f"architecture {architecture!r}")
-        name = architecture.removeprefix("timm:")
-        # A checkpoint without classifier weights is a headless feature extractor: timm's num_classes=0.
-        kw = {"num_classes": 0 if num_classes is None else num_classes}
-        try:
-            model = timm.create_model(name, pretrained=False, **kw)
-        except RuntimeError as exc:
-            raise InputError(f"architecture {architecture!r}: timm does not know it ({exc})") from None
-    if not isinstance(model, torch.nn.Module):
-        raise InputError(f"architecture {label!r} built a {type(model).__name__}, not a torch nn.Module")
-    return model
-
-
-def _build_hf(directory: str):
-    # HF_HUB_OFFLINE keeps transformers from reaching for the Hub even if the config names a remote class.
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    transformers = deps.require("transformers", "architecture 'hf:...'")
-    d = Path(directory)
-    if not (d / "config.json").is_file():
-        raise InputError(f"architecture 'hf:{directory}': {d / 'config.json'} does not exist; "
-                         "pass a local Hugging Face model directory (plateaulab never downloads)")
-    config = transformers.AutoConfig.from_pretrained(str(d), local_files_only=True)
-    return transformers.AutoModel.from_config(config)
+def build_model(architecture, num_classes: int | None = None, *, allow_import: bool = False):
+    """An ``nn.Module`` with random weights for ``architecture`` (see ``registry``); never downloads."""
+    return resolve_architecture(architecture, allow_import=allow_import).build(num_classes)
 
 
 def parameter_count(model) -> int:

@@ -12,8 +12,6 @@ failed attempt may have half-written.
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -24,12 +22,9 @@ import numpy as np
 from ..errors import InputError
 from . import deps
 from .inputs import SplitSource
-from .layers import Layer, layer_tensor, pool
+from .layers import Layer, Layout, layer_tensor, pool
 
 FP16_MAX = float(np.finfo(np.float16).max)
-# Test hook: the resume tests kill the process (SIGKILL, as `kill -9` would) after this many batches.
-KILL_AFTER_BATCHES_ENV = "_PLATEAULAB_TEST_KILL_AFTER_BATCHES"
-_batches_done = 0
 
 
 @dataclass
@@ -173,9 +168,9 @@ def _call(model, x):
 class _Capture:
     """The hooks' shared state: where the current chunk's rows go and what each layer produced."""
 
-    def __init__(self, layers, rows, out_dtype, tmpdir: Path, pooling, token_pooling, where):
+    def __init__(self, layers, rows, out_dtype, tmpdir: Path, pooling, layout: Layout, where):
         self.layers, self.rows, self.out_dtype, self.tmpdir = layers, rows, np.dtype(out_dtype), tmpdir
-        self.pooling, self.token_pooling, self.where = pooling, token_pooling, where
+        self.pooling, self.layout, self.where = pooling, layout, where
         self.features: dict[str, np.ndarray] = {}
         self.used: dict[str, str] = {}
         self.offset, self.chunk_rows, self.mask, self.fired, self.pending = 0, 0, None, {}, {}
@@ -186,19 +181,22 @@ class _Capture:
     def hook(self, index: int, layer: Layer):
         def on_output(module, args, output=None):
             value = args if layer.hook == "input" else output
-            self.write(index, layer.name, layer_tensor(value, layer.name))
+            self.write(index, layer, layer_tensor(value, layer.name))
         return on_output
 
-    def write(self, index: int, name: str, x) -> None:
+    def write(self, index: int, layer: Layer, x) -> None:
+        name = layer.name
         self.fired[name] = self.fired.get(name, 0) + 1
         mode = self.mode_for(name)
-        if callable(mode):
+        if layer.reduce is not None:
+            pooled, how = layer.reduce(x).float(), layer.reduce_name
+        elif callable(mode):
             pooled, how = mode(x).float(), getattr(mode, "__name__", "custom")
             if pooled.ndim != 2:
                 raise InputError(f"{self.where}, layer {name!r}: the pooling callable returned shape "
                                  f"{tuple(pooled.shape)}; it must return (N, D)")
         else:
-            pooled, how = pool(x, mode, self.token_pooling, self.mask, name)
+            pooled, how = pool(x, mode, self.layout, self.mask, name)
         if pooled.shape[0] != self.chunk_rows:
             raise InputError(
                 f"{self.where}, layer {name!r}: output has {pooled.shape[0]} rows for a batch of {self.chunk_rows}; "
@@ -218,8 +216,7 @@ class _Capture:
                 if big > FP16_MAX:
                     raise InputError(
                         f"{self.where}, layer {name!r}: pooled features reach {big:.4g}, beyond the float16 range "
-                        f"({FP16_MAX:.0f}); extract with dtype='float32' (--dtype float32)"
-                    )
+                        f"({FP16_MAX:.0f}); set {{param}} to float32 to store them", param="dtype")
             buf = self.features.get(name)
             if buf is None:
                 buf = np.lib.format.open_memmap(self.tmpdir / f"{index:04d}.npy", mode="w+", dtype=self.out_dtype,
@@ -234,13 +231,19 @@ class _Capture:
 
 
 def run_split(model, layers: list[Layer], source: SplitSource, *, device, amp_dtype, batch_size: int,
-              pooling, token_pooling: str, out_dtype, tmpdir: Path, progress: bool = True,
+              pooling, layout: Layout, out_dtype, tmpdir: Path, progress: bool = True,
               desc: str = "", where: str = "") -> SplitFeatures:
-    """Run ``model`` once over ``source`` and return every layer's pooled features (see module doc)."""
+    """Run ``model`` once over ``source`` and return every layer's pooled features (see module doc).
+
+    ``layout`` is the model's :class:`~plateaulab.extract.layers.Layout` (or a bare token pooling,
+    "cls"/"mean").
+    """
     torch = deps.torch()
     tqdm = deps.require("tqdm", "the extraction progress bar").tqdm
     tmpdir.mkdir(parents=True, exist_ok=True)
-    cap = _Capture(layers, source.rows, out_dtype, tmpdir, pooling, token_pooling, where)
+    if isinstance(layout, str):
+        layout = Layout(token_pooling=layout)
+    cap = _Capture(layers, source.rows, out_dtype, tmpdir, pooling, layout, where)
     labels = np.full(source.rows, -1, np.int64)
     handles = []
     for i, layer in enumerate(layers):
@@ -251,8 +254,6 @@ def run_split(model, layers: list[Layer], source: SplitSource, *, device, amp_dt
     on_gpu = device.type == "cuda"
     autocast = (torch.autocast(device_type=device.type, dtype=amp_dtype) if amp_dtype is not None
                 else contextlib.nullcontext())
-    kill_after = int(os.environ.get(KILL_AFTER_BATCHES_ENV, "0") or 0)
-    global _batches_done
     micro = batch_size
     offset = 0
     bar = tqdm(total=source.rows, unit="img", unit_scale=True, desc=desc, disable=not progress,
@@ -302,9 +303,6 @@ def run_split(model, layers: list[Layer], source: SplitSource, *, device, amp_dt
                     i = j
                 offset += b
                 bar.update(b)
-                _batches_done += 1
-                if kill_after and _batches_done >= kill_after:
-                    os.kill(os.getpid(), signal.SIGKILL)
         if on_gpu:
             torch.cuda.synchronize(device)
     finally:

@@ -44,9 +44,11 @@ class ImageTransform:
 
     def __post_init__(self):
         if self.normalize not in NORMALIZATIONS:
-            raise InputError(f"normalize must be one of {', '.join(NORMALIZATIONS)}, got {self.normalize!r}")
+            raise InputError(f"{{param}} must be one of {', '.join(NORMALIZATIONS)}, got {self.normalize!r}",
+                             param="normalize")
         if not (0 < self.image_size <= self.resize):
-            raise InputError(f"image_size ({self.image_size}) must be positive and at most resize ({self.resize})")
+            raise InputError(f"{{param}} ({self.image_size}) must be positive and at most the resize before the "
+                             f"crop ({self.resize})", param="image_size")
 
     def __call__(self, img) -> np.ndarray:
         Image = deps.require("PIL.Image", "reading an image folder")

@@ -17,12 +17,19 @@ probes (PROTOCOL.md §7). Models without a recognisable classifier (a bare text 
 
 Pooling
 -------
-A block's output is (N, tokens, D) for transformers and mixers and (N, C, H, W) for CNN stages
-(PROTOCOL.md §8). Token outputs are pooled by the class token or by the mean over tokens; when the
-batch carries an ``attention_mask`` of shape (N, tokens) the mean runs over real tokens only, so
-padding of text batches does not leak into the features. Feature maps are globally average-pooled.
-(N, D) outputs are stored as they are. Pooling runs in float32 whatever the autocast dtype, so a
-mean over hundreds of tokens does not lose bits to fp16/bf16 accumulation.
+A block's output is (N, tokens, D) for transformers and mixers and a feature map for CNN stages
+(PROTOCOL.md §8): (N, C, H, W), or (N, H, W, C) for models that say so (timm's Swin, SwinV2 and
+MambaOut set ``output_fmt = "NHWC"``). Token outputs are pooled by the class token or by the mean over
+the tokens that follow the model's prefix tokens (class, distillation and register tokens: timm's
+``num_prefix_tokens``, or counted from the ``cls_token``/``dist_token``/``reg_token`` parameters), as
+timm's own average pooling does. When the batch carries an ``attention_mask`` of shape (N, tokens)
+the mean runs over real tokens only, so padding of text batches does not leak into the features.
+Feature maps are globally average-pooled. (N, D) outputs are stored as they are. Pooling runs in
+float32 whatever the autocast dtype, so a mean over hundreds of tokens does not lose bits to
+fp16/bf16 accumulation.
+
+Everything pooling needs to know about a model is read once, before the pass, into a
+:class:`Layout` (``model_layout``).
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from __future__ import annotations
 import difflib
 import re
 from dataclasses import dataclass
+from typing import Callable
 
 from ..errors import InputError
 
@@ -43,11 +51,34 @@ _NUMBERED = re.compile(r"(.*?)(\d+)")
 
 @dataclass(frozen=True)
 class Layer:
-    """A module whose output (``hook="output"``) or input (``hook="input"``) is captured."""
+    """A module whose output (``hook="output"``) or input (``hook="input"``) is captured.
+
+    ``reduce``, when set, is the layer's own definition of its (N, D) vector, applied instead of the
+    pooling modes (``reduce_name`` is what the store records): DeiT-distilled's pre-logits are the
+    mean of its class and distillation tokens after the final norm, which no single module's input holds.
+    """
 
     name: str
     module: object
     hook: str = "output"
+    reduce: Callable | None = None
+    reduce_name: str = ""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What pooling must know about a model's outputs (see the module doc).
+
+    ``token_pooling``: "cls" or "mean", the "auto" choice for token outputs. ``prefix_tokens``: how
+    many leading tokens (class, distillation, register) the token mean skips. ``has_class_token``:
+    True, False, or None when the model does not say (a text encoder's [CLS] is an input token).
+    ``map_format``: "NCHW" or "NHWC", the axis order of 4-D feature maps.
+    """
+
+    token_pooling: str = "mean"
+    prefix_tokens: int = 0
+    has_class_token: bool | None = None
+    map_format: str = "NCHW"
 
 
 def _param_count(module) -> int:
@@ -78,11 +109,21 @@ def block_layers(model) -> list[Layer]:
     return [Layer(name, mod) for _, name, mod in sorted(best, key=lambda t: t[0])]
 
 
+def _distilled_pre_logits(x):
+    return x[:, :2].mean(dim=1)
+
+
 def pre_logits_layer(model) -> Layer | None:
     """The classifier whose input is the pre-logits representation, if the model has one."""
     import torch.nn as nn
 
     modules = dict(model.named_modules())
+    # timm's distilled models (DeiT, PiT) classify from two tokens with two heads and average the
+    # logits; their pre-logits (``forward_head(x, pre_logits=True)``) are the mean of the class and
+    # distillation tokens of the final norm's output.
+    if "head_dist" in modules and isinstance(modules.get("norm"), nn.Module) and "dist_token" in dict(
+            model.named_parameters()):
+        return Layer(PRE_LOGITS, modules["norm"], reduce=_distilled_pre_logits, reduce_name="mean(cls,dist)")
     for name in _HEAD_NAMES:
         mod = modules.get(name)
         # Hugging Face CNN heads are Sequential(Flatten, Linear): the pre-logits feed the last Linear.
@@ -102,9 +143,8 @@ def discover_layers(model) -> list[Layer]:
     if not layers:
         raise InputError(
             f"found no repeated blocks (modules named like blocks.0, layer1, stages.0) and no classifier in "
-            f"{type(model).__name__}; name the layers to capture explicitly (layers=[...] or --layers), "
-            f"see `plateaulab extract --list-layers`"
-        )
+            f"{type(model).__name__}; name the modules to capture in {{param}} (names as in the model's "
+            "named_modules())", param="layers")
     return layers
 
 
@@ -118,52 +158,100 @@ def resolve_layers(model, layers) -> list[Layer]:
     out, seen = [], set()
     for name in layers:
         if name in seen:
-            raise InputError(f"layer {name!r} is named twice in layers={list(layers)!r}")
+            raise InputError(f"layer {name!r} is named twice in {{param}} ({', '.join(layers)})", param="layers")
         seen.add(name)
         if name == PRE_LOGITS:
             head = pre_logits_layer(model)
             if head is None:
                 raise InputError(
                     f"layer 'pre_logits': {type(model).__name__} has no classifier module named one of "
-                    f"{', '.join(_HEAD_NAMES)}; name the module whose output you want instead"
-                )
+                    f"{', '.join(_HEAD_NAMES)}; name in {{param}} the module whose output you want instead",
+                    param="layers")
             out.append(head)
             continue
         if name not in modules or name == "":
             close = difflib.get_close_matches(name, [n for n in modules if n], n=5, cutoff=0.5)
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             raise InputError(
-                f"layer {name!r} does not exist in {type(model).__name__}{hint}; "
-                f"`plateaulab extract --list-layers` prints the module names"
-            )
+                f"layer {name!r} does not exist in {type(model).__name__}{hint}; {{param}} takes the names "
+                "of the model's modules (named_modules()) or 'pre_logits'", param="layers")
         out.append(Layer(name, modules[name]))
     if not out:
-        raise InputError("layers is empty; pass 'auto' or at least one module name")
+        raise InputError("{param} is empty; pass 'auto' or at least one module name", param="layers")
     return out
+
+
+_CLASS_TOKENS = ("cls_token", "class_token", "class_embedding")
+_DIST_TOKENS = ("dist_token", "distillation_token")
+_REG_TOKENS = ("reg_token", "register_tokens")
 
 
 def default_token_pooling(model) -> str:
     """"cls" when the model classifies from a class token, else "mean".
 
-    timm ViTs say so in ``global_pool`` ('token' or 'avg'); otherwise a parameter named
-    ``cls_token`` / ``class_token`` / ``class_embedding`` anywhere in the model (timm, torchvision,
-    Hugging Face ViT's ``embeddings.cls_token``, CLIP) marks a class-token model. Mixers and text
-    encoders have none and are mean-pooled (sentence-transformers' MiniLM is trained with mean pooling).
+    timm models say so in ``global_pool`` ('token' or 'avg'; 'map', attention pooling, has no
+    per-block equivalent and gets the mean); otherwise a parameter named ``cls_token`` /
+    ``class_token`` / ``class_embedding`` anywhere in the model (timm, torchvision, Hugging Face ViT's
+    ``embeddings.cls_token``, CLIP) marks a class-token model. Mixers and text encoders have none and
+    are mean-pooled (sentence-transformers' MiniLM is trained with mean pooling).
     """
     gp = getattr(model, "global_pool", None)
     if isinstance(gp, str) and gp:
         return "cls" if gp == "token" else "mean"
     for name, _ in model.named_parameters():
-        if name.rsplit(".", 1)[-1] in ("cls_token", "class_token", "class_embedding"):
+        if name.rsplit(".", 1)[-1] in _CLASS_TOKENS:
             return "cls"
     return "mean"
+
+
+def model_layout(model) -> Layout:
+    """The token and feature-map layout of ``model`` (see :class:`Layout` and the module doc).
+
+    timm models state it: ``num_prefix_tokens`` (class + distillation + register tokens, always first),
+    ``pool_include_prefix`` (a mean over every token), ``has_class_token`` and ``output_fmt``. For
+    other models the prefix is counted from the parameters that hold those tokens: one for each class
+    or distillation token, and the register count of a ``reg_token`` / ``register_tokens`` of shape
+    (1, R, D) (Hugging Face DINOv2 with registers).
+    """
+    params = {name.rsplit(".", 1)[-1]: p for name, p in model.named_parameters()}
+    has_cls = getattr(model, "has_class_token", None)
+    if not isinstance(has_cls, bool):
+        if any(k in params for k in _CLASS_TOKENS):
+            has_cls = True
+        elif getattr(model, "cls_token", 0) is None or isinstance(getattr(model, "num_prefix_tokens", None), int):
+            has_cls = False  # timm: cls_token is None when the model was built with class_token=False
+        else:
+            has_cls = None
+    prefix = getattr(model, "num_prefix_tokens", None)
+    if not isinstance(prefix, int) or isinstance(prefix, bool):
+        prefix = sum(1 for k in _CLASS_TOKENS + _DIST_TOKENS if k in params)
+        for k in _REG_TOKENS:
+            if k in params:
+                prefix += int(params[k].shape[-2]) if params[k].ndim >= 2 else 1
+    if getattr(model, "pool_include_prefix", False) is True:
+        prefix = 0
+    fmt = getattr(model, "output_fmt", None)
+    fmt = fmt if fmt in ("NCHW", "NHWC") else "NCHW"
+    return Layout(default_token_pooling(model), int(prefix), has_cls, fmt)
 
 
 def check_pooling(pooling) -> None:
     if callable(pooling):
         return
     if pooling not in POOLINGS:
-        raise InputError(f"pooling must be one of {', '.join(POOLINGS)} or a callable, got {pooling!r}")
+        raise InputError(f"{{param}} must be one of {', '.join(POOLINGS)} or a callable, got {pooling!r}",
+                         param="pooling")
+
+
+def check_pooling_for(model, layout: Layout, pooling) -> None:
+    """Refuse class-token pooling for a model that states it has no class token (its token 0 is a
+    register or patch token)."""
+    modes = pooling.values() if isinstance(pooling, dict) else [pooling]
+    if layout.has_class_token is False and any(isinstance(m, str) and m == "cls" for m in modes):
+        raise InputError(
+            f"{{param}} 'cls' asks for the class token, but {type(model).__name__} has none (it was built "
+            f"without one; its first of {layout.prefix_tokens} prefix tokens is a register token); "
+            "use 'mean' or 'auto'", param="pooling")
 
 
 def layer_tensor(output, layer: str):
@@ -183,31 +271,41 @@ def layer_tensor(output, layer: str):
     raise InputError(f"layer {layer!r} produced {type(output).__name__}, not a tensor; name another layer")
 
 
-def pool(x, mode: str, token_pooling: str, mask=None, layer: str = ""):
+def pool(x, mode: str, layout, mask=None, layer: str = ""):
     """Reduce one layer's output to (N, D) float32 and say which pooling was used.
 
     ``mode`` is the pooling asked for ("auto", "cls", "mean", "gap"); it decides how token outputs
-    are pooled ("auto" and "gap" defer to ``token_pooling`` and to the mean respectively). 4-D maps
-    are always globally average-pooled and 2-D outputs kept, whatever ``mode`` says.
+    are pooled ("auto" defers to ``layout.token_pooling``, "gap" means the token mean). 4-D maps
+    are always globally average-pooled (over H, W of ``layout.map_format``) and 2-D outputs kept,
+    whatever ``mode`` says. The token mean skips ``layout.prefix_tokens`` leading tokens and is
+    recorded as "mean[P:]" when P > 0. ``layout`` may be a bare token pooling ("cls"/"mean").
     """
     import torch
 
+    if isinstance(layout, str):
+        layout = Layout(token_pooling=layout)
     # Reduce first and cast the (N, D) result: a float32 copy of a whole (N, tokens, D) output would
     # double the activation memory, and a view into it would keep it alive until the pass ends.
     f32 = torch.float32
     if x.ndim == 2:
         return x.to(f32, copy=True), "none"
     if x.ndim == 4:
-        return x.mean(dim=(2, 3), dtype=f32), "gap"
+        return x.mean(dim=(1, 2) if layout.map_format == "NHWC" else (2, 3), dtype=f32), "gap"
     if x.ndim != 3:
         raise InputError(
             f"layer {layer!r} outputs shape {tuple(x.shape)}; expected (N, D), (N, tokens, D) or (N, C, H, W); "
-            "pass a callable pooling or name another layer"
-        )
-    how = token_pooling if mode == "auto" else ("mean" if mode == "gap" else mode)
+            "pass a callable as {param} or name another layer", param="pooling")
+    how = layout.token_pooling if mode == "auto" else ("mean" if mode == "gap" else mode)
     if how == "cls":
         return x[:, 0].to(f32, copy=True), "cls"
+    p = layout.prefix_tokens
+    if p and x.shape[1] <= p:
+        raise InputError(
+            f"layer {layer!r} outputs {x.shape[1]} tokens, but the model has {p} prefix (class, distillation, "
+            "register) tokens, so no token is left to average; name another layer or pass a callable as {param}",
+            param="pooling")
     if mask is not None and tuple(mask.shape) == tuple(x.shape[:2]):
-        w = mask.to(device=x.device, dtype=f32).unsqueeze(-1)
-        return (x.to(f32) * w).sum(dim=1) / w.sum(dim=1).clamp(min=1.0), "mean_masked"
-    return x.mean(dim=1, dtype=f32), "mean"
+        w = mask[:, p:].to(device=x.device, dtype=f32).unsqueeze(-1)
+        label = "mean_masked" if not p else f"mean_masked[{p}:]"
+        return (x[:, p:].to(f32) * w).sum(dim=1) / w.sum(dim=1).clamp(min=1.0), label
+    return x[:, p:].mean(dim=1, dtype=f32), ("mean" if not p else f"mean[{p}:]")
