@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "common/score_top2.h"
 #include "common/small_ridge.h"
 #include "cpu/score_cpu.h"
 
@@ -25,8 +26,10 @@ void check_contiguous(const py::array_t<T>& a, const char* name, int ndim) {
   }
 }
 
-void score_argmax(py::array_t<float> logits, py::array_t<float> bias, py::array_t<int64_t> labels,
-                  int64_t num_classes, double rtol, py::array_t<int64_t> correct, py::array_t<int64_t> ties) {
+// Checks the arguments of both scorers; returns the number of probes (logits width / num_classes).
+int64_t check_score_args(const py::array_t<float>& logits, const py::array_t<float>& bias,
+                         const py::array_t<int64_t>& labels, int64_t num_classes, const py::array_t<int64_t>& correct,
+                         const py::array_t<int64_t>& ties) {
   check_contiguous(logits, "logits", 2);
   check_contiguous(bias, "bias", 1);
   check_contiguous(labels, "labels", 1);
@@ -48,13 +51,54 @@ void score_argmax(py::array_t<float> logits, py::array_t<float> bias, py::array_
   for (int64_t r = 0; r < rows; ++r) {
     if (lab[r] < 0 || lab[r] >= num_classes) throw std::invalid_argument("label out of range [0, num_classes)");
   }
+  return groups;
+}
+
+void score_argmax(py::array_t<float> logits, py::array_t<float> bias, py::array_t<int64_t> labels,
+                  int64_t num_classes, double rtol, py::array_t<int64_t> correct, py::array_t<int64_t> ties) {
+  const int64_t groups = check_score_args(logits, bias, labels, num_classes, correct, ties);
+  const int64_t rows = logits.shape(0), width = logits.shape(1);
   const float* pl = logits.data();
   const float* pb = bias.data();
+  const int64_t* lab = labels.data();
   int64_t* pc = correct.mutable_data();
   int64_t* pt = ties.mutable_data();
   {
     py::gil_scoped_release release;
     plateaulab::score_argmax_cpu(pl, rows, width, pb, lab, groups, num_classes, rtol, pc, pt);
+  }
+}
+
+// The CUDA scorer's warp (csrc/cuda/score_cuda.cu) run on the host: 32 lanes stride over the
+// classes, then the __shfl_down_sync tree reduction (a lane whose source lies past the warp reads
+// its own value, as the hardware does), with the same merge rule (csrc/common/score_top2.h).
+void score_argmax_emulated(py::array_t<float> logits, py::array_t<float> bias, py::array_t<int64_t> labels,
+                           int64_t num_classes, double rtol, py::array_t<int64_t> correct,
+                           py::array_t<int64_t> ties) {
+  constexpr int kWarp = 32;
+  const int64_t groups = check_score_args(logits, bias, labels, num_classes, correct, ties);
+  const int64_t rows = logits.shape(0), width = logits.shape(1);
+  int64_t* pc = correct.mutable_data();
+  int64_t* pt = ties.mutable_data();
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t g = 0; g < groups; ++g) {
+      const float* z = logits.data() + r * width + g * num_classes;
+      const float* b = bias.data() + g * num_classes;
+      plateaulab::Top2 lane[kWarp];
+      for (int l = 0; l < kWarp; ++l) {
+        lane[l] = plateaulab::top2_empty();
+        for (int64_t c = l; c < num_classes; c += kWarp) {
+          plateaulab::top2_merge(lane[l], z[c] + b[c], static_cast<int>(c), -INFINITY);
+        }
+      }
+      for (int offset = kWarp / 2; offset > 0; offset /= 2) {
+        plateaulab::Top2 src[kWarp];
+        for (int l = 0; l < kWarp; ++l) src[l] = lane[l + offset < kWarp ? l + offset : l];
+        for (int l = 0; l < kWarp; ++l) plateaulab::top2_merge(lane[l], src[l].best, src[l].arg, src[l].second);
+      }
+      pc[g] += (plateaulab::top2_class(lane[0]) == labels.data()[r]);
+      pt[g] += plateaulab::top2_tie(lane[0], num_classes, rtol);
+    }
   }
 }
 
@@ -106,6 +150,11 @@ PYBIND11_MODULE(_core, m) {
         py::arg("num_classes"), py::arg("rtol"), py::arg("correct"), py::arg("ties"),
         "Add to correct/ties (one entry per probe) the arg-max hits and near-ties of a chunk of stacked logits "
         "(rows x probes*num_classes) plus bias. Logits are read, never written.");
+  m.def("score_argmax_emulated", &score_argmax_emulated, py::arg("logits"), py::arg("bias"), py::arg("labels"),
+        py::arg("num_classes"), py::arg("rtol"), py::arg("correct"), py::arg("ties"),
+        "The CUDA scorer's warp reduction run on the host, for tests: same arguments and results as score_argmax.");
+  m.def("small_ridge_max_n_for", &plateaulab::small_ridge_max_n_for, py::arg("shared_bytes"),
+        "Largest n whose n x n float64 matrix fits shared_bytes (the small_ridge kernel's bound).");
   m.def("small_ridge_emulated", &small_ridge_emulated, py::arg("xs"), py::arg("labels"), py::arg("num_classes"),
         py::arg("l2"), py::arg("want_w") = true,
         "The CUDA small_ridge kernel's body run by one host thread, for tests: (A, W, info) of every "

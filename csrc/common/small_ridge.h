@@ -23,13 +23,20 @@
 #include <cmath>
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define PL_HD __host__ __device__
-#else
-#define PL_HD
-#endif
+#include "common/host_device.h"
 
 namespace plateaulab {
+
+// The largest n whose n x n float64 matrix fits ``shared_bytes`` (the kernel's dynamic shared memory
+// per block): the device's opt-in shared memory less the kernel's static shared variables. With the
+// 227 KiB (232,448 bytes) of an H100 or H200 that is n = 170.
+inline int small_ridge_max_n_for(int64_t shared_bytes) {
+  if (shared_bytes < static_cast<int64_t>(sizeof(double))) return 0;
+  int64_t n = static_cast<int64_t>(std::sqrt(static_cast<double>(shared_bytes) / sizeof(double)));
+  while ((n + 1) * (n + 1) * static_cast<int64_t>(sizeof(double)) <= shared_bytes) ++n;  // sqrt rounding
+  while (n > 0 && n * n * static_cast<int64_t>(sizeof(double)) > shared_bytes) --n;
+  return static_cast<int>(n);
+}
 
 // Finite test that needs no <cmath> overload resolution on either side (inf - inf and nan - nan are
 // nan). The project never compiles with fast-math, which could fold it away.

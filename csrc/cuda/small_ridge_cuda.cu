@@ -15,7 +15,9 @@ struct BlockSync {
   __device__ void operator()() const { __syncthreads(); }
 };
 
-__global__ void __launch_bounds__(kThreads)
+// (kThreads, 1): one block per SM is all the shared memory of a large problem allows, and without
+// the second bound nvcc caps the kernel at 32 registers per thread to fit 8 blocks, and spills.
+__global__ void __launch_bounds__(kThreads, 1)
 small_ridge_kernel(const double* __restrict__ xs, int n, int dp, const int64_t* __restrict__ labels, int C,
                    const double* __restrict__ l2, int n_l2, double* __restrict__ a_out,
                    double* __restrict__ w_out, int* __restrict__ info) {
@@ -39,14 +41,17 @@ int small_ridge_max_n() {
   int dev = 0, smem = 0;
   if (cudaGetDevice(&dev) != cudaSuccess) return 0;
   if (cudaDeviceGetAttribute(&smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess) return 0;
-  // Leave room for the kernel's static shared variables.
-  return static_cast<int>(std::floor(std::sqrt((smem - 256) / 8.0)));
+  cudaFuncAttributes attr{};
+  if (cudaFuncGetAttributes(&attr, small_ridge_kernel) != cudaSuccess) return 0;
+  // The opt-in shared memory less the kernel's static shared variables holds the n x n doubles.
+  return small_ridge_max_n_for(static_cast<int64_t>(smem) - static_cast<int64_t>(attr.sharedSizeBytes));
 }
 
 int small_ridge_cuda(const double* xs, int64_t batch, int n, int dp, const int64_t* labels, int C,
                      const double* l2, int n_l2, double* a_out, double* w_out, int* info, void* stream) {
   const int64_t problems = batch * n_l2;
   if (problems == 0 || n == 0) return 0;
+  (void)cudaGetLastError();  // clear a stale error, so the checks below report this launch's
   const size_t smem = static_cast<size_t>(n) * n * sizeof(double);
   cudaError_t err = cudaFuncSetAttribute(small_ridge_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          static_cast<int>(smem));

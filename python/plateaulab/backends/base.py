@@ -132,7 +132,8 @@ def _assigned_in_init(cls) -> set[str]:
         for node in ast.walk(tree):
             targets = node.targets if isinstance(node, ast.Assign) else (
                 [node.target] if isinstance(node, (ast.AnnAssign, ast.AugAssign)) else [])
-            names |= {t.attr for t in targets
+            flat = [e for t in targets for e in (t.elts if isinstance(t, (ast.Tuple, ast.List)) else [t])]
+            names |= {t.attr for t in flat
                       if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == "self"}
     return names
 
