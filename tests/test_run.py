@@ -133,7 +133,7 @@ def test_different_config_is_refused(tmp_path, small_store):
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "x.txt").write_text("not a run")
     with pytest.raises(RunError, match="not empty"):
-        probe_store(small_store.path, tmp_path / "other", quiet=True)
+        probe_store(small_store.path, tmp_path / "other", shots=[1], seeds=1, quiet=True)
 
 
 def test_selection_of_checkpoints_and_layers(tmp_path, small_store):
@@ -185,15 +185,17 @@ def test_bad_block_fails_clearly_and_keeps_earlier_results(tmp_path, capsys, kin
     store = make_store(tmp_path / "s")
     run = tmp_path / "run"
     expected = _corrupt(store, kind)
+    # Arrays rewritten behind the store's back fail their checksum first; --no-verify reaches the other checks.
+    no_verify = ["--no-verify"] if kind == "nan" else []
     code, err = _cli(capsys, "probe", store.path, "-o", run, "--shots", "1,2", "--seeds", "1", "--quiet",
-                     "--backend", "cpu")
+                     "--backend", "cpu", *no_verify)
     assert code == 2
     assert expected in err, err
     if kind != "labels":  # blocks before the bad one are kept, and kept on the next try
         done = sorted(p.name for p in (run / "parts").rglob("*.parquet"))
         assert len(done) == 3
         stamps = {p: p.stat().st_mtime_ns for p in (run / "parts").rglob("*.parquet")}
-        code, _ = _cli(capsys, "probe", store.path, "-o", run, "--shots", "1,2", "--seeds", "1", "--quiet")
+        code, _ = _cli(capsys, "probe", store.path, "-o", run, "--shots", "1,2", "--seeds", "1", "--quiet", *no_verify)
         assert code == 2
         assert {p: p.stat().st_mtime_ns for p in (run / "parts").rglob("*.parquet")} == stamps
         assert not (run / "results.parquet").exists()
@@ -302,4 +304,5 @@ def test_nonfinite_features_are_refused_on_every_path(tmp_path, backend, prefetc
     a[row, 4] = np.inf
     np.save(bdir / f"{split}.npy", a)
     with pytest.raises(StoreError, match=f"{split} features contain 2 NaN/Inf values"):
-        probe_store(st.path, tmp_path / "run", shots=[2], seeds=1, backend=backend, prefetch=prefetch, quiet=True)
+        probe_store(st.path, tmp_path / "run", shots=[2], seeds=1, backend=backend, prefetch=prefetch, quiet=True,
+                    verify=False)

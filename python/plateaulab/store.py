@@ -72,6 +72,15 @@ class Dataset:
     def has_val(self) -> bool:
         return self.y_val is not None
 
+    def fingerprint(self) -> str:
+        """XXH3-64 of the class count and every label split: changes whenever the labels do."""
+        import xxhash
+
+        h = xxhash.xxh3_64(str(self.num_classes).encode())
+        for y in (self.y_train, self.y_test, self.y_val):
+            h.update(b"|" if y is None else np.ascontiguousarray(y, dtype=np.int64).tobytes())
+        return h.hexdigest()
+
 
 @dataclass
 class Block:
@@ -415,6 +424,25 @@ class FeatureStore:
         if not self._checkpoint_dir(checkpoint).is_dir():
             raise StoreError(f"unknown checkpoint {checkpoint!r} in store {self.path}")
         return [i["layer"] for i in self.block_infos(checkpoint, dataset)]
+
+    def block_fingerprint(self, checkpoint: str, dataset: str, layer: str) -> dict:
+        """What identifies a block's current contents without reading its arrays: the XXH3-64 of its
+        block.json (shapes, dtype, checksums) and the size and mtime of each array file. Any rewrite
+        of the block, by the store or behind its back, changes it."""
+        import xxhash
+
+        bdir = self._block_dir(checkpoint, dataset, layer)
+        try:
+            fp = {"block.json": xxhash.xxh3_64_hexdigest((bdir / "block.json").read_bytes())}
+            for split in SPLITS:
+                f = bdir / f"{split}.npy"
+                if f.exists():
+                    st = f.stat()
+                    fp[split] = [st.st_size, st.st_mtime_ns]
+        except OSError as exc:
+            raise StoreError(f"checkpoint {checkpoint!r}, dataset {dataset!r}, layer {layer!r}: cannot read "
+                             f"{exc.filename} ({exc.strerror}); re-extract this block") from None
+        return fp
 
     def has_block(self, checkpoint: str, dataset: str, layer: str) -> bool:
         return (self._block_dir(checkpoint, dataset, layer) / "block.json").exists()

@@ -7,12 +7,14 @@ import json
 import platform
 import sys
 import time
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import RunError
+from ..store import atomic_write_json
 from .plan import ProbeConfig
 
 MANIFEST = "manifest.json"
@@ -70,6 +72,15 @@ def open_manifest(run_dir: Path, cfg: ProbeConfig) -> dict:
         except json.JSONDecodeError as exc:
             raise RunError(f"{path} is not valid JSON ({exc}); remove the run directory or pick another "
                            "{param}", param="run_dir") from None
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("sessions"), list):
+            raise RunError(f"{path} is not a plateaulab run manifest; remove the run directory or pick another "
+                           "{param}", param="run_dir")
+        if manifest.get("config_hash") != cfg.digest() and not _holds_results(run_dir):
+            # A run that finished no block (e.g. refused while reading its first one) holds nothing
+            # to keep: the corrected command starts it afresh instead of being refused.
+            warnings.warn(f"{run_dir}: its earlier run finished no block; starting it afresh with the new config",
+                          stacklevel=3)
+            return _new(cfg)
         if manifest.get("config_hash") != cfg.digest():
             old = manifest.get("config", {})
             diff = [k for k, v in asdict(cfg).items() if old.get(k) != v]
@@ -80,5 +91,18 @@ def open_manifest(run_dir: Path, cfg: ProbeConfig) -> dict:
     if any(p for p in run_dir.iterdir() if p.name != LOCK):
         raise RunError(f"{run_dir} is not empty and holds no plateaulab run; pick an empty or new {{param}}",
                        param="run_dir")
+    return _new(cfg)
+
+
+def _new(cfg: ProbeConfig) -> dict:
     return {"format": "plateaulab-probe-run", "version": 1, "config": asdict(cfg),
             "config_hash": cfg.digest(), "versions": versions(), "created": now(), "sessions": []}
+
+
+def _holds_results(run_dir: Path) -> bool:
+    parts = run_dir / "parts"
+    return (run_dir / "results.parquet").exists() or (parts.is_dir() and any(parts.rglob("*.parquet")))
+
+
+def write_manifest(run_dir: Path, manifest: dict) -> None:
+    atomic_write_json(run_dir / MANIFEST, manifest, error=RunError)

@@ -4,13 +4,18 @@ plan order) and the checkpoint table. Every file is written to a temporary name 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 
 from .. import protocol as P
+from ..errors import RunError
 from ..store import atomic_write_bytes, encode_name
 from .plan import PlannedBlock, ProbeConfig
+
+#: Key of a part's parquet metadata that records the fingerprint of the block it was computed from.
+SOURCE_KEY = b"plateaulab.source"
 
 RESULT_COLUMNS = (
     ("checkpoint", "string"), ("layer", "string"), ("layer_index", "int64"), ("dataset", "string"),
@@ -30,6 +35,43 @@ def result_schema():
 def part_path(run_dir: Path, b: PlannedBlock) -> Path:
     return (run_dir / "parts" / encode_name(b.checkpoint, "checkpoint") / encode_name(b.dataset, "dataset")
             / f"{encode_name(b.layer, 'layer')}.parquet")
+
+
+def check_part_paths(run_dir: Path, plan: list[PlannedBlock]) -> None:
+    """Refuse, before any compute, a block whose part file name or path the file system cannot hold."""
+    probe = Path(run_dir).resolve()
+    while not probe.exists():
+        probe = probe.parent
+    try:
+        name_max = os.pathconf(probe, "PC_NAME_MAX")
+        path_max = os.pathconf(probe, "PC_PATH_MAX")
+    except (OSError, ValueError, AttributeError):
+        name_max, path_max = 255, 4096
+    root = Path(run_dir).resolve()
+    for b in plan:
+        p = part_path(root, b)
+        long = max(p.relative_to(root).parts, key=lambda c: len(c.encode()))
+        if len(long.encode()) > name_max or len(str(p).encode()) >= path_max:
+            raise RunError(f"checkpoint {b.checkpoint!r}, dataset {b.dataset!r}, layer {b.layer!r}: its part file "
+                           f"{p} would have a name of {len(long.encode())} bytes (limit {name_max}) and a path of "
+                           f"{len(str(p).encode())} bytes (limit {path_max}) on this file system; rename the "
+                           "block in the store or put the run directory higher up")
+
+
+def block_fingerprint(store, b: PlannedBlock, labels: str | None) -> dict:
+    """What a part records of its source: the block's fingerprint and its dataset's labels'."""
+    return {**store.block_fingerprint(b.checkpoint, b.dataset, b.layer), "labels": labels}
+
+
+def read_part_source(path: Path) -> tuple[int, dict | None]:
+    """(rows, recorded source fingerprint or None) of a part, from its footer; OSError or
+    pyarrow's ArrowException when the file cannot be read (truncated, not parquet)."""
+    import pyarrow.parquet as pq
+
+    meta = pq.read_metadata(path)
+    kv = meta.metadata or {}
+    source = kv.get(SOURCE_KEY)
+    return meta.num_rows, (json.loads(source) if source else None)
 
 
 def rows_for_block(b: PlannedBlock, block, tasks, l2s, cfg: ProbeConfig, scores):
@@ -59,12 +101,16 @@ def rows_for_block(b: PlannedBlock, block, tasks, l2s, cfg: ProbeConfig, scores)
     })
 
 
-def write_part(path: Path, df) -> None:
+def write_part(path: Path, df, source: dict) -> None:
+    """Write one block's rows with the fingerprint of the block they came from (``source``)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     table = pa.Table.from_pandas(df, schema=result_schema(), preserve_index=False)
-    atomic_write_bytes(path, lambda f: pq.write_table(table, f))
+    meta = dict(table.schema.metadata or {})
+    meta[SOURCE_KEY] = json.dumps(source, sort_keys=True).encode()
+    table = table.replace_schema_metadata(meta)
+    atomic_write_bytes(path, lambda f: pq.write_table(table, f), error=RunError)
 
 
 def consolidate(run_dir: Path, plan: list[PlannedBlock]) -> Path:
@@ -73,12 +119,21 @@ def consolidate(run_dir: Path, plan: list[PlannedBlock]) -> Path:
 
     out = run_dir / "results.parquet"
 
+    import pyarrow as pa
+
     def write(f):
         with pq.ParquetWriter(f, result_schema()) as writer:
             for b in plan:
-                writer.write_table(pq.read_table(part_path(run_dir, b), schema=result_schema()))
+                p = part_path(run_dir, b)
+                try:
+                    table = pq.read_table(p, schema=result_schema())
+                except (OSError, pa.ArrowException) as exc:
+                    p.unlink(missing_ok=True)   # unreadable: nothing in it can be kept
+                    raise RunError(f"part {p} cannot be read ({exc}); it was removed: repeat the same "
+                                   "command to recompute that block") from None
+                writer.write_table(table.replace_schema_metadata(None))
 
-    atomic_write_bytes(out, write)
+    atomic_write_bytes(out, write, error=RunError)
     return out
 
 
@@ -99,4 +154,4 @@ def write_checkpoint_table(run_dir: Path, store, checkpoints: list[str]) -> None
             kinds = {type(v) for v in df[col].dropna()}
             if len(kinds) > 1:
                 df[col] = df[col].map(lambda v: v if v is None or (isinstance(v, float) and np.isnan(v)) else str(v))
-    atomic_write_bytes(run_dir / "checkpoints.parquet", lambda f: df.to_parquet(f, index=False))
+    atomic_write_bytes(run_dir / "checkpoints.parquet", lambda f: df.to_parquet(f, index=False), error=RunError)

@@ -5,8 +5,11 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from .. import protocol as P
 from ..errors import RunError, StoreError
@@ -39,14 +42,80 @@ class ProbeConfig:
         seeds = [int(s) for s in self.seeds]
         if not seeds or any(s < 0 for s in seeds):
             raise P.ProtocolError("{param} must be non-negative integers, got " f"{self.seeds}", param="seeds")
-        layers = self.layers if isinstance(self.layers, str) else list(self.layers)
-        return ProbeConfig(store=str(Path(self.store).resolve()), datasets=self.datasets and list(self.datasets),
-                           checkpoints=self.checkpoints and list(self.checkpoints), layers=layers,
+        if any(s > MAX_SEED for s in seeds):
+            raise P.ProtocolError("{param} must be at most 2**63 - 1 (they are stored as int64), got "
+                                  f"{max(seeds)}", param="seeds")
+        layers = self.layers if isinstance(self.layers, str) else _unique(self.layers)
+        return ProbeConfig(store=str(Path(self.store).resolve()), datasets=self.datasets and _unique(self.datasets),
+                           checkpoints=self.checkpoints and _unique(self.checkpoints), layers=layers,
                            shots=sorted(set(shots)), seeds=sorted(set(seeds)), l2=list(P.check_l2s(self.l2)),
                            select=self.select, on_short=self.on_short)
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+#: Largest seed: results store seeds as int64.
+MAX_SEED = 2 ** 63 - 1
+
+
+def _unique(values) -> list:
+    """``values`` without repeats, in first-seen order (``--datasets A A`` asks for A once)."""
+    return list(dict.fromkeys(values))
+
+
+def physical_memory() -> int:
+    """Bytes of memory of this machine (16 GiB where the system does not say)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 16 * 2 ** 30
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2 ** 30:.3g} GiB"
+
+
+def seed_list(seeds) -> list[int]:
+    """The seeds a ``seeds`` argument asks for: a count n (seeds 0..n-1, as big_vision) or a list.
+    A count too large to hold is refused with the memory it would need, before anything is built."""
+    if isinstance(seeds, (str, bytes)) or not np.isscalar(seeds):
+        return [int(s) for s in seeds]
+    n = int(seeds)
+    if n < 1:
+        raise P.ProtocolError("{param} must be at least 1 (a count) or a list of seeds, got " f"{n}", param="seeds")
+    need = n * 36   # a list of n Python ints
+    if need > physical_memory() // 4:
+        raise P.ProtocolError(
+            "{param} = " f"{n:,} seeds: the seed list alone would take about {_gib(need)} of memory before any "
+            f"probe runs (this machine has {_gib(physical_memory())}); ask for fewer seeds", param="seeds")
+    return list(range(n))
+
+
+def check_resources(cfg: "ProbeConfig", plan: list["PlannedBlock"], datasets: dict) -> None:
+    """Refuse, with the estimate, a run whose few-shot sets and per-block buffers cannot fit in memory.
+
+    ``datasets`` maps each planned dataset to its (num_classes, train counts per class). Estimated
+    before any task is drawn: the train indices of every (shots, seed) set of every dataset (int64),
+    and, for the largest block, the stacked float32 weights of all its probes ((dim + 1) x classes x
+    tasks x l2) and its result rows."""
+    n_seeds, n_l2 = len(cfg.seeds), len(cfg.l2)
+    indices = 0
+    per_block = 0
+    for name, (num_classes, counts) in datasets.items():
+        shots = [s for s in cfg.shots if cfg.on_short == "error" or s <= min(counts)]
+        indices += 8 * n_seeds * sum(s * num_classes for s in shots)
+        dims = [b.dim for b in plan if b.dataset == name] or [0]
+        probes = len(shots) * n_seeds * n_l2
+        per_block = max(per_block, probes * (4 * (max(dims) + 1) * num_classes + 200))
+    total = indices + 2 * per_block
+    budget = physical_memory()
+    if total > budget:
+        raise P.ProtocolError(
+            f"this run would need about {_gib(total)} of memory: {_gib(indices)} for the few-shot train indices "
+            f"({n_seeds:,} seeds x shots {cfg.shots}) and {_gib(per_block)} per block for the weights and rows "
+            f"of its {len(cfg.shots) * n_seeds * n_l2:,} probes (two blocks in flight); this machine has "
+            f"{_gib(budget)}; ask for fewer {{param}}, shots or l2 values", param="seeds")
 
 
 @dataclass
@@ -55,10 +124,10 @@ class PlannedBlock:
     dataset: str
     layer: str
     layer_index: int
+    dim: int = 0
 
 
-def plan_blocks(store: FeatureStore, cfg: ProbeConfig) -> list[PlannedBlock]:
-    """The (checkpoint, dataset, layer) blocks a config asks for, checkpoint-major; unknown names raise."""
+def _selection(store: FeatureStore, cfg: ProbeConfig) -> tuple[list[str], list[str]]:
     all_ckpts = store.checkpoints()
     all_ds = store.datasets()
     if not all_ckpts or not all_ds:
@@ -75,6 +144,20 @@ def plan_blocks(store: FeatureStore, cfg: ProbeConfig) -> list[PlannedBlock]:
                              f"({len(all_ckpts)} checkpoints, e.g. {all_ckpts[0]!r})")
     else:
         ckpts = all_ckpts
+    return ckpts, datasets
+
+
+def incomplete_blocks(store: FeatureStore, cfg: ProbeConfig) -> list[tuple[str, str, str]]:
+    """(checkpoint, dataset, layer) of the requested blocks that have a directory but no block.json."""
+    ckpts, datasets = _selection(store, cfg)
+    named = None if isinstance(cfg.layers, str) else set(cfg.layers)
+    return [(ck, ds, layer) for ck in ckpts for ds in datasets for layer in store.incomplete_layers(ck, ds)
+            if named is None or layer in named]
+
+
+def plan_blocks(store: FeatureStore, cfg: ProbeConfig) -> list[PlannedBlock]:
+    """The (checkpoint, dataset, layer) blocks a config asks for, checkpoint-major; unknown names raise."""
+    ckpts, datasets = _selection(store, cfg)
     plan = []
     for ck in ckpts:
         for ds in datasets:
@@ -89,10 +172,13 @@ def plan_blocks(store: FeatureStore, cfg: ProbeConfig) -> list[PlannedBlock]:
                 by_name = {i["layer"]: i for i in infos}
                 missing = [n for n in cfg.layers if n not in by_name]
                 if missing:
+                    if missing[0] in store.incomplete_layers(ck, ds):
+                        raise StoreError(f"checkpoint {ck!r}, dataset {ds!r}, layer {missing[0]!r}: block is "
+                                         "incomplete (no block.json); re-extract it")
                     raise StoreError(f"unknown layer {missing[0]!r} for checkpoint {ck!r}, dataset {ds!r} "
                                      f"(layers: {', '.join(by_name)})")
                 chosen = [by_name[n] for n in cfg.layers]
-            plan += [PlannedBlock(ck, ds, i["layer"], int(i.get("layer_index", 0))) for i in chosen]
+            plan += [PlannedBlock(ck, ds, i["layer"], i["layer_index"], i["dim"]) for i in chosen]
     if not plan:
         raise StoreError(f"store {store.path} has no complete feature blocks for the requested "
                          "checkpoints and datasets; run `plateaulab store check` to see why")

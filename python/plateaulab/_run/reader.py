@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import StoreError
-from ..store import check_block_against_dataset, count_nonfinite
+from ..store import check_block_against_dataset, count_nonfinite, verify_block
+from .parts import block_fingerprint
 from .plan import PlannedBlock
+
+
+@dataclass
+class Loaded:
+    """One block as the reader hands it to the loop: opened, verified, checked and (maybe) staged."""
+
+    block: object
+    x_train: object
+    x_test: object
+    x_val: object
+    fingerprint: dict      # what the block's part records of its source (see parts.block_fingerprint)
+    verified: bool         # its checksums were checked (False: --no-verify, or block.json records none)
 
 
 def refuse_nonfinite(block, split: str, n_bad: int) -> None:
@@ -20,14 +34,17 @@ def refuse_nonfinite(block, split: str, n_bad: int) -> None:
 class BlockReader:
     """Opens, checks and stages the blocks of a run in order, one block ahead in a worker thread.
 
-    ``iterate`` yields (planned block, (block, x_train, x_test, x_val), seconds waited for it). A block whose
-    check fails raises its StoreError when the loop reaches it, so every earlier block is probed
-    and written first, exactly as without read-ahead.
+    ``iterate`` yields (planned block, Loaded, seconds waited for it). Each block's checksums are
+    verified here, in the reader thread, as it is read (``verify``). A block whose check fails raises
+    its StoreError when the loop reaches it, so every earlier block is probed and written first,
+    exactly as without read-ahead.
     """
 
-    def __init__(self, store, ds_cache, task_cache, use_val: bool, stage, prefetch: bool):
+    def __init__(self, store, ds_cache, task_cache, use_val: bool, stage, prefetch: bool, verify: bool = True,
+                 labels_fp: dict | None = None):
         self.store, self.ds_cache = store, ds_cache
         self.use_val, self.stage = use_val, stage
+        self.verify, self.labels_fp = verify, labels_fp or {}
         # The train rows any task of a dataset uses: the same for every block of that dataset.
         self.needed = {name: np.unique(np.concatenate([t.indices for t in tasks]))
                        for name, tasks in task_cache.items() if tasks}
@@ -37,12 +54,15 @@ class BlockReader:
 
             self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="plateaulab-reader")
 
-    def load(self, b: PlannedBlock):
-        """Open and check one block; where the backend stages, stage it (it counts NaN/Inf on the
-        device as it goes, so the host does not scan the splits a second time)."""
+    def load(self, b: PlannedBlock) -> Loaded:
+        """Open, verify and check one block; where the backend stages, stage it (it counts NaN/Inf on
+        the device as it goes, so the host does not scan the splits a second time). The block's
+        fingerprint is taken before its arrays are read, so it describes what was read."""
         ds = self.ds_cache[b.dataset]
+        fingerprint = block_fingerprint(self.store, b, self.labels_fp.get(b.dataset))
         block = self.store.block(b.checkpoint, b.dataset, b.layer)
         check_block_against_dataset(block, ds)
+        verified = verify_block(block) if self.verify else False
         if self.use_val and block.val is None:
             raise StoreError(f"{block.where}: " + "{param} 'val' needs val features, and this block has none",
                              param="select")
@@ -53,13 +73,13 @@ class BlockReader:
                              ("test", block.test), ("val", block.val)):
                 if x is not None:
                     refuse_nonfinite(block, split, count_nonfinite(np.asarray(x)))
-            return block, x_train, x_test, x_val
+            return Loaded(block, x_train, x_test, x_val, fingerprint, verified)
         x_train, x_test, x_val = self.stage(x_train, needed, x_test, x_val)
         for split, staged in (("train", x_train), ("test", x_test), ("val", x_val)):
             refuse_nonfinite(block, split, getattr(staged, "nonfinite", 0))
         if not self.use_val and block.val is not None:   # not staged, still checked
             refuse_nonfinite(block, "val", count_nonfinite(np.asarray(block.val)))
-        return block, x_train, x_test, x_val
+        return Loaded(block, x_train, x_test, x_val, fingerprint, verified)
 
     def iterate(self, todo):
         if self.pool is None:

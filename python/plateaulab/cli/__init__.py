@@ -22,6 +22,7 @@ COMMANDS = ("store", "probe", "extract", "study", "synth", "fit", "sensitivity")
 PARAM_DESTS = {
     "n_boot": "bootstrap", "sensitivity_trials": "trials", "axis_scale": "scale", "on_short": "skip_short_classes",
     "prefetch": "no_prefetch", "run_dir": "output", "out_dir": "output", "source": "input",
+    "verify": "no_verify",
 }
 
 
@@ -71,6 +72,10 @@ def main(argv=None) -> int:
     except PlateaulabError as exc:
         message = exc.describe(flag_names(_subparser(parser, args.command)))
         print(f"plateaulab {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except OSError as exc:   # last resort: the file system refused something no library check foresaw
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) and str(exc.filename) not in str(exc) else ""
+        print(f"plateaulab {args.command}: error: {exc}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"plateaulab {args.command}: interrupted; finished work is kept, run the same command to resume",

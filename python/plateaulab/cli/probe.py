@@ -18,7 +18,10 @@ def _float_list(text: str) -> list[float]:
 
 
 def _seeds(text: str):
-    return int(text) if "," not in text else _int_list(text)
+    try:
+        return int(text) if "," not in text else _int_list(text)
+    except ValueError:
+        raise ValueError(f"expected a number of seeds or comma-separated seeds, got {text!r}") from None
 
 
 def register(sub) -> None:
@@ -44,6 +47,11 @@ def register(sub) -> None:
     p.add_argument("--no-prefetch", action="store_true",
                    help="read each block only when it is probed (default: the next block is read, checked "
                         "and staged in a reader thread while the current one computes)")
+    p.add_argument("--no-verify", action="store_true",
+                   help="do not check each block's checksums as it is read (default: checked in the reader thread)")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse incomplete blocks among those asked for, and finished parts whose block has "
+                        "changed since (default: warn and skip, or recompute)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run)
 
@@ -55,7 +63,11 @@ def _run(args) -> int:
     run = probe_store(args.store, args.output, datasets=args.datasets, checkpoints=args.checkpoints,
                       layers=layers, shots=args.shots, seeds=args.seeds, l2=args.l2, select=args.select,
                       backend=args.backend, quiet=args.quiet, prefetch=not args.no_prefetch,
+                      verify=not args.no_verify, strict=args.strict,
                       on_short="skip" if args.skip_short_classes else "error")
+    recomputed = run.recomputed
+    if recomputed:
+        print(f"{run.run_dir}: {len(recomputed)} finished block(s) recomputed (listed in manifest.json)")
     status = "complete" if run.results_path.exists() else "incomplete"
     print(f"{run.run_dir}: {run.blocks_total} blocks, {run.blocks_done_now} probed now "
           f"({run.probes_done_now} probes in {run.seconds:.1f} s); run {status}; results in {run.results_path}")
