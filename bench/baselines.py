@@ -22,6 +22,7 @@ JAX are imported only when asked for.
 from __future__ import annotations
 
 import functools
+import os
 
 import numpy as np
 
@@ -133,10 +134,19 @@ def naive_port_block(xp, x_train, y_train, x_test, y_test, tasks, l2s, C, dtype=
 
 # --------------------------------------------------------------------------- big_vision in JAX
 
+def _import_jax():
+    """JAX, told first not to take 75% of the GPU's memory at its first use (which would leave the
+    engine, CuPy, short); a value the caller set is kept."""
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    import jax
+
+    return jax
+
+
 @functools.lru_cache(maxsize=None)
 def _jax_fns():
     """big_vision's two jitted functions, built once so that their compilation caches persist."""
-    import jax
+    jax = _import_jax()
     import jax.numpy as jnp
 
     def precompute_cache(x, y, num_classes):
@@ -221,7 +231,7 @@ def _cupy_reason() -> str:
 
 def _jax_reason() -> str:
     try:
-        import jax
+        jax = _import_jax()
     except Exception as exc:
         return f"jax is not importable ({type(exc).__name__}: {exc})"
     try:
