@@ -289,15 +289,9 @@ def probe_blocks(st, wl: Workload) -> list[tuple[str, str, str]]:
 # --------------------------------------------------------------------------- models: FLOPs and bytes
 
 def solve_max_l(backend: str) -> int:
-    """How many l2 values the backend still solves by one Cholesky each (engine's ops attribute)."""
-    try:
-        if backend == "cuda":
-            from plateaulab.backends.cuda import CupyOps as ops
-        else:
-            from plateaulab.backends._engine import NumpyOps as ops
-        return int(getattr(ops, "solve_max_l", 0))
-    except ImportError:
-        return 0
+    """How many l2 values the backend still solves directly, one solve each (its ops' knob)."""
+    ops = engine_ops(backend)
+    return int(ops.solve_max_l) if ops is not None else 0
 
 
 def task_flops(n: int, D: int, C: int, L: int, m: int, factor: str) -> dict[str, tuple[float, str]]:
@@ -626,24 +620,73 @@ def measure_ceilings(cp) -> dict:
         t = _event_seconds(cp, lambda: x @ y, 5)
         return {f"{name}_8192_tflops_median": round(2 * k ** 3 / float(np.median(t)) / 1e12, 1)}
 
-    def factorisations(s, batch):
-        # The engine's systems: float64, s = 769 (primal, D = 768) or 100 (1-shot, 100 classes).
-        g = cp.random.standard_normal((batch, s, s + 10))
-        g = g @ g.transpose(0, 2, 1)
-        eig_in = g if batch > 1 else g[0]          # a batch goes to cuSOLVER's Jacobi syevjBatched, a matrix to syevd
-        res = {}
-        t = _event_seconds(cp, lambda: cp.linalg.eigh(eig_in), 3)
-        res[f"eigh_f64_{s}x{batch}_ms_median"] = round(1e3 * float(np.median(t)), 2)
-        t = _event_seconds(cp, lambda: cp.linalg.cholesky(g), 3)
-        res[f"cholesky_f64_{s}x{batch}_ms_median"] = round(1e3 * float(np.median(t)), 3)
-        return res
-
     attempt("d2d_copy", copy)
     attempt("sgemm", lambda: gemm(cp.float32, "sgemm"))
     attempt("dgemm", lambda: gemm(cp.float64, "dgemm"))
-    for s_, batch in ((769, 1), (769, 6), (100, 3)):
-        attempt(f"factorisations_{s_}x{batch}", lambda: factorisations(s_, batch))
+    for s_, batch in ENGINE_SYSTEMS:
+        attempt(f"factorisations_{s_}x{batch}",
+                lambda: {"factorisations": {**out.get("factorisations", {}),
+                                            f"{s_}x{batch}": factorisation_timings(cp, s_, batch)}})
     return out
+
+
+# The engine's float64 systems, s x batch: primal (D = 768, s = 769) batches of the 10- and 25-shot
+# tasks (3 seeds each, or 6 together), 5-shot dual (n = 500, C = 100), 1-shot dual (n = C = 100).
+ENGINE_SYSTEMS = ((769, 1), (769, 6), (500, 3), (100, 3))
+
+
+def seconds_each(xp, fn, repeats: int) -> list[float]:
+    """Seconds of each of ``repeats`` runs of fn() after one warm-up: CUDA events for CuPy, the wall
+    clock for numpy."""
+    if xp is not np:
+        return _event_seconds(xp, fn, repeats)
+    fn()
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def _ms(xp, fn, repeats: int) -> float:
+    return round(1e3 * float(np.median(seconds_each(xp, fn, repeats))), 3)
+
+
+def factorisation_timings(xp, s: int, batch: int, n_rhs: int = 100, repeats: int = 3) -> dict:
+    """float64 eigh, Cholesky and the two triangular solves of a batch of s x s SPD matrices, each
+    as one batched call and as a loop over the matrices (ms, median of ``repeats``). On CuPy a
+    3-D eigh is cuSOLVER's Jacobi syevjBatched and a matrix syevd; a 3-D Cholesky is potrfBatched.
+    The triangular solves are timed on CuPy only (cupyx.scipy.linalg.solve_triangular)."""
+    x = xp.asarray(np.random.default_rng([s, batch]).standard_normal((batch, s, s + 10)))
+    g = x @ xp.swapaxes(x, 1, 2)
+    rhs = xp.asarray(np.random.default_rng(s).standard_normal((batch, s, n_rhs)))
+    out = {"s": s, "batch": batch,
+           "eigh_batched_ms": _ms(xp, lambda: xp.linalg.eigh(g), repeats),
+           "eigh_looped_ms": _ms(xp, lambda: [xp.linalg.eigh(m) for m in g], repeats),
+           "cholesky_batched_ms": _ms(xp, lambda: xp.linalg.cholesky(g), repeats),
+           "cholesky_looped_ms": _ms(xp, lambda: [xp.linalg.cholesky(m) for m in g], repeats)}
+    if xp is not np:
+        import cupyx.scipy.linalg as csl
+
+        factor = xp.linalg.cholesky(g)
+        out["trsm_batched_ms"] = _ms(xp, lambda: csl.solve_triangular(factor, rhs, lower=True), repeats)
+        out["trsm_looped_ms"] = _ms(xp, lambda: [csl.solve_triangular(f, r, lower=True)
+                                                 for f, r in zip(factor, rhs)], repeats)
+    return out
+
+
+def recommend_eigh_batched_max_n(rows: list[dict]) -> dict:
+    """The largest measured size s up to which one batched eigh beat the loop at every measured size
+    (batches of more than one matrix): the value for CupyOps.eigh_batched_max_n, with the evidence."""
+    rows = sorted((r for r in rows if r["batch"] > 1), key=lambda r: r["s"])
+    best = 0
+    for r in rows:
+        if r["eigh_batched_ms"] > r["eigh_looped_ms"]:
+            break
+        best = r["s"]
+    return {"eigh_batched_max_n": best, "measured_sizes": [r["s"] for r in rows],
+            "note": "largest measured s where the batched call was faster at it and at every smaller size"}
 
 
 _CEILINGS: dict | None = None
@@ -694,7 +737,7 @@ def run_engine(st, wl: Workload, backend: str, workdir: Path, xp, time_budget: f
         wall = time.perf_counter() - t0
     session = json.loads((run_dir / "manifest.json").read_text())["sessions"][-1]
     be = get_backend(backend)
-    ops = getattr(be, "_ops", None)
+    ops = engine_ops(backend)
     return {"wall_s": wall, "warmup_s": warmup_s, "blocks": run.blocks_total, "probes": run.probes_done_now,
             "checkpoints_probed": checkpoints, "checkpoints_in_store": len(st.checkpoints()),
             "seconds_io": session.get("seconds_io"), "seconds_compute": session.get("seconds_compute"),
@@ -805,11 +848,11 @@ def run_baselines(st, wl: Workload, blocks, backend: str, xp, which: set[str], n
 
 
 def engine_ops(backend: str):
-    """The backend's ops object (created by its first probe_block), or None."""
+    """The ops object the backend uses (its public ``get_ops()``), or None for a backend without."""
     from plateaulab.backends import get_backend
 
     be = get_backend(backend)
-    return be._get_ops() if hasattr(be, "_get_ops") else getattr(be, "_ops", None)
+    return be.get_ops() if hasattr(be, "get_ops") else None
 
 
 def _median_seconds(fn, repeats: int = 2) -> float:
@@ -830,16 +873,17 @@ def solver_sweep(st, block_id, backend: str) -> dict:
     Cholesky per l2 (ops.solve_max_l = 10^6); the largest L where Cholesky is faster is the value
     the device wants. small_max_n (cuda): generated 1-shot dual blocks (n = C classes, D = 768,
     2,000 test rows, l2 = 1024) with the shared-memory kernel (ops.small_max_n = device limit) and
-    without it (0). The ops attributes are restored afterwards."""
+    without it (0). The knobs are public attributes of the backend's ops; they are restored
+    afterwards."""
     from plateaulab import protocol as P
     from plateaulab.backends import get_backend
 
     be = get_backend(backend)
     ops = engine_ops(backend)
-    if ops is None or not hasattr(ops, "solve_max_l"):
-        return {"status": "this engine has no solve_max_l"}
-    saved = {k: ops.__dict__.get(k) for k in ("solve_max_l", "small_max_n")}
-    out = {"solve_max_l_now": ops.solve_max_l, "small_max_n_now": getattr(ops, "small_max_n", None)}
+    if ops is None:
+        return {"status": "this backend has no ops object to tune"}
+    saved = {k: getattr(ops, k) for k in ("solve_max_l", "small_max_n")}
+    out = {"solve_max_l_now": ops.solve_max_l, "small_max_n_now": ops.small_max_n}
     try:
         b = st.block(*block_id)
         ds = st.dataset(block_id[1])
@@ -856,7 +900,7 @@ def solver_sweep(st, block_id, backend: str) -> dict:
         out["cholesky_vs_eigh"] = rows
         out["cholesky_faster_up_to_l"] = max((r["l2_values"] for r in rows if r["cholesky_s"] < r["eigh_s"]),
                                              default=0)
-        limit = getattr(ops, "_cuda", None) and ops._cuda.small_ridge_max_n()
+        limit = be.small_ridge_limit() if hasattr(be, "small_ridge_limit") else 0
         if limit:
             ops.solve_max_l = 1 << 20
             rng = np.random.default_rng(0)
@@ -881,10 +925,8 @@ def solver_sweep(st, block_id, backend: str) -> dict:
         out["error"] = f"{type(exc).__name__}: {exc}"
     finally:
         for k, v in saved.items():
-            if v is None:
-                ops.__dict__.pop(k, None)
-            else:
-                setattr(ops, k, v)
+            setattr(ops, k, v)
+        out["solve_max_l_after"] = ops.solve_max_l
     return out
 
 
@@ -1153,16 +1195,26 @@ def ceilings_md(c: dict, env: dict, command: str) -> str:
     out.append(f"Device-to-device copy {c.get('d2d_copy_gbps_median', '—')} GB/s (read + write). GEMM 8192³ "
                f"(random data): fp32 {c.get('sgemm_8192_tflops_median', '—')} TFLOP/s, fp64 "
                f"{c.get('dgemm_8192_tflops_median', '—')} TFLOP/s.")
-    eig = ", ".join(f"{k.removeprefix('eigh_f64_').removesuffix('_ms_median')}: {v} ms"
-                    for k, v in c.items() if k.startswith("eigh_"))
-    chol = ", ".join(f"{k.removeprefix('cholesky_f64_').removesuffix('_ms_median')}: {v} ms"
-                     for k, v in c.items() if k.startswith("cholesky_"))
-    out.append(f"float64 `cupy.linalg.eigh`, s×batch (a batch goes to cuSOLVER's Jacobi syevjBatched, a single "
-               f"matrix to syevd): {eig or '—'}. float64 `cupy.linalg.cholesky` (batched potrf): {chol or '—'}.")
+    if c.get("factorisations"):
+        out.append(factorisations_md(list(c["factorisations"].values())))
     errors = {k: v for k, v in c.items() if k.endswith("_error")}
     if errors:
         out.append("Failed: " + "; ".join(f"{k.removesuffix('_error')}: {v}" for k, v in errors.items()) + ".")
     return "\n\n".join(out) + "\n"
+
+
+def factorisations_md(rows: list[dict]) -> str:
+    """The batched-against-looped table of ``factorisation_timings`` rows."""
+    cols = [("eigh", "eigh"), ("cholesky", "Cholesky"), ("trsm", "trsm")]
+    head = "| s × batch | " + " | ".join(f"{label} batched / looped ms" for _, label in cols) + " |"
+    lines = ["float64 factorisations at the engine's sizes, one batched call (CuPy: syevjBatched, potrfBatched, "
+             "batched trsm) against a loop over the matrices (syevd, potrf, trsm); median ms:", "", head,
+             "|---|" + "---|" * len(cols)]
+    for r in rows:
+        cells = [f"{r[f'{k}_batched_ms']} / {r[f'{k}_looped_ms']}" if f"{k}_batched_ms" in r else "—"
+                 for k, _ in cols]
+        lines.append(f"| {r['s']} × {r['batch']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def _json_default(o):
@@ -1189,6 +1241,9 @@ def main(argv=None) -> int:
                     help="stores and runs (local disk; default: a plateaulab-bench-cuda folder in the temp dir)")
     ap.add_argument("--tiny", action="store_true", help="every workload shrunk to seconds (smoke test; allows cpu)")
     ap.add_argument("--checkpoints", type=int, default=None, help="override the workload's checkpoint count")
+    ap.add_argument("--layers", type=int, default=None, help="override the workload's stored layers per checkpoint")
+    ap.add_argument("--ceilings-json", default=None,
+                    help="reuse the ceilings of an earlier run (its ceilings.json) instead of measuring them again")
     ap.add_argument("--baselines", default="port,cpu,jax,ref", help="comma list of port, cpu, jax, ref")
     ap.add_argument("--baseline-blocks", type=int, default=None, help="blocks per dataset for the baselines")
     ap.add_argument("--ref-blocks", type=int, default=None, help="blocks per dataset for the float64 loop")
@@ -1209,6 +1264,9 @@ def main(argv=None) -> int:
     if not set(keys) <= {"i", "ii", "iii", "iv", "ceilings"}:
         ap.error(f"unknown workload in {args.workload!r}; expected i, ii, iii, iv, ceilings or all")
     summary = {}
+    if args.ceilings_json:
+        global _CEILINGS
+        _CEILINGS = json.loads(Path(args.ceilings_json).read_text())["ceilings"]
     for key in ["ceilings"] + [k for k in keys if k != "ceilings"]:
         if key == "ceilings":
             c = ceilings(args.backend)
@@ -1220,6 +1278,8 @@ def main(argv=None) -> int:
         wl = workloads(args.tiny)[key]
         if args.checkpoints:
             wl = replace(wl, checkpoints=args.checkpoints)
+        if args.layers:
+            wl = replace(wl, layers=args.layers)
         t0 = time.perf_counter()
         r = run_workload(wl, args, env)
         r["harness_seconds"] = time.perf_counter() - t0

@@ -77,9 +77,10 @@ def test_solver_sweep_on_the_reference_workload(bench_out):
     assert "error" not in sw, sw
     assert [r["l2_values"] for r in sw["cholesky_vs_eigh"]] == [1, 2, 4, 8]
     assert all(r["eigh_s"] > 0 and r["cholesky_s"] > 0 for r in sw["cholesky_vs_eigh"])
-    from plateaulab.backends._engine import NumpyOps
+    from plateaulab.backends.cpu import NumpyOps
 
-    assert "solve_max_l" not in vars(NumpyOps()) and sw["solve_max_l_now"] == NumpyOps.solve_max_l
+    assert sw["solve_max_l_now"] == NumpyOps().solve_max_l            # the default, and the sweep restored it
+    assert sw["solve_max_l_after"] == sw["solve_max_l_now"]
 
 
 def test_io_workload_and_ceilings(bench_out):

@@ -81,7 +81,7 @@ class CupyOps:
                         eigh 0.2-1 ms, Cholesky 30-150 us) put the break-even near 5; 2 is the
                         cautious start. bench/gpu_check.py's solver sweep measures it.
     small_max_n         None: the largest n whose n x n float64 Gram matrix fits the device's opt-in
-                        shared memory per block (``_cuda.small_ridge_max_n()``; with the 227 KiB of
+                        shared memory per block (``small_ridge_limit()``; with the 227 KiB of
                         an H100/H200 that is n = 170); dual systems up to this n go to the shared-memory kernel. A larger
                         value is lowered to that limit; 0 turns the kernel off.
     eigh_batched_max_n  32: a batch of matrices up to this size goes to ``cupy.linalg.eigh`` as one
@@ -107,7 +107,7 @@ class CupyOps:
         self.chunk_bytes = int(chunk_bytes)
         self.pinned_chunk_bytes = int(pinned_chunk_bytes)
         self.solve_max_l = int(solve_max_l)
-        limit = _cuda.small_ridge_max_n()
+        limit = small_ridge_limit()
         self.small_max_n = limit if small_max_n is None else min(int(small_max_n), limit)
         self.eigh_batched_max_n = int(eigh_batched_max_n)
         self.solve_fallbacks = 0
@@ -236,6 +236,14 @@ class CupyOps:
 
     def release_memory(self) -> None:
         self.xp.get_default_memory_pool().free_all_blocks()
+
+
+def small_ridge_limit() -> int:
+    """The largest training-set size n the shared-memory kernel takes on the current device: the
+    bound of ``CupyOps.small_max_n`` (csrc/common/small_ridge.h, small_ridge_max_n_for)."""
+    from .. import _cuda
+
+    return _cuda.small_ridge_max_n()
 
 
 def _make_ops() -> CupyOps:
