@@ -152,7 +152,23 @@ def warm_up(spec: dict, workdir: Path, backend: str, xp) -> float:
     return time.perf_counter() - t0
 
 
-def summarise(ledger: dict) -> dict:
+def extrapolation(out: dict, spec: dict, target: int) -> dict | None:
+    """Probe time of ``target`` checkpoints from the checkpoints probed so far, with its assumption."""
+    done = out["checkpoints_done"]
+    if not done or not out["probe_s"] or target <= done:
+        return None
+    per_ckpt = out["probe_s"] / done
+    return {"checkpoints": target, "probe_s": per_ckpt * target, "probe_min": per_ckpt * target / 60,
+            "note": "NOT MEASURED: extrapolated from the probing time of "
+                    f"{done} checkpoints x {spec['layers']} layers",
+            "assumption": ("probe time is linear in the number of checkpoints: every block has the same shape "
+                           "(D, C, rows, shots, seeds, l2), so it costs the same, and the store streams at the rate "
+                           "measured here (chunks just written, so read from the page cache; a store on disk that "
+                           "is colder reads slower). Generation and deletion are excluded: a real run probes "
+                           "features already extracted.")}
+
+
+def summarise(ledger: dict, extrapolate_to: int | None = None) -> dict:
     spec, chunks = ledger["spec"], ledger["chunks"]
     n_chunks = -(-spec["checkpoints"] // spec["chunk"])
     done = [chunks[k] for k in sorted(chunks, key=int)]
@@ -183,6 +199,10 @@ def summarise(ledger: dict) -> dict:
         "mean_accuracy": float(np.mean([c["mean_accuracy"] for c in done])) if done else None,
         "spec": spec, "commands": ledger["commands"],
     }
+    if extrapolate_to:
+        ex = extrapolation(out, spec, extrapolate_to)
+        if ex:
+            out["extrapolation"] = ex
     if not out["complete"] and rate and done:
         gen_per_ckpt = tot["generation_s"] / out["checkpoints_done"]
         left_ckpts = spec["checkpoints"] - out["checkpoints_done"]
@@ -208,6 +228,8 @@ def main(argv=None) -> int:
     ap.add_argument("--resume-ledger", type=Path, default=None,
                     help="a ledger.json from an earlier command (another machine): its chunks count as done")
     ap.add_argument("--tiny", action="store_true", help="a few small checkpoints (smoke test; allows cpu)")
+    ap.add_argument("--extrapolate-to", type=int, default=1000,
+                    help="also give the probe time of this many checkpoints, extrapolated (labelled as such)")
     args = ap.parse_args(argv)
     if args.backend == "cpu" and not args.tiny:
         ap.error("--backend cpu is for --tiny runs")
@@ -255,7 +277,7 @@ def main(argv=None) -> int:
     command["seconds"] = time.perf_counter() - start
     command["peak_rss_process_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     save_ledger(ledger, workdir, out)
-    summary = {**summarise(ledger), "env": env}
+    summary = {**summarise(ledger, args.extrapolate_to), "env": env}
     if summary["complete"]:
         consolidate(workdir, n_chunks)
     (out / "scale_summary.json").write_text(json.dumps(summary, indent=2, default=bc._json_default))
@@ -294,6 +316,10 @@ def summary_md(s: dict, command: str) -> str:
            f"| peak host RSS (process; probe phase) | {gib(s['peak_rss_bytes'])}; {gib(s['peak_rss_probe_bytes'])} |\n"
            f"| peak GPU memory (device used; CuPy pool) | {gib(s['peak_gpu_used_bytes'])}; "
            f"{gib(s['peak_gpu_pool_bytes'])} |"]
+    if "extrapolation" in s:
+        x = s["extrapolation"]
+        out.append(f"Extrapolation, NOT measured: {x['checkpoints']:,} checkpoints would probe in {x['probe_s']:.0f} s "
+                   f"({x['probe_min']:.1f} min). Assumption: {x['assumption']}")
     if "projection" in s:
         p = s["projection"]
         out.append(f"Projection, NOT measured: the remaining {s['checkpoints'] - s['checkpoints_done']:,} checkpoints "

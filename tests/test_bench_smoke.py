@@ -123,6 +123,9 @@ def test_scale_run_resumes_across_commands(tmp_path):
     _run("scale_run.py", *args, cwd=tmp_path)
     s = json.loads((tmp_path / "out" / "scale_summary.json").read_text())
     assert s["complete"] and s["chunks_done"] == s["chunks"] == 2 and "projection" not in s
+    x = s["extrapolation"]                                                  # 4 checkpoints -> 1,000
+    assert x["checkpoints"] == 1000 and x["probe_s"] == pytest.approx(s["probe_s"] / 4 * 1000)
+    assert "NOT MEASURED" in x["note"] and "linear" in x["assumption"]
     assert s["probes"] == s["probes_planned"] == 4 * 2 * 4 * 3            # ckpts x layers x shots x seeds
     for field in ("wall_s", "generation_s", "probe_s", "delete_s", "probes_per_s", "peak_rss_bytes",
                   "peak_rss_probe_bytes", "peak_gpu_used_bytes", "peak_gpu_pool_bytes"):
