@@ -85,7 +85,7 @@ def seed_list(seeds) -> list[int]:
     if n < 1:
         raise P.ProtocolError("{param} must be at least 1 (a count) or a list of seeds, got " f"{n}", param="seeds")
     need = n * 36   # a list of n Python ints
-    if need > physical_memory() // 4:
+    if need > physical_memory() // 16:
         raise P.ProtocolError(
             "{param} = " f"{n:,} seeds: the seed list alone would take about {_gib(need)} of memory before any "
             f"probe runs (this machine has {_gib(physical_memory())}); ask for fewer seeds", param="seeds")

@@ -2,26 +2,30 @@
 
 from __future__ import annotations
 
+from argparse import ArgumentTypeError
+
 
 def _int_list(text: str) -> list[int]:
     try:
         return [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise ValueError(f"expected comma-separated integers, got {text!r}") from None
+        raise ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
 def _float_list(text: str) -> list[float]:
     try:
         return [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise ValueError(f"expected comma-separated numbers, got {text!r}") from None
+        raise ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
 def _seeds(text: str):
+    if "," in text:
+        return _int_list(text)
     try:
-        return int(text) if "," not in text else _int_list(text)
+        return int(text)
     except ValueError:
-        raise ValueError(f"expected a number of seeds or comma-separated seeds, got {text!r}") from None
+        raise ArgumentTypeError(f"expected a number of seeds or comma-separated seeds, got {text!r}") from None
 
 
 def register(sub) -> None:

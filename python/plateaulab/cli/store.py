@@ -11,7 +11,7 @@ def register(sub) -> None:
     ssub.required = True
     c = ssub.add_parser("check", help="validate a store and list every problem")
     c.add_argument("path", help="feature store directory")
-    c.add_argument("--deep", action="store_true", help="also read every array: CRC-32 checksums and NaN/Inf")
+    c.add_argument("--deep", action="store_true", help="also read every array as probe does: checksums (XXH3-64 or CRC-32) and NaN/Inf")
     c.set_defaults(func=_check)
     i = ssub.add_parser("info", help="summarise a store")
     i.add_argument("path", help="feature store directory")
@@ -46,7 +46,8 @@ def _info(args) -> int:
     print(f"blocks       {s['blocks']}  ({s['feature_bytes'] / 2**20:.1f} MiB of features, "
           f"dtypes {', '.join(s['dtypes']) or '-'}, dims {', '.join(map(str, s['dims'])) or '-'})")
     lo, hi = s["layers_per_checkpoint"]
-    print(f"layers       {lo}" + (f"-{hi}" if hi != lo else "") + " per checkpoint and dataset")
+    print(f"layers       {lo}" + (f"-{hi}" if hi != lo else "") + " per checkpoint and dataset"
+          + (f"; {s['incomplete_blocks']} incomplete block(s) (no block.json)" if s["incomplete_blocks"] else ""))
     print(f"metadata     {', '.join(s['metadata_keys']) or '-'}")
     print("datasets")
     for name, d in s["datasets"].items():
