@@ -8,8 +8,11 @@ For each of a few such blocks this script times, on the memory-mapped arrays the
 - each candidate checksum over the block's train and test arrays (every byte, as the reader thread
   verifies them): zlib CRC-32 (the format's original), CRC-32C (``crc32c`` package, SSE4.2) and
   XXH3-64 (``xxhash`` package), warm (arrays in the page cache, as right after extraction or on a
-  second pass) and cold (pages dropped with posix_fadvise(DONTNEED) first, so the hash pays the read);
-- ``read only``: touching every page of the same arrays cold without hashing, the I/O any reader pays.
+  second pass) and cold (pages dropped with posix_fadvise(DONTNEED) first, so the hash pays the read;
+  on a virtual machine whose disk the host caches, "cold" reads may still come from memory: compare
+  with the ``read only`` line to see whether they did);
+- ``read only (cold)``: touching one element per page of the same arrays after the same drop, without
+  hashing: the I/O any reader pays.
 
     python bench/bench_checksum.py                 # 3 blocks of the reference workload
     python bench/bench_checksum.py --blocks 5 --repeat 5
