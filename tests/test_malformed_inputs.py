@@ -463,3 +463,15 @@ def test_memory_estimate_is_checked_before_work_starts(tmp_path, capsys, monkeyp
                         "--l2", "1,2,4,8", "--quiet")
     assert code == 2 and "would need about" in err and "GiB" in err and "320 probes" in err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]"])
+def test_a_broken_manifest_is_a_clear_error(tmp_path, store, text):
+    from plateaulab.run import load_run
+
+    probe_store(store.path, tmp_path / "run", **KW)
+    (tmp_path / "run" / "manifest.json").write_text(text)
+    with pytest.raises(RunError, match="manifest.json"):
+        load_run(tmp_path / "run")
+    with pytest.raises(RunError, match="manifest.json"):
+        probe_store(store.path, tmp_path / "run", **KW)

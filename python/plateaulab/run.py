@@ -255,7 +255,13 @@ def load_run(run_dir):
     mpath = run_dir / MANIFEST
     if not mpath.exists():
         raise RunError(f"{run_dir} is not a plateaulab run directory: manifest.json is missing")
-    manifest = json.loads(mpath.read_text())
+    try:
+        manifest = json.loads(mpath.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RunError(f"{mpath} is not valid JSON ({exc}); rerun the `plateaulab probe` command that made "
+                       "the run, in a new directory") from None
+    if not isinstance(manifest, dict):
+        raise RunError(f"{mpath} is not a plateaulab run manifest (a JSON object)")
     res = run_dir / "results.parquet"
     if not manifest.get("complete") or not res.exists():
         raise RunError(f"run {run_dir} is incomplete (results.parquet missing); rerun the same "
