@@ -798,6 +798,9 @@ def main(argv=None) -> int:
     ap.add_argument("--budget", type=float, default=None, help="seconds for the whole command (default 420; tiny 120)")
     ap.add_argument("--only", default=None, help=f"comma list of steps: {', '.join(STEP_FUNCS)}")
     ap.add_argument("--tiny", action="store_true", help="everything on the CPU at toy sizes (CI smoke test)")
+    ap.add_argument("--report-only", action="store_true",
+                    help="run nothing: rewrite gpu_check.md from the gpu_check.jsonl in --out (e.g. a first run and a "
+                         "rerun concatenated)")
     ap.add_argument("--step", default=None, help=argparse.SUPPRESS)      # internal: run one step here
     ap.add_argument("--cap", type=float, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -808,6 +811,10 @@ def main(argv=None) -> int:
         return 0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.report_only:
+        recs = latest_records(out)
+        print(write_report(out, bool(recs) and all(r["tiny"] for r in recs), "python bench/gpu_check.py (merged)"))
+        return 0
     budget = args.budget or (120.0 if args.tiny else 420.0)
     deadline = time.monotonic() + budget
     shown = " ".join("DIR" if a.startswith("/") else a for a in (argv if argv is not None else sys.argv[1:]))

@@ -86,6 +86,14 @@ def test_only_reruns_some_steps_and_appends(tiny):
     assert _run("--tiny", "--out", str(tiny / "out"), "--only", "env,nosuch").returncode != 0
 
 
+def test_report_only_rebuilds_the_fragment_from_the_records(tiny, tmp_path):
+    (tmp_path / "gpu_check.jsonl").write_text((tiny / "out" / "gpu_check.jsonl").read_text())
+    out = _run("--out", str(tmp_path), "--report-only", timeout=60)
+    assert out.returncode == 0, out.stderr
+    md = (tmp_path / "gpu_check.md").read_text()
+    assert "paper-shaped probe_block: cpu against numpy | **PASS**" in md and "TINY" in md
+
+
 def test_a_budget_too_small_skips_steps_instead_of_running_them(tmp_path):
     out = _run("--tiny", "--out", str(tmp_path), "--budget", "10", "--only", "smoke,sweep", timeout=60)
     assert out.returncode == 0, out.stderr
