@@ -66,6 +66,14 @@ def test_a_row_without_a_finite_logit_predicts_class_0_and_is_no_tie(fill, C):
         assert correct.tolist() == [2 if C > 1 else 3] and ties.tolist() == [0]
 
 
+def test_minus_inf_after_nan_does_not_win():
+    """[NaN, -inf]: the CPU loop keeps class 0 (nothing exceeds -inf); the warp once let the -inf of
+    lane 1 replace lane 0's empty result (found by the property test above)."""
+    logits = np.array([[np.nan, -np.inf], [-np.inf, np.nan], [np.nan, -np.inf]], np.float32)
+    for correct, ties in _both(logits, np.zeros(2, np.float32), np.array([0, 0, 1]), 2):
+        assert correct.tolist() == [2] and ties.tolist() == [0]
+
+
 def test_nan_never_wins():
     logits = np.array([[np.nan, 1.0, 3.0, np.nan, 2.0], [1.0, np.nan, np.nan, np.nan, np.nan]], np.float32)
     for correct, ties in _both(logits, np.zeros(5, np.float32), np.array([2, 0]), 5):

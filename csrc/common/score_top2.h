@@ -27,10 +27,11 @@ struct Top2 {
 PL_HD inline Top2 top2_empty() { return Top2{-INFINITY, -INFINITY, kTop2None}; }
 
 // Merge a partial result (best ob at index oa, second os) into t: the larger best wins; on equal
-// bests the smaller index does (the first maximum). Merging one value v at index c is
+// bests the smaller index does (the first maximum), except that -inf never becomes the arg-max
+// (the CPU loop's `v > best` from -inf never takes it either). Merging one value v at index c is
 // top2_merge(t, v, c, -INFINITY).
 PL_HD inline void top2_merge(Top2& t, float ob, int oa, float os) {
-  if (ob > t.best || (ob == t.best && oa < t.arg)) {
+  if (ob > t.best || (ob == t.best && oa < t.arg && ob > -INFINITY)) {
     t.second = fmaxf(t.best, os);
     t.best = ob;
     t.arg = oa;
