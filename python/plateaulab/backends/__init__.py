@@ -9,6 +9,8 @@ A backend is a plain module exposing the same small set of names:
     probe_block(x_train, y_train, x_test, y_test, tasks, l2s, num_classes, *,
                 x_val=None, y_val=None, loo=False, predictions=False) -> BlockScores
     stage(x_train, train_rows, x_test, x_val=None)   optional: read/convert/upload ahead of probe_block
+    get_ops()                 cpu and cuda: the one ops object of the shared engine (the contract
+                              ``base.Ops``; NumpyOps / CupyOps), whose tuning knobs are public attributes
 
 ``probe_block`` serves every (shots, seed) task and every l2 of one (checkpoint, dataset, layer)
 block from a single read of its features. The run loop (plateaulab.run) asks for a backend once
