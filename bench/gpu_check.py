@@ -184,11 +184,38 @@ def step_env(ctx: Ctx) -> None:
                  nvcc=nvcc.splitlines()[-1] if nvcc else None, compute_sanitizer=shutil.which("compute-sanitizer"),
                  tf32_env={k: os.environ.get(k) for k in ("NVIDIA_TF32_OVERRIDE", "CUPY_TF32")},
                  cpu_cores=os.cpu_count(), install_command="PLATEAULAB_CUDA=ON " + " ".join(INSTALL_CMD[2:]))
+    with ctx.check("plateaulab's runtime dependencies are installed") as d:
+        missing = missing_dependencies()
+        d["checked"] = len(runtime_dependencies())
+        assert not missing, (f"not installed here: {', '.join(missing)}; carry them as wheels "
+                             "(bench/GPU_RUNBOOK.md, 'Before the first call')")
     with ctx.check("disk") as d:
         ctx.workdir.mkdir(parents=True, exist_ok=True)
         usage = shutil.disk_usage(ctx.workdir)
         d.update(status="INFO", workdir=str(ctx.workdir), free_gb=round(usage.free / 1e9, 1),
                  df=bc._run(["df", "-h", str(ctx.workdir)]))
+
+
+def runtime_dependencies() -> list[str]:
+    """The distribution names of pyproject.toml's [project] dependencies."""
+    import re
+    import tomllib
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    return [re.split(r"[<>=!~; \[]", d, maxsplit=1)[0] for d in deps]
+
+
+def missing_dependencies() -> list[str]:
+    """Runtime dependencies with no installed distribution (read from metadata: nothing is imported)."""
+    from importlib import metadata
+
+    out = []
+    for name in runtime_dependencies():
+        try:
+            metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out.append(name)
+    return out
 
 
 def source_digest() -> str:

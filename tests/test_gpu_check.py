@@ -94,6 +94,14 @@ def test_report_only_rebuilds_the_fragment_from_the_records(tiny, tmp_path):
     assert "paper-shaped probe_block: cpu against numpy | **PASS**" in md and "TINY" in md
 
 
+def test_runtime_dependencies_are_read_from_pyproject(monkeypatch):
+    deps = gc.runtime_dependencies()
+    assert "numpy" in deps and all(d and not set(d) & set("<>=; ") for d in deps)
+    assert gc.missing_dependencies() == []                       # this machine runs the tests
+    monkeypatch.setattr(gc, "runtime_dependencies", lambda: ["numpy", "no-such-distribution-xyz"])
+    assert gc.missing_dependencies() == ["no-such-distribution-xyz"]
+
+
 def test_a_budget_too_small_skips_steps_instead_of_running_them(tmp_path):
     out = _run("--tiny", "--out", str(tmp_path), "--budget", "10", "--only", "smoke,sweep", timeout=60)
     assert out.returncode == 0, out.stderr
