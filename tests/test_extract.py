@@ -402,3 +402,63 @@ def test_gpu_mixed_precision_matches_cpu(tmp_path):
         a, b = np.asarray(st.block("cpu", "d", layer).train), np.asarray(st.block("gpu", "d", layer).train)
         # bf16 keeps 8 mantissa bits: a few 1e-2 relative error through three blocks.
         assert np.linalg.norm(a - b) <= 5e-2 * np.linalg.norm(a), layer
+
+
+def test_layout_counts_prefix_tokens_and_the_mean_skips_them():
+    """Without timm's num_prefix_tokens, class/distillation/register parameters are counted."""
+    from plateaulab.extract import model_layout
+    from plateaulab.extract.layers import pool
+
+    vit = M.TinyViT()
+    assert (model_layout(vit).prefix_tokens, model_layout(vit).has_class_token) == (1, True)
+    vit.dist_token = torch.nn.Parameter(torch.zeros(1, 1, 16))
+    vit.register_tokens = torch.nn.Parameter(torch.zeros(1, 4, 16))  # Hugging Face DINOv2-with-registers name
+    layout = model_layout(vit)
+    assert layout.prefix_tokens == 6 and layout.token_pooling == "cls"
+    x = torch.randn(3, 10, 16)
+    got, how = pool(x, "mean", layout, layer="blocks.0")
+    assert how == "mean[6:]"
+    torch.testing.assert_close(got, x[:, 6:].mean(dim=1))
+    with pytest.raises(InputError, match="no token is left to average"):
+        pool(x[:, :6], "mean", layout, layer="blocks.0")
+    vit.num_prefix_tokens, vit.pool_include_prefix = 6, True  # timm: average every token
+    assert model_layout(vit).prefix_tokens == 0
+    assert model_layout(M.TinyMixer()).prefix_tokens == 0 and model_layout(M.TinyMixer()).has_class_token is None
+
+
+def test_nhwc_feature_maps_are_pooled_over_height_and_width(tmp_path):
+    """A model that says output_fmt = 'NHWC' (timm Swin) has its 4-D stage outputs averaged over H, W."""
+
+    class Stage(torch.nn.Module):  # wraps an NCHW stage so that it takes and returns NHWC
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+    torch.manual_seed(0)
+    model = M.TinyResNet().eval()
+    for i in range(1, 4):
+        setattr(model, f"layer{i}", Stage(getattr(model, f"layer{i}")))
+    model.output_fmt = "NHWC"
+
+    def forward(x):
+        h = torch.relu(model.bn1(model.conv1(x))).permute(0, 2, 3, 1)
+        for s in model.stages():
+            h = s(h)
+        return model.fc(h.mean(dim=(1, 2)))
+
+    model.forward = forward
+    x, y = M.images(10, seed=2), np.arange(10) % 2
+    extract(model, tmp_path / "st", "d", train=(x, y), test=(x, y), dtype="float32", progress=False)
+    st = FeatureStore.open(tmp_path / "st")
+    with torch.no_grad():
+        h = torch.relu(model.bn1(model.conv1(torch.as_tensor(x)))).permute(0, 2, 3, 1)
+        for i, s in enumerate(model.stages()):
+            h = s(h)
+            want = h.mean(dim=(1, 2)).numpy()
+            got = np.asarray(st.block("model", "d", f"layer{i + 1}").test)
+            assert got.shape == (10, h.shape[-1])
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert st.checkpoint_meta("model")["extraction"]["pooling"]["layer2"] == "gap"

@@ -173,7 +173,8 @@ kill_after, count = sys.argv[1], int(sys.argv[2])
 if kill_after != "none":
     import plateaulab.extract.engine as engine
     import plateaulab.store as store
-    owner, attr = {"blocks": (store.FeatureStore, "add_features"), "batches": (engine._Capture, "store_chunk")}[kill_after]
+    owner, attr = {"blocks": (store.FeatureStore, "add_features"),
+                   "batches": (engine._Capture, "store_chunk")}[kill_after]
     original, calls = getattr(owner, attr), [0]
 
     def wrapped(*args, **kwargs):

@@ -44,7 +44,7 @@ __all__ = [
     "extract", "extract_checkpoints", "DatasetInputs", "CheckpointSpec", "ExtractionReport", "PairReport",
     "discover_layers", "resolve_layers", "read_manifest", "ImageTransform", "Layer", "Layout", "model_layout",
     "register_architecture", "unregister_architecture", "registered_architectures", "resolve_architecture",
-    "Architecture",
+    "Architecture", "build_model",
 ]
 
 DTYPES = ("float16", "float32")

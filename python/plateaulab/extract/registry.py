@@ -222,7 +222,8 @@ def resolve_architecture(architecture, *, allow_import: bool = False, where: str
         raise InputError(
             f"{_at(where)}architecture {arch!r} looks like a file path; architectures are named, never loaded "
             "from a file: use hf:DIR for a local Hugging Face directory, timm:NAME, torchvision:NAME, or a name "
-            "registered with plateaulab.extract.register_architecture (the weights come only from the checkpoint files)")
+            "registered with plateaulab.extract.register_architecture (the weights come only from the "
+            "checkpoint files)")
     hints = []
     if _REGISTRY:
         hints.append(f"registered: {', '.join(sorted(_REGISTRY))}")
