@@ -147,3 +147,84 @@ def test_cuda_run_matches_cpu_run_and_refuses_nonfinite_features(tmp_path):
     np.save(bdir / "test.npy", x)
     with pytest.raises(StoreError, match="test features contain 1 NaN/Inf"):
         probe_store(st.path, tmp_path / "bad", backend="cuda", verify=False, **kw)
+
+
+@pytest.mark.parametrize("C", [1, 33, 100])
+def test_cuda_scorer_agrees_with_the_cpu_scorer_on_nan_and_minus_inf_rows(C):
+    """Rows of all NaN, all -inf, NaN mixed with finite values: the kernel counts what the CPU
+    scorer counts (csrc/common/score_top2.h: no finite logit -> class 0, no tie)."""
+    from plateaulab import _core
+
+    rng = np.random.default_rng(C)
+    logits = rng.normal(size=(40, 2 * C)).astype(np.float32)
+    logits[0:5] = np.nan
+    logits[5:10] = -np.inf
+    logits[10:20, ::3] = np.nan
+    logits[20:25, :C] = -np.inf
+    bias = np.zeros(2 * C, np.float32)
+    labels = rng.integers(0, C, 40).astype(np.int64)
+    labels[[0, 5, 7]] = 0
+    c_cpu, t_cpu = np.zeros(2, np.int64), np.zeros(2, np.int64)
+    _core.score_argmax(logits, bias, labels, C, P.TIE_RTOL, c_cpu, t_cpu)
+    correct, ties = cp.zeros(2, cp.uint64), cp.zeros(2, cp.uint64)
+    d = [cp.asarray(a) for a in (logits, bias, labels)]
+    _cuda.score_argmax(d[0].data.ptr, 40, 2 * C, d[1].data.ptr, d[2].data.ptr, 2, C, P.TIE_RTOL,
+                       correct.data.ptr, ties.data.ptr, 0)
+    np.testing.assert_array_equal(cp.asnumpy(correct).astype(np.int64), c_cpu)
+    np.testing.assert_array_equal(cp.asnumpy(ties).astype(np.int64), t_cpu)
+
+
+def test_small_ridge_at_the_device_bound_and_refused_past_it():
+    from plateaulab import _core
+
+    from test_small_ridge import _numpy, _problem
+
+    limit = _cuda.small_ridge_max_n()
+    assert _ops().small_max_n == limit > 0                     # derived from the device, not hard-coded
+    xs, labels = _problem(2, limit, limit + 40, 33, 5)
+    a, _, ok = _ops().small_ridge(cp.asarray(xs), cp.asarray(labels), 33, [1024.0])
+    assert ok.all()
+    a_ref, _ = _numpy(xs, labels, 33, [1024.0])
+    np.testing.assert_allclose(cp.asnumpy(a), a_ref, rtol=1e-7, atol=1e-9 * np.abs(a_ref).max())
+    xs, labels = _problem(1, limit + 1, limit + 40, 3, 5)
+    with pytest.raises(ValueError, match="does not fit shared memory"):
+        _ops().small_ridge(cp.asarray(xs), cp.asarray(labels), 3, [1024.0])
+    assert _core.small_ridge_max_n_for(232448 - 16) == 170      # the arithmetic the device used
+
+
+def test_cupy_ops_instance_satisfies_the_contract():
+    from plateaulab.backends.base import Ops
+
+    assert isinstance(_ops(), Ops)
+
+
+@pytest.mark.parametrize("cut", [0, 10_000])
+def test_batched_and_looped_eigh_both_pass_the_engine_check(cut, monkeypatch):
+    from plateaulab.backends import _engine
+
+    ops = _ops()
+    monkeypatch.setattr(ops, "eigh_batched_max_n", cut)          # 0: loop (syevd); 10,000: syevjBatched
+    x = np.random.default_rng(2).normal(size=(3, 100, 120))
+    a = x @ np.swapaxes(x, 1, 2)
+    before = ops.solve_fallbacks
+    e, q = _engine._eigh(ops, cp.asarray(a))
+    assert ops.solve_fallbacks == before
+    np.testing.assert_allclose(cp.asnumpy(e), np.linalg.eigh(a)[0], rtol=1e-9, atol=1e-9)
+
+
+def test_cuda_stage_out_of_memory_leaves_host_splits_with_their_counts(monkeypatch):
+    from plateaulab.backends import cuda
+    from plateaulab.backends.base import HostSplit
+
+    from test_backends import _block
+
+    ops = _ops()
+    xtr, ytr, xte, yte, _, _ = _block(5, 30, 10, 200, 3, np.float16)
+    xte[4, 2] = np.nan
+
+    def no_room(x):
+        raise ops.out_of_memory(0, 0)
+
+    monkeypatch.setattr(ops, "to_f32", no_room)
+    tr, te, _ = cuda.stage(xtr, np.arange(len(ytr)), xte)
+    assert isinstance(te, HostSplit) and te.nonfinite == 1 and isinstance(tr, HostSplit)
