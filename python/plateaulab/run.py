@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -37,12 +38,17 @@ import numpy as np
 
 from . import protocol as P
 from .errors import PlateaulabError, RunError, StoreError
-from .store import FeatureStore, remove_temp_files
-from ._run.manifest import MANIFEST, now, open_manifest, run_lock, session_end, write_manifest
-from ._run.parts import (RESULT_COLUMNS, block_fingerprint, check_part_paths, consolidate, part_path,
-                         read_part_source, result_schema, rows_for_block, write_checkpoint_table, write_part)
+from .store import FeatureStore, encode_name, remove_temp_files
+from ._store.files import TEMP_RE
+from ._run.locks import release, try_lock, wait_lock
+from ._run.manifest import (LOCK, MANIFEST, MANIFEST_LOCK, now, open_manifest, run_lock, session_end,
+                            write_manifest)
+from ._run.parts import (RESULT_COLUMNS, STALE, check_part_paths, consolidate, part_path, part_problem,
+                         result_schema, write_checkpoint_table)
 from ._run.plan import PlannedBlock, ProbeConfig, check_resources, incomplete_blocks, plan_blocks, seed_list
-from ._run.reader import BlockReader
+from ._run.shard import (active_shards, all_records, in_shard, label as shard_label, missing_report,
+                         parse_shard, read_record, shard_dir, write_record)
+from ._run.work import RunContext, Stats, probe_blocks
 
 __all__ = ["ProbeConfig", "PlannedBlock", "ProbeRun", "RESULT_COLUMNS", "load_run", "plan_blocks",
            "probe_store", "result_schema"]
@@ -75,7 +81,8 @@ class ProbeRun:
 
 def probe_store(store, run_dir, *, datasets=None, checkpoints=None, layers="all", shots=P.DEFAULT_SHOTS,
                 seeds=3, l2=(P.DEFAULT_L2,), select="fixed", backend="auto", quiet=False,
-                on_short="error", prefetch: bool = True, verify: bool = True, strict: bool = False) -> ProbeRun:
+                on_short="error", prefetch: bool = True, verify: bool = True, strict: bool = False,
+                workers=None, scheduler: str | None = None, scheduler_file=None, shard=None) -> ProbeRun:
     """Probe every requested block of ``store`` and write the run directory ``run_dir``.
 
     ``seeds`` is a count (seeds 0..n-1, as big_vision) or a list of seeds. Re-running the same call
@@ -87,9 +94,18 @@ def probe_store(store, run_dir, *, datasets=None, checkpoints=None, layers="all"
     be read) is recomputed and listed in the manifest; with ``strict`` a changed block, or an
     incomplete block among those asked for, is refused instead.
 
+    Beyond one process (docs/SCALE.md): ``workers`` (a count, or "auto") runs the blocks on a local
+    Dask cluster of that many single-threaded worker processes (with ``backend="cuda"``, one per
+    visible GPU); ``scheduler`` (an address) or ``scheduler_file`` runs them on an existing Dask
+    cluster. This process then holds the run directory, writes the manifest and consolidates; the
+    workers write the parts. ``shard`` ("K/N") probes only the checkpoints of shard K of N (by a
+    stable hash of their names), beside the other shards writing into the same directory at the
+    same time; the last shard to finish consolidates, and so does a later run without ``shard``
+    once every part exists (it reports what is missing otherwise). The table is the same in every case.
+
     Everything that can be refused from the store and the options alone (names, metadata, shots,
-    seeds, memory) is checked before the run directory is touched, so a refused call leaves nothing
-    behind that would stand in the way of the corrected one.
+    seeds, memory, cluster options) is checked before the run directory is touched, so a refused
+    call leaves nothing behind that would stand in the way of the corrected one.
     """
     from .backends import get_backend
 
@@ -99,75 +115,191 @@ def probe_store(store, run_dir, *, datasets=None, checkpoints=None, layers="all"
     cfg = ProbeConfig(store=str(store.path), datasets=datasets, checkpoints=checkpoints, layers=layers,
                       shots=list(shots), seeds=seeds_list, l2=l2_list, select=select,
                       on_short=on_short).normalised()
+    shard = parse_shard(shard)
+    cluster = _cluster_options(workers, scheduler, scheduler_file, backend)
     be = get_backend(backend)
     run_dir = Path(run_dir)
     plan, ds_cache, task_cache, incomplete = _prepare(store, cfg, run_dir, strict)
-    probes_per = {name: len(task_cache[name]) * len(cfg.l2) for name in ds_cache}
     labels_fp = {name: ds.fingerprint() for name, ds in ds_cache.items()}
+    ctx = RunContext(store, cfg, be, ds_cache, task_cache, labels_fp, verify=verify, prefetch=prefetch)
+    probes_per = ctx.probes_per
+    mine = plan if shard is None else [b for b in plan if in_shard(b.checkpoint, shard)]
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    with run_lock(run_dir):
-        removed = remove_temp_files(run_dir)
-        manifest = open_manifest(run_dir, cfg)
-        todo, recomputed = _resume(store, run_dir, plan, probes_per, labels_fp, strict)
+    with run_lock(run_dir, shard):
+        if shard is None:
+            removed = remove_temp_files(run_dir)
+            manifest = open_manifest(run_dir, cfg)
+            record = manifest
+        else:
+            removed, manifest, record = _open_shard(run_dir, cfg, shard, mine)
+        todo, recomputed = _resume(store, run_dir, mine, probes_per, labels_fp, strict)
+        if shard is None and cluster is None and todo:
+            _refuse_missing_shards(run_dir, plan, todo)
         t_start = time.time()
         session = {"backend": be.name, "device": be.device(), "started": now(), "pid": os.getpid(),
+                   "host": socket.gethostname(), "engine": "dask" if cluster else "local",
                    "verify": bool(verify), "recomputed": recomputed, "temp_files_removed": len(removed)}
-        manifest["sessions"].append(session)
-        manifest["complete"] = False
-        manifest["incomplete_blocks"] = len(incomplete)
-        write_manifest(run_dir, manifest)
+        if shard is not None:
+            session.update(shard=shard_label(shard), shard_blocks=len(mine))
+        record["sessions"].append(session)
+        if shard is None:
+            manifest["complete"] = False
+            manifest["incomplete_blocks"] = len(incomplete)
+            write_manifest(run_dir, manifest)
+        else:
+            write_record(run_dir, shard, record)
 
         total = sum(probes_per[b.dataset] for b in todo)
-        done_blocks = done_probes = unverified = 0
-        t_io = t_compute = 0.0
-        bar = _progress(total, quiet, desc=f"probe [{be.name}]")
-        loo = cfg.select == "loo"
-        use_val = cfg.select == "val"
-        reader = BlockReader(store, ds_cache, task_cache, use_val, getattr(be, "stage", None), prefetch,
-                             verify=verify, labels_fp=labels_fp)
+        stats = Stats()
+        n_workers = f" x {cluster.workers} workers" if cluster and cluster.workers is not None else ""
+        desc = f"probe [{be.name}{n_workers}]" + (f" shard {shard_label(shard)}" if shard else "")
+        bar = _progress(total, quiet, desc=desc)
+
+        def on_block(b, record_):
+            bar.update(record_[3])
+            _after_block(b, stats.blocks)
+
+        complete = False
         try:
-            for b, got, waited in reader.iterate(todo):
-                ds = ds_cache[b.dataset]
-                tasks = task_cache[b.dataset]
-                t1 = time.perf_counter()
-                scores = be.probe_block(got.x_train, ds.y_train, got.x_test, ds.y_test, tasks, cfg.l2,
-                                        ds.num_classes, x_val=got.x_val, y_val=ds.y_val if use_val else None,
-                                        loo=loo)
-                t2 = time.perf_counter()
-                write_part(part_path(run_dir, b), rows_for_block(b, got.block, tasks, cfg.l2, cfg, scores),
-                           got.fingerprint)
-                t_io += waited + (time.perf_counter() - t2)
-                t_compute += t2 - t1
-                done_blocks += 1
-                done_probes += probes_per[b.dataset]
-                unverified += not got.verified
-                bar.update(probes_per[b.dataset])
-                _after_block(b, done_blocks)
+            if cluster is None:
+                probe_blocks(ctx, todo, run_dir, on_block, stats=stats)
+            elif todo:
+                from ._run.distributed import connect, run_probe
+
+                t_connect = time.perf_counter()
+                with connect(cluster, be.name) as client:
+                    session["scheduler"] = client.scheduler.address
+                    session["seconds_cluster_start"] = round(time.perf_counter() - t_connect, 3)
+                    run_probe(client, ctx, todo, run_dir, bar, stats, session)
             complete = all(part_path(run_dir, b).exists() for b in plan)
-            if complete:
-                consolidate(run_dir, plan)
-                write_checkpoint_table(run_dir, store, sorted({b.checkpoint for b in plan}))
-        except PlateaulabError:
-            session.update(session_end(t_start, done_blocks, done_probes, t_io, t_compute, "failed"),
-                           unverified_blocks=unverified)
-            with contextlib.suppress(PlateaulabError):   # e.g. a full disk: the last manifest written stays
-                write_manifest(run_dir, manifest)
+            if complete and shard is None:
+                _finish(run_dir, store, plan, manifest)
+        except (PlateaulabError, KeyboardInterrupt) as exc:
+            status = "failed" if isinstance(exc, PlateaulabError) else "interrupted"
+            session.update(session_end(t_start, stats.blocks, stats.probes, stats.t_io, stats.t_compute, status),
+                           unverified_blocks=stats.unverified)
+            if isinstance(exc, PlateaulabError):
+                session["error"] = str(exc)
+            with contextlib.suppress(PlateaulabError):   # e.g. a full disk: the last record written stays
+                write_manifest(run_dir, manifest) if shard is None else write_record(run_dir, shard, record)
             raise
         finally:
-            reader.close()
             bar.close()
-        if verify and unverified:
-            warnings.warn(f"{unverified} block(s) record no checksum in block.json and were probed unverified; "
+        if verify and stats.unverified:
+            warnings.warn(f"{stats.unverified} block(s) record no checksum in block.json and were probed unverified; "
                           "re-extract them (new blocks record XXH3-64) to have them checked", stacklevel=2)
-        session.update(session_end(t_start, done_blocks, done_probes, t_io, t_compute,
-                                   "complete" if complete else "stopped"), unverified_blocks=unverified)
-        manifest["complete"] = complete
+        mine_done = shard is None or all(part_path(run_dir, b).exists() for b in mine)
+        session.update(session_end(t_start, stats.blocks, stats.probes, stats.t_io, stats.t_compute,
+                                   "complete" if (complete if shard is None else mine_done) else "stopped"),
+                       unverified_blocks=stats.unverified)
+        if shard is None:
+            manifest["complete"] = complete
+            manifest["blocks"] = len(plan)
+            manifest["probes"] = sum(probes_per[b.dataset] for b in plan)
+            write_manifest(run_dir, manifest)
+        else:
+            session["run_complete"] = complete
+            write_record(run_dir, shard, record)
+    if shard is not None and complete:
+        # The last shard to finish consolidates, if no other process holds the directory by then.
+        _consolidate_after_shards(run_dir, store, cfg, plan, probes_per)
+    return ProbeRun(run_dir=run_dir, config=cfg, blocks_total=len(plan), blocks_done_now=stats.blocks,
+                    probes_done_now=stats.probes, seconds=time.time() - t_start, recomputed=recomputed)
+
+
+def _cluster_options(workers, scheduler, scheduler_file, backend):
+    """The Dask options, checked (and Dask's presence) before anything is touched; None for a run in
+    this process."""
+    if workers is None and scheduler is None and scheduler_file is None:
+        return None
+    from ._run.distributed import ClusterOptions
+
+    return ClusterOptions(workers, scheduler, scheduler_file, backend).checked()
+
+
+def _open_shard(run_dir: Path, cfg: ProbeConfig, shard, mine):
+    """A shard's start, under the short manifest lock (other shards may be starting too): remove the
+    temporary files only this shard can have left (in its checkpoints' part directories, in its own
+    directory, and the manifest's in the run directory itself), create manifest.json if this is the
+    first process here or check the config against it, and read this shard's own record."""
+    with wait_lock(run_dir / MANIFEST_LOCK, f"run directory {run_dir}"):
+        others = [s for s, _ in active_shards(run_dir) if s != shard]
+        if any(s[1] != shard[1] for s in others):
+            other = next(s for s in others if s[1] != shard[1])
+            raise RunError(f"run directory {run_dir} is being written by shard {shard_label(other)}; the shards "
+                           f"running at one time must split the run the same way (N = {other[1]}, not {shard[1]}): "
+                           "use the same N in {param}, or wait for them to finish", param="shard")
+        removed = remove_temp_files(shard_dir(run_dir, shard))
+        for p in run_dir.iterdir():
+            if p.is_file() and TEMP_RE.match(p.name):
+                p.unlink(missing_ok=True)
+                removed.append(p)
+        for ck in sorted({b.checkpoint for b in mine}):
+            d = run_dir / "parts" / encode_name(ck, "checkpoint")
+            if d.is_dir():
+                removed += remove_temp_files(d)
+        before = _config_hash_on_disk(run_dir)
+        manifest = open_manifest(run_dir, cfg, may_restart=not others)
+        if before != cfg.digest():     # a new run directory, or one started afresh with this config
+            write_manifest(run_dir, manifest)
+    record = read_record(run_dir, shard) or {"format": "plateaulab-probe-shard", "version": 1,
+                                              "shard": shard_label(shard), "config_hash": cfg.digest(),
+                                              "sessions": []}
+    if record.get("config_hash") != cfg.digest():
+        record = {**record, "config_hash": cfg.digest(), "sessions": []}
+    return removed, manifest, record
+
+
+def _config_hash_on_disk(run_dir: Path):
+    try:
+        return json.loads((run_dir / MANIFEST).read_text()).get("config_hash")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _refuse_missing_shards(run_dir: Path, plan, todo) -> None:
+    """A run without shards on a directory that shards have written only consolidates: it names
+    the shards whose blocks are missing instead of probing a share of the run in one process."""
+    records = all_records(run_dir)
+    if not records:
+        return
+    raise RunError(f"run directory {run_dir} was written by shards ({', '.join(sorted(records))}) and "
+                   f"{len(todo)} of its {len(plan)} blocks have no current part: {missing_report(run_dir, todo, records)}. "
+                   "Rerun those shards with the same options (they resume), then repeat this command to consolidate; "
+                   "or compute every missing block in this process with {param} 0/1", param="shard")
+
+
+def _finish(run_dir: Path, store, plan, manifest: dict) -> None:
+    """Consolidate every part into results.parquet, write checkpoints.parquet, and fold the shards'
+    records (if shards wrote this run) into the manifest."""
+    consolidate(run_dir, plan)
+    write_checkpoint_table(run_dir, store, sorted({b.checkpoint for b in plan}))
+    records = all_records(run_dir)
+    if records:
+        manifest["shards"] = records
+
+
+def _consolidate_after_shards(run_dir: Path, store, cfg: ProbeConfig, plan, probes_per) -> bool:
+    """Consolidate a run whose every part exists, if this process can hold the run directory alone
+    now (no other shard still running, no other process); True if it did."""
+    f = try_lock(run_dir / LOCK, exclusive=True)
+    if f is None:
+        return False
+    try:
+        if not all(part_path(run_dir, b).exists() for b in plan):
+            return False
+        manifest = open_manifest(run_dir, cfg, may_restart=False)
+        _finish(run_dir, store, plan, manifest)
+        manifest["complete"] = True
         manifest["blocks"] = len(plan)
         manifest["probes"] = sum(probes_per[b.dataset] for b in plan)
+        manifest["consolidated"] = {"by": "last shard", "pid": os.getpid(), "host": socket.gethostname(),
+                                    "at": now()}
         write_manifest(run_dir, manifest)
-    return ProbeRun(run_dir=run_dir, config=cfg, blocks_total=len(plan), blocks_done_now=done_blocks,
-                    probes_done_now=done_probes, seconds=time.time() - t_start, recomputed=recomputed)
+        return True
+    finally:
+        release(f)
 
 
 def _prepare(store, cfg: ProbeConfig, run_dir: Path, strict: bool):
@@ -210,34 +342,20 @@ def _resume(store, run_dir: Path, plan, probes_per, labels_fp, strict: bool):
     """The blocks still to probe, and the finished parts that must be recomputed (with why): a part
     that cannot be read, holds the wrong number of rows, records no source, or came from a block or
     labels that have changed since. With ``strict`` a changed block is refused instead."""
-    import pyarrow as pa
-
     todo, recomputed = [], []
     for b in plan:
-        p = part_path(run_dir, b)
-        if not p.exists():
-            todo.append(b)
+        reason = part_problem(store, run_dir, b, probes_per[b.dataset], labels_fp[b.dataset])
+        if reason is None:
+            continue
+        todo.append(b)
+        if reason == "missing":
             continue
         where = f"checkpoint {b.checkpoint!r}, dataset {b.dataset!r}, layer {b.layer!r}"
-        try:
-            n_rows, source = read_part_source(p)
-        except (OSError, pa.ArrowException) as exc:
-            reason = f"its part {p} cannot be read ({exc})"
-        else:
-            if n_rows != probes_per[b.dataset]:
-                reason = f"its part holds {n_rows} rows, not {probes_per[b.dataset]}"
-            elif source is None:
-                reason = "its part records no source fingerprint (written by an older plateaulab)"
-            elif source != block_fingerprint(store, b, labels_fp[b.dataset]):
-                reason = "the block or its dataset's labels changed after its part was written"
-                if strict:
-                    raise RunError(f"{where}: {reason}; the finished result is stale. Run without {{param}} "
-                                   "to recompute it, or restore the block", param="strict")
-            else:
-                continue
+        if reason == STALE and strict:
+            raise RunError(f"{where}: {reason}; the finished result is stale. Run without {{param}} "
+                           "to recompute it, or restore the block", param="strict")
         warnings.warn(f"{where}: {reason}; recomputing it", stacklevel=3)
         recomputed.append({"checkpoint": b.checkpoint, "dataset": b.dataset, "layer": b.layer, "reason": reason})
-        todo.append(b)
     return todo, recomputed
 
 

@@ -19,6 +19,8 @@ from .plan import ProbeConfig
 
 MANIFEST = "manifest.json"
 LOCK = ".lock"
+#: Held while a shard reads, creates or checks manifest.json (shards run side by side).
+MANIFEST_LOCK = ".manifest.lock"
 
 
 def versions() -> dict:
@@ -38,22 +40,47 @@ def now() -> str:
 
 
 @contextlib.contextmanager
-def run_lock(run_dir: Path):
-    """Hold an exclusive lock on the run directory; a second process is refused at once."""
-    import fcntl
+def run_lock(run_dir: Path, shard: tuple[int, int] | None = None):
+    """Hold the run directory: exclusively (a plain run, a Dask client), or, for ``shard`` K/N,
+    shared with the other shards plus that shard's own lock exclusively. A process that cannot have
+    what it asks for is refused at once, naming who holds it."""
+    from .locks import describe_holder, read_holder, release, try_lock
+    from .shard import active_shards, describe_active, label, shard_dir, SHARD_LOCK
 
-    f = open(run_dir / LOCK, "w")
+    lock = run_dir / LOCK
+    held = []
     try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.close()
-        raise RunError(f"run directory {run_dir} is in use by another plateaulab process; "
-                       "wait for it to finish or use another {param}", param="run_dir") from None
-    try:
+        if shard is None:
+            f = try_lock(lock, exclusive=True)
+            if f is None:
+                active = active_shards(run_dir)
+                if active:
+                    raise RunError(f"run directory {run_dir} is being written by {describe_active(active)}; a run "
+                                   "without shards consolidates once every shard has finished: repeat this command "
+                                   "then (or use another {param})", param="run_dir")
+                raise RunError(f"run directory {run_dir} is in use by another plateaulab process "
+                               f"({describe_holder(read_holder(lock))}); wait for it to finish or use another "
+                               "{param}", param="run_dir")
+            held.append(f)
+        else:
+            f = try_lock(lock, exclusive=False)
+            if f is None:
+                raise RunError(f"run directory {run_dir} is in use by a run without shards "
+                               f"({describe_holder(read_holder(lock))}); shards run only beside other shards: "
+                               "wait for it to finish", param="shard")
+            held.append(f)
+            sdir = shard_dir(run_dir, shard)
+            sdir.mkdir(parents=True, exist_ok=True)
+            g = try_lock(sdir / SHARD_LOCK, exclusive=True)
+            if g is None:
+                raise RunError(f"shard {label(shard)} of run directory {run_dir} is already running "
+                               f"({describe_holder(read_holder(sdir / SHARD_LOCK))}); each {{param}} runs once "
+                               "at a time", param="shard")
+            held.append(g)
         yield
     finally:
-        fcntl.flock(f, fcntl.LOCK_UN)
-        f.close()
+        for f in reversed(held):
+            release(f)
 
 
 def session_end(t_start, blocks, probes, t_io, t_compute, status) -> dict:
@@ -63,8 +90,11 @@ def session_end(t_start, blocks, probes, t_io, t_compute, status) -> dict:
             "probes_per_second": round(probes / wall, 2) if wall > 0 else None}
 
 
-def open_manifest(run_dir: Path, cfg: ProbeConfig) -> dict:
-    """The manifest of the run in ``run_dir`` if its config is ``cfg``, or a new one for an empty directory."""
+def open_manifest(run_dir: Path, cfg: ProbeConfig, *, may_restart: bool = True) -> dict:
+    """The manifest of the run in ``run_dir`` if its config is ``cfg``, or a new one for an empty directory.
+
+    A directory whose run finished no block is started afresh with ``cfg`` when ``may_restart`` (a
+    shard may not while other shards are running: they are writing blocks of the old config)."""
     path = run_dir / MANIFEST
     if path.exists():
         try:
@@ -75,11 +105,14 @@ def open_manifest(run_dir: Path, cfg: ProbeConfig) -> dict:
         if not isinstance(manifest, dict) or not isinstance(manifest.get("sessions"), list):
             raise RunError(f"{path} is not a plateaulab run manifest; remove the run directory or pick another "
                            "{param}", param="run_dir")
-        if manifest.get("config_hash") != cfg.digest() and not _holds_results(run_dir):
+        if manifest.get("config_hash") != cfg.digest() and may_restart and not _holds_results(run_dir):
             # A run that finished no block (e.g. refused while reading its first one) holds nothing
             # to keep: the corrected command starts it afresh instead of being refused.
             warnings.warn(f"{run_dir}: its earlier run finished no block; starting it afresh with the new config",
                           stacklevel=3)
+            from .shard import remove_records
+
+            remove_records(run_dir)   # records of shards of the old config
             return _new(cfg)
         if manifest.get("config_hash") != cfg.digest():
             old = manifest.get("config", {})
@@ -88,7 +121,7 @@ def open_manifest(run_dir: Path, cfg: ProbeConfig) -> dict:
             raise RunError(f"run directory {run_dir} holds a run with a different config ({details}); "
                            "use a new {param}, or repeat the original options to resume", param="run_dir")
         return manifest
-    if any(p for p in run_dir.iterdir() if p.name != LOCK):
+    if any(p for p in run_dir.iterdir() if p.name not in (LOCK, MANIFEST_LOCK, "shards")):
         raise RunError(f"{run_dir} is not empty and holds no plateaulab run; pick an empty or new {{param}}",
                        param="run_dir")
     return _new(cfg)

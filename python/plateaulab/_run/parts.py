@@ -74,6 +74,32 @@ def read_part_source(path: Path) -> tuple[int, dict | None]:
     return meta.num_rows, (json.loads(source) if source else None)
 
 
+def part_problem(store, run_dir: Path, b: PlannedBlock, n_rows_expected: int, labels: str | None) -> str | None:
+    """Why the part of block ``b`` cannot be kept: ``"missing"``, or a reason it must be recomputed
+    (it cannot be read, holds the wrong number of rows, records no source, or came from a block or
+    labels that have changed since); None when it is current."""
+    import pyarrow as pa
+
+    p = part_path(run_dir, b)
+    if not p.exists():
+        return "missing"
+    try:
+        n_rows, source = read_part_source(p)
+    except (OSError, pa.ArrowException) as exc:
+        return f"its part {p} cannot be read ({exc})"
+    if n_rows != n_rows_expected:
+        return f"its part holds {n_rows} rows, not {n_rows_expected}"
+    if source is None:
+        return "its part records no source fingerprint (written by an older plateaulab)"
+    if source != block_fingerprint(store, b, labels):
+        return STALE
+    return None
+
+
+#: The reason ``part_problem`` gives for a part whose block or labels changed after it was written.
+STALE = "the block or its dataset's labels changed after its part was written"
+
+
 def rows_for_block(b: PlannedBlock, block, tasks, l2s, cfg: ProbeConfig, scores):
     """The result rows of one probed block: one per (task, l2), with the selected l2 marked."""
     import pandas as pd

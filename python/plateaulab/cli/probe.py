@@ -57,7 +57,27 @@ def register(sub) -> None:
                    help="refuse incomplete blocks among those asked for, and finished parts whose block has "
                         "changed since (default: warn and skip, or recompute)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_scale_arguments(p, unit="a few blocks of one checkpoint")
     p.set_defaults(func=_run)
+
+
+def add_scale_arguments(p, unit: str) -> None:
+    """``unit``: the unit of work one task does, in words."""
+    """--workers / --scheduler / --scheduler-file / --shard, shared by probe and extract (docs/SCALE.md)."""
+    g = p.add_argument_group("beyond one process (docs/SCALE.md; --workers/--scheduler need plateaulab[cluster])")
+    where = g.add_mutually_exclusive_group()
+    where.add_argument("--workers", metavar="N", default=None,
+                       help=f"run on a local Dask cluster of N single-threaded worker processes, each task {unit} "
+                            "('auto': one worker per core; with --backend cuda / --device cuda: one per visible GPU)")
+    where.add_argument("--scheduler", metavar="ADDRESS", default=None,
+                       help="run on an existing Dask cluster (e.g. tcp://host:8786); store and output on a shared "
+                            "file system")
+    where.add_argument("--scheduler-file", metavar="PATH", default=None,
+                       help="run on the existing Dask cluster whose scheduler wrote PATH (dask-jobqueue, "
+                            "`dask scheduler --scheduler-file`)")
+    g.add_argument("--shard", metavar="K/N", default=None,
+                   help="do only shard K of N (0 <= K < N; checkpoints assigned by a stable hash of their name), "
+                        "beside the other shards of a SLURM array writing into the same directory")
 
 
 def _run(args) -> int:
@@ -68,11 +88,16 @@ def _run(args) -> int:
                       layers=layers, shots=args.shots, seeds=args.seeds, l2=args.l2, select=args.select,
                       backend=args.backend, quiet=args.quiet, prefetch=not args.no_prefetch,
                       verify=not args.no_verify, strict=args.strict,
-                      on_short="skip" if args.skip_short_classes else "error")
+                      on_short="skip" if args.skip_short_classes else "error", workers=args.workers,
+                      scheduler=args.scheduler, scheduler_file=args.scheduler_file, shard=args.shard)
     recomputed = run.recomputed
     if recomputed:
         print(f"{run.run_dir}: {len(recomputed)} finished block(s) recomputed (listed in manifest.json)")
     status = "complete" if run.results_path.exists() else "incomplete"
-    print(f"{run.run_dir}: {run.blocks_total} blocks, {run.blocks_done_now} probed now "
+    if args.shard and status == "incomplete":
+        status += (" (other shards still to finish; the last one, or `plateaulab probe` without --shard, "
+                   "consolidates)")
+    shard = f"shard {args.shard}: " if args.shard else ""
+    print(f"{run.run_dir}: {shard}{run.blocks_total} blocks, {run.blocks_done_now} probed now "
           f"({run.probes_done_now} probes in {run.seconds:.1f} s); run {status}; results in {run.results_path}")
     return 0

@@ -1,0 +1,98 @@
+"""What runs inside a Dask worker: the thread-limiting plugin and the tasks (a probe unit, an
+extraction pair). Imported only where Dask is installed and asked for (see ``distributed``)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+import warnings
+from pathlib import Path
+
+from distributed import get_worker
+from distributed.diagnostics.plugin import WorkerPlugin
+
+from ..errors import PlateaulabError, RunError
+from .distributed import THREAD_ENV
+
+
+class SingleThreaded(WorkerPlugin):
+    """One BLAS/OpenMP/numba thread in every worker process: the environment for libraries not yet
+    loaded, threadpoolctl for a BLAS already loaded (workers this process did not start)."""
+
+    idempotent = True
+
+    def setup(self, worker):
+        for k, v in THREAD_ENV.items():
+            os.environ[k] = v
+        with contextlib.suppress(ImportError):
+            from threadpoolctl import threadpool_limits
+
+            threadpool_limits(1)
+
+
+def worker_info() -> dict:
+    """What the manifest records of a worker: where it runs, plateaulab's version, its BLAS threads."""
+    from .. import __version__
+
+    blas = None
+    with contextlib.suppress(Exception):
+        from threadpoolctl import threadpool_info
+
+        blas = sorted({int(i.get("num_threads", 0)) for i in threadpool_info()})
+    return {"pid": os.getpid(), "host": socket.gethostname(), "plateaulab": __version__, "blas_threads": blas,
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+
+
+_CONTEXTS: dict = {}
+_CONTEXTS_LOCK = threading.Lock()
+
+
+def _worker_context(job: dict, dataset: str):
+    """This worker process's RunContext for ``dataset`` of the job's run, built once."""
+    from ..backends import get_backend
+    from ..store import FeatureStore
+    from .work import build_context
+
+    cfg = job["cfg"]
+    key = (cfg.store, cfg.digest(), job["backend"], job["verify"], job["prefetch"], dataset)
+    with _CONTEXTS_LOCK:
+        ctx = _CONTEXTS.get(key)
+        if ctx is None:
+            host = socket.gethostname()
+            try:
+                store = FeatureStore.open(cfg.store)
+            except PlateaulabError as exc:
+                raise RunError(f"worker on {host}: {exc} (the store must be on a file system shared by the client "
+                               "and every worker, at the same path)") from None
+            ctx = build_context(store, cfg, get_backend(job["backend"]), [dataset], job["verify"], job["prefetch"])
+            if ctx.labels_fp[dataset] != job["labels_fp"][dataset]:
+                raise RunError(f"worker on {host} reads other labels for dataset {dataset!r} than the client: the store "
+                               f"{cfg.store} must be the same files for the client and every worker (a shared file "
+                               "system)")
+            _CONTEXTS[key] = ctx
+    return ctx
+
+
+def probe_unit(job: dict, blocks: list) -> dict:
+    """Probe one unit of blocks on this worker, writing their parts; return what it did. Blocks whose
+    part is already current (written before this task's worker died) are skipped."""
+    from .manifest import MANIFEST
+    from .work import probe_blocks
+
+    run_dir = Path(job["run_dir"])
+    if not (run_dir / MANIFEST).exists():
+        raise RunError(f"worker on {socket.gethostname()}: run directory {run_dir} is not there: it must be on a "
+                       "file system shared by the client and every worker, at the same path")
+    worker = get_worker()
+    ctx = _worker_context(job, blocks[0].dataset)
+
+    def on_block(b, record):
+        with contextlib.suppress(Exception):
+            worker.log_event(job["topic"], {"record": record, "worker": worker.address})
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")     # the client reports unverified blocks from the counts
+        stats = probe_blocks(ctx, blocks, run_dir, on_block, skip_done=True)
+    return {"worker": worker.address, "done": stats.done, "skipped": stats.skipped}
