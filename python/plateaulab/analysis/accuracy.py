@@ -15,7 +15,15 @@ __all__ = ["AccuracyTable"]
 
 @dataclasses.dataclass
 class AccuracyTable:
-    """A loaded accuracy table. ``long`` has columns model, ds_task, ds, us, shots (+ kept columns)."""
+    """A loaded accuracy table. ``long`` has columns model, ds_task, ds, us, shots (+ kept columns).
+
+    How the table was read (docs/ANALYSIS.md, "Reading tables"): ``scales`` holds, per US and DS name, the
+    scale its values were written on ("unit" for 0-1, "percent" for 0-100; all are 0-1 in ``long``) and
+    ``scale_basis`` why ("values", "written with %", "given", or no evidence); ``scale_detected`` is their
+    common scale, or "mixed" when columns differ. ``id_columns`` made the model ids; ``duplicates`` is the
+    policy for repeated ids, ``n_duplicate_rows`` the rows it merged or dropped and ``duplicate_ids`` the ids
+    concerned. ``notes`` are sentences a report should show.
+    """
 
     long: pd.DataFrame
     us_name: str
@@ -25,6 +33,13 @@ class AccuracyTable:
     source: str = ""
     #: DS tasks asked for (or found) that have no row with both accuracies
     empty_tasks: list = dataclasses.field(default_factory=list)
+    scales: dict = dataclasses.field(default_factory=dict)
+    scale_basis: dict = dataclasses.field(default_factory=dict)
+    id_columns: list = dataclasses.field(default_factory=list)
+    duplicates: str = "error"
+    n_duplicate_rows: int = 0
+    duplicate_ids: list = dataclasses.field(default_factory=list)
+    notes: list = dataclasses.field(default_factory=list)
 
     def wide(self) -> pd.DataFrame:
         """One row per model (and shots, when the table has shots): the US column, then one per DS task."""
@@ -44,8 +59,10 @@ class AccuracyTable:
     def pair(self, ds_task: str, shots=None) -> tuple[np.ndarray, np.ndarray]:
         """(us, ds) accuracy arrays of one DS task (and one shots value when the table has several)."""
         if ds_task not in self.ds_tasks:
-            raise InputError(f"unknown DS task {ds_task!r} in {self.source or 'the table'}; known: "
-                             f"{', '.join(map(str, self.ds_tasks))}")
+            from .tables import match_name   # names match ignoring case and surrounding spaces
+
+            ds_task = match_name(ds_task, self.ds_tasks, what="DS task", where=self.source or "the table",
+                                 param="ds_task", label="DS task")
         rows = self.long[self.long["ds_task"] == ds_task]
         shot_values = rows["shots"].dropna().unique()
         if shots is None and shot_values.size > 1:
