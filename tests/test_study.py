@@ -279,8 +279,9 @@ def test_public_table_recognised_by_name_and_ds_subset(tmp_path):
         run_study(tmp_path / "openclip_results.csv", tmp_path / "rep2", us="CIFAR-10", n_boot=20)
     assert err.value.param == "us"      # the CLI spells it --us
     shutil.copy(src, tmp_path / "renamed.csv")
+    # read by the generic loader: the model id is name + pretrained ('name' alone repeats, and is refused)
     run_study(tmp_path / "renamed.csv", tmp_path / "rep3", us="ImageNet 1k", ds=["CIFAR-10"], n_boot=20,
-              sensitivity=False)
+              sensitivity=False, id="name,pretrained")
     assert [f["ds"] for f in read_fits(tmp_path / "rep3")] == ["CIFAR-10"]
 
 

@@ -5,9 +5,11 @@ This is the one map from an input to its reader, used by ``fit``, ``sensitivity`
 * ``builtin:NAME`` (or no input, for the study): a published table shipped in ``plateaulab/data``
   (PROVENANCE.md there), read by its own loader; ``loader="table"`` reads the same file with the generic
   :func:`~plateaulab.analysis.tables.load_table` instead.
-* a directory: a probe run, read by :func:`~plateaulab.analysis.runs.read_run`.
-* a file: a published table by its published file name (e.g. a copy of openclip_results.csv), or any
-  other table through :func:`~plateaulab.analysis.tables.load_table`.
+* a directory: a probe run, read by :func:`~plateaulab.analysis.runs.read_run`, or timm's results folder
+  (results-*.csv), read by :func:`~plateaulab.analysis.timm_results.load_timm_results`.
+* a file: a published table by its published file name (e.g. a copy of openclip_results.csv; timm's
+  results-imagenet.csv names its whole folder), or any other table through
+  :func:`~plateaulab.analysis.tables.load_table`.
 
 Every input becomes one :class:`Source`: an :class:`~plateaulab.analysis.tables.AccuracyTable` plus how to
 cite it, notes for the reader, the DS tasks left out and why, and, for probe runs, every layer.
@@ -25,6 +27,7 @@ import pandas as pd
 from ..errors import InputError, PlateaulabError
 from . import tables as T
 from .runs import DEFAULT_RUN_US, is_run_dir, planted_values, read_run
+from .timm_results import TIMM_CITATION, is_timm_results, load_timm_results
 
 __all__ = ["Builtin", "BUILTINS", "BUILTIN_PREFIX", "LOADERS", "Source", "read_source", "resolve_builtin",
            "DATA_DIR"]
@@ -72,10 +75,13 @@ LOADERS: dict[str, Callable] = {
     "openclip": T.load_openclip,
     "clip_benchmark": T.load_clip_benchmark,
     "model_soups": T.load_model_soups,
+    "timm": load_timm_results,
 }
+#: how to cite what a loader reads when no builtin table ships it
+LOADER_CITATIONS = {"timm": TIMM_CITATION}
 LOADER_CHOICES = ("auto", "table", "run", *LOADERS)
 #: published file names that pick their own loader under loader="auto"
-PUBLISHED_FILES = {Path(b.file).name: b.loader for b in BUILTINS.values()}
+PUBLISHED_FILES = {**{Path(b.file).name: b.loader for b in BUILTINS.values()}, "results-imagenet.csv": "timm"}
 
 
 @dataclasses.dataclass
@@ -128,7 +134,8 @@ def read_source(source=None, *, loader: str = "auto", us: Optional[str] = None, 
     loader's, or every other numeric column). scale: input scale of table accuracies. layer: probe runs
     only. partial: when some DS columns of a generic table cannot be used (constant, out of range,
     empty), leave them out and record why in ``skipped`` instead of refusing the table.
-    table_options go to load_table (model_col, shots_col, format, nan).
+    table_options go to load_table (id, shots_col, format, nan, duplicates; model_col is an alias of id)
+    and, where they take them, to the published tables' loaders (timm's takes us, ds, duplicates, nan).
     """
     if loader not in LOADER_CHOICES:
         raise InputError(f"{{param}} {loader!r} is not one of {', '.join(LOADER_CHOICES)}", param="loader")
@@ -146,11 +153,17 @@ def read_source(source=None, *, loader: str = "auto", us: Optional[str] = None, 
         if not path.exists():
             raise InputError(f"input {str(path)!r} does not exist; pass a probe run directory, an accuracy table "
                              f"or one of {', '.join(BUILTIN_PREFIX + b for b in BUILTINS)}")
-    if isinstance(path, Path) and path.is_dir():
+    if isinstance(path, Path) and path.is_dir() and not is_run_dir(path) and is_timm_results(path):
+        if loader not in ("auto", "timm"):
+            raise InputError(f"{path} is a timm results folder (results-*.csv); read it with {{param}}='timm' "
+                             "(or 'auto'), or point at one file to read it as a table", param="loader")
+        loader = "timm"
+    elif isinstance(path, Path) and path.is_dir():
         if not is_run_dir(path):
-            raise InputError(f"{path} is a directory but not a probe run: it has none of manifest.json, "
-                             "results.parquet, checkpoints.parquet; pass a run directory written by "
-                             "`plateaulab probe` or an accuracy table file")
+            raise InputError(f"{path} is a directory but neither a probe run (none of manifest.json, "
+                             "results.parquet, checkpoints.parquet) nor a timm results folder (no results-*.csv); "
+                             "pass a run directory written by `plateaulab probe`, timm's results folder or an "
+                             "accuracy table file")
         if loader not in ("auto", "run"):
             raise InputError(f"{path} is a directory (a probe run); {{param}}={loader!r} reads table files",
                              param="loader")
@@ -166,34 +179,43 @@ def read_source(source=None, *, loader: str = "auto", us: Optional[str] = None, 
         kind = "builtin" if builtin else "table"
         citation = builtin.citation if builtin else T.describe_source(path)
     else:
-        table, skipped = _published(path, loader, us=us, ds=ds_list, scale=scale), {}
+        table, skipped = _published(path, loader, us=us, ds=ds_list, scale=scale, **table_options), {}
         kind = "builtin" if builtin else "table"
         known = next((b for b in BUILTINS.values() if b.loader == loader), None)
-        citation = (builtin or known).citation + ("" if builtin else f" (read from {path})")
+        cite = (builtin or known).citation if (builtin or known) else LOADER_CITATIONS[loader]
+        citation = cite + ("" if builtin else f" (read from {path})")
         builtin = builtin or known
     notes = [builtin.note] if builtin is not None and builtin.note and loader != "table" else []
+    notes += list(table.notes)
     return Source(table=table, kind=kind, citation=citation, loader=loader, notes=notes, skipped=skipped,
                   builtin=builtin)
 
 
-def _published(path: Path, loader: str, *, us, ds, scale) -> T.AccuracyTable:
+def _published(path: Path, loader: str, *, us, ds, scale, **options) -> T.AccuracyTable:
+    """A published table by its own loader. Loaders that take us, ds or the table options (duplicates, nan)
+    get them; the others' US is fixed and their DS tasks are filtered here."""
+    import inspect
+
     where = str(path)
+    accepts = inspect.signature(LOADERS[loader]).parameters
+    kwargs = {k: v for k, v in dict(options, us=us, ds=ds).items() if k in accepts and v is not None}
     try:
-        table = LOADERS[loader](path, scale=scale)
+        table = LOADERS[loader](path, scale=scale, **kwargs)
     except PlateaulabError:
         raise
     except (KeyError, ValueError, OSError) as exc:
         raise InputError(f"{where}: {exc}") from None
-    if us is not None and us != table.us_name:
+    if "us" in kwargs:
+        us = None
+    if "ds" in kwargs:
+        ds = None
+    if us is not None and T._fold(us) != T._fold(table.us_name):
         raise InputError(f"{where} is read with the {loader} loader, whose US column is {table.us_name!r}; "
                          f"{{param}}={us!r} does not apply; read the file with the generic table loader to map "
                          "columns yourself",
                          param="us")
     if ds is not None:
-        unknown = [d for d in ds if d not in table.ds_tasks]
-        if unknown:
-            raise InputError(f"unknown DS task(s) {', '.join(map(repr, unknown))} in {where}; known: "
-                             f"{', '.join(map(str, table.ds_tasks))}", param="ds")
+        ds = T.match_names(ds, table.ds_tasks, what="DS task", where=where, param="ds", label="DS task(s)")
         table.long = table.long[table.long["ds_task"].isin(ds)].reset_index(drop=True)
         table.ds_tasks = [t for t in ds]
     return table
@@ -214,24 +236,21 @@ def _generic(path, *, us, ds, scale, partial: bool, **options) -> tuple[T.Accura
         if not partial or us is None:
             raise
         df, _ = T.read_frame(path, options.get("format"))
-        if us not in df.columns or any(c in df.columns for c in T.DATASET_CANDIDATES):
+        split = T.wide_columns(df, us=us, ds=ds, id=options.get("id"), model_col=options.get("model_col"),
+                               shots_col=options.get("shots_col"))
+        if split is None:
             raise whole from None
-        numeric = [c for c in df.columns if pd.api.types.is_numeric_dtype(df[c])]
-        shots = [c for c in ("shots",) if c in df.columns]
-        ids = [c for c in df.columns if c not in numeric and c not in shots]
-        candidates = ds if ds is not None else [c for c in numeric if c not in (us, *shots)]
-        if any(c not in df.columns for c in candidates):
-            raise whole from None
+        us_col, candidates, keep = split
         good, skipped = [], {}
         for c in candidates:
             try:
-                T.load_table(df[ids + shots + [us, c]], **dict(kwargs, ds=[c]))
+                T.load_table(df, **dict(kwargs, us=us_col, ds=[c], keep=keep, layout="wide"))
                 good.append(c)
             except InputError as exc:
                 skipped[str(c)] = str(exc).replace("<DataFrame>", str(path))
         if not good or not skipped:
             raise whole from None
-        table = T.load_table(df[ids + shots + [us, *good]], **dict(kwargs, ds=good))
+        table = T.load_table(df, **dict(kwargs, us=us_col, ds=good, keep=keep, layout="wide"))
         table.source = str(path)
         return table, skipped
 

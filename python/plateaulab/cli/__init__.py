@@ -22,7 +22,7 @@ COMMANDS = ("store", "probe", "extract", "study", "synth", "fit", "sensitivity")
 PARAM_DESTS = {
     "n_boot": "bootstrap", "sensitivity_trials": "trials", "axis_scale": "scale", "on_short": "skip_short_classes",
     "prefetch": "no_prefetch", "run_dir": "output", "out_dir": "output", "source": "input",
-    "verify": "no_verify",
+    "verify": "no_verify", "scale": "input_scale", "model_col": "id",
 }
 
 

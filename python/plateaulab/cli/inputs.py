@@ -28,12 +28,22 @@ def add_input_arguments(p, *, optional_input: bool = False) -> None:
     p.add_argument("--loader", default="auto", choices=LOADER_CHOICES,
                    help="how to read INPUT: auto picks a builtin's or a published file's own loader, a run "
                         "directory's reader, and the generic table reader otherwise; table forces the generic reader")
-    p.add_argument("--input-scale", default="auto", choices=("auto", "unit", "percent"),
-                   help="table accuracies on 0-1 (unit) or 0-100 (percent); auto: percent when a value exceeds 1")
+    p.add_argument("--input-scale", default="auto", metavar="auto|unit|percent|COL=SCALE,...",
+                   help="table accuracies on 0-1 (unit) or 0-100 (percent), for the whole table or per column "
+                        "(COL=percent,COL2=unit; a bare scale sets the other columns); auto decides per column "
+                        "from its values and refuses columns that mix or disagree. Values such as '85.0%%' are "
+                        "percent")
     p.add_argument("--layer", default="last", metavar="NAME",
                    help="probe runs: the layer whose accuracies are fitted; last = each checkpoint's deepest layer "
                         "probed on that dataset")
-    p.add_argument("--model-col", default=None, help="model id column (default: model, checkpoint, model_name, name)")
+    p.add_argument("--model-col", dest="id", default=None, help="alias of --id")
+    p.add_argument("--id", dest="id", default=None, metavar="COL[,COL...]",
+                   help="model id column, or several whose values are joined with '/' (e.g. model,img_size); "
+                        "default: model, checkpoint, model_name or name")
+    p.add_argument("--duplicates", default="error", choices=("error", "first", "best", "mean"),
+                   help="a model id on several rows (in a long table: several rows per model, DS and shots): "
+                        "error names them; first keeps the first row; best the row with the highest US accuracy; "
+                        "mean averages each accuracy")
     p.add_argument("--shots-col", default=None, help="shots column (default: shots, when present)")
     p.add_argument("--format", default=None, help="table format when the extension does not tell")
     p.add_argument("--nan", default="drop", choices=("drop", "raise"),
@@ -44,7 +54,7 @@ def read_input(args, *, partial: bool = False):
     """The :class:`~plateaulab.analysis.sources.Source` that the parsed arguments name."""
     from ..analysis.sources import read_source
 
-    options = {k: v for k, v in (("model_col", args.model_col), ("shots_col", args.shots_col),
-                                 ("format", args.format), ("nan", args.nan)) if v is not None}
+    options = {k: v for k, v in (("id", args.id), ("shots_col", args.shots_col), ("format", args.format),
+                                 ("nan", args.nan), ("duplicates", args.duplicates)) if v is not None}
     return read_source(args.input, loader=args.loader, us=args.us, ds=args.ds, scale=args.input_scale,
                        layer=args.layer, partial=partial, **options)
