@@ -482,3 +482,10 @@ def test_timm_duplicates_and_malformed_files(tmp_path):
     (folder / "results-sketch.csv").write_text("model,acc\nx,1\n")
     with pytest.raises(InputError, match=r"results-sketch.csv does not look like a timm results file.*img_size"):
         read_source(folder, duplicates="first")
+
+
+def test_read_source_takes_a_dataframe_with_a_name_column():
+    """A DataFrame is not a file: its 'name' column is not a published file name (it used to be looked up)."""
+    df = pd.read_csv(OPENCLIP)
+    src = read_source(df, us="imagenet 1k", ds="CIFAR-10", id="name,pretrained")
+    assert src.loader == "table" and src.table.ds_tasks == ["CIFAR-10"] and len(src.table.long) == len(df)

@@ -173,7 +173,8 @@ def read_source(source=None, *, loader: str = "auto", us: Optional[str] = None, 
     if loader == "run":
         raise InputError(f"{{param}}='run' needs a probe run directory; {path} is a file", param="loader")
     if loader == "auto":
-        loader = builtin.loader if builtin else PUBLISHED_FILES.get(getattr(path, "name", ""), "table")
+        loader = builtin.loader if builtin else PUBLISHED_FILES.get(path.name if isinstance(path, Path) else "",
+                                                                    "table")
     if loader == "table":
         table, skipped = _generic(path, us=us, ds=ds_list, scale=scale, partial=partial, **table_options)
         kind = "builtin" if builtin else "table"

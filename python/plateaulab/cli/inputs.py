@@ -36,7 +36,7 @@ def add_input_arguments(p, *, optional_input: bool = False) -> None:
     p.add_argument("--layer", default="last", metavar="NAME",
                    help="probe runs: the layer whose accuracies are fitted; last = each checkpoint's deepest layer "
                         "probed on that dataset")
-    p.add_argument("--model-col", dest="id", default=None, help="alias of --id")
+    p.add_argument("--model-col", dest="id", default=None, metavar="COL[,COL...]", help="alias of --id")
     p.add_argument("--id", dest="id", default=None, metavar="COL[,COL...]",
                    help="model id column, or several whose values are joined with '/' (e.g. model,img_size); "
                         "default: model, checkpoint, model_name or name")
