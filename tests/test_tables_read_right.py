@@ -489,3 +489,16 @@ def test_read_source_takes_a_dataframe_with_a_name_column():
     df = pd.read_csv(OPENCLIP)
     src = read_source(df, us="imagenet 1k", ds="CIFAR-10", id="name,pretrained")
     assert src.loader == "table" and src.table.ds_tasks == ["CIFAR-10"] and len(src.table.long) == len(df)
+
+
+def test_long_duplicates_per_shots_in_a_frame_whose_index_repeats():
+    """pd.concat without ignore_index repeats index labels: rows are still told apart by position."""
+    rows = [dict(model=f"m{i}", dataset=d, shots=k, accuracy=base + 5 * i + k / 10)
+            for i in range(6) for k in (5, 10) for d, base in (("IN", 50), ("pets", 30))]
+    df = pd.DataFrame(rows)
+    dup = pd.concat([df, df.iloc[[0, 3]]])                      # m0 IN@5 and m0 pets@10, exactly repeated
+    with pytest.raises(InputError, match=r"per \(model, DS, shots\): 2 exact duplicate\(s\).*'m0', DS 'IN', shots 5"):
+        load_table(dup, us="IN")
+    t = load_table(dup, us="IN", duplicates="first")
+    pd.testing.assert_frame_equal(t.long, load_table(df, us="IN").long)
+    assert t.n_duplicate_rows == 2 and t.duplicate_ids == ["m0"]

@@ -219,6 +219,8 @@ def _accuracy_like(raw: pd.Series) -> bool:
 
 
 def _show(v) -> str:
+    if isinstance(v, (bool, np.bool_)):
+        return repr(bool(v))
     if isinstance(v, str):
         return repr(v)
     try:
@@ -299,9 +301,11 @@ def _classify(u: _Unit, src: str) -> Optional[str]:
     present = v.notna()
     bad = present & (~np.isfinite(v.where(present, 0.0)) | (v < 0) | (v > 100))
     if bad.any():
+        is_ds = not u.label.startswith("US")
         raise InputError(f"{u.label} of {src} has {int(bad.sum())} value(s) that are no accuracy on 0-1 or "
-                         f"0-100 (negative, above 100 or infinite), e.g. {u.examples(bad)}; fix or drop them, "
-                         "or leave the column out")
+                         f"0-100 (negative, above 100 or infinite), e.g. {u.examples(bad)}; fix or drop them"
+                         + (", or leave the column out (name the DS columns with {param})" if is_ds else ""),
+                         param="ds" if is_ds else None)
     large = v > 1
     small = (v > 0) & (v <= 1)
     if not large.any():
@@ -552,8 +556,8 @@ def _duplicates_long(frame: pd.DataFrame, raw_hash: pd.Series, key: list, labels
         else:
             advice = _POLICY_HELP
         raise InputError(f"{src} repeats rows per {what}: {'; '.join(parts)}. {advice}, or remove them; rows that "
-                         "differ in a column such as a seed or a learning rate are told apart by naming that column "
-                         "an id", param="duplicates")
+                         "differ in a column such as a seed or a learning rate are told apart by adding that column "
+                         "to the id columns (each value is then a model of its own)", param="duplicates")
     out = _pick_rows(frame, key, policy, means)
     info = {"n_rows": int(len(frame) - len(out)), "ids": list(dict.fromkeys(sub["model"])),
             "note": f"{len(size)} {what} key(s) repeat over {len(sub)} rows ({len(exact)} exact, {len(conflict)} "
@@ -611,6 +615,7 @@ def load_table(source, *, id=None, us: Optional[str] = None, ds=None, shots_col:
     df, src = read_frame(source, format)
     if df.empty:
         raise InputError(f"accuracy table {src} is empty")
+    df = df.reset_index(drop=True)          # rows by position: a DataFrame's index may repeat labels
     if us is None:
         us = _find(df, ("upstream_accuracy",))
     ds_list = _as_list(ds)
