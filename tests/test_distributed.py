@@ -46,7 +46,8 @@ def processes():
     started = []
 
     def start(cmd, **kw):
-        p = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kw)
+        kw = {"stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE, **kw}
+        p = subprocess.Popen(cmd, start_new_session=True, **kw)
         started.append(p)
         return p
 
@@ -59,8 +60,9 @@ def processes():
         for p in started:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 p.wait(timeout=10)
-            if p.stderr:
-                p.stderr.close()
+            for f in (p.stdout, p.stderr):
+                if f:
+                    f.close()
 
 
 def wait_for(cond, timeout, what):
@@ -198,3 +200,35 @@ def test_cluster_options_are_refused_before_the_run_directory_is_touched(tmp_pat
         err = capsys.readouterr().err
         assert code == 2 and words in err, (args, err)
         assert not (tmp_path / "run").exists()
+
+
+EXTRACT_CHILD = r"""
+import sys
+from plateaulab.extract import DatasetInputs, extract_checkpoints
+runs, out, tr, te, workers = sys.argv[1:6]
+import test_extract_models as M
+inputs = {"toy": DatasetInputs(tr, te), "again": DatasetInputs(tr, te)}
+if __name__ == "__main__":
+    rep = extract_checkpoints(runs + "/ck*", out, architecture="test_extract_models:small_cnn", datasets=inputs,
+                              batch_size=8, progress=False, allow_import=True,
+                              workers=None if workers == "0" else int(workers))
+    print(sorted((p.checkpoint, p.dataset, p.status) for p in rep.pairs))
+"""
+
+
+def test_extraction_on_local_workers_equals_a_plain_one(tmp_path):
+    """extract_checkpoints(workers=2): one task per (checkpoint, dataset) pair, two datasets, so two
+    workers write blocks (and the metadata) of one checkpoint at once; the store equals a plain one's."""
+    from test_shards import extract_env, make_checkpoints, same_stores
+
+    d, _ = make_checkpoints(tmp_path)
+    outs = {}
+    with processes() as start:
+        for name, workers in (("plain", "0"), ("st", "2")):
+            p = start([sys.executable, "-c", EXTRACT_CHILD, str(d), str(tmp_path / name), str(tmp_path / "tr.npz"),
+                       str(tmp_path / "te.npz"), workers], env=extract_env(), stdout=subprocess.PIPE)
+            out, err = p.communicate(timeout=180)
+            assert p.returncode == 0, err.decode()[-3000:]
+            outs[name] = out.decode().strip().splitlines()[-1]
+    assert outs["st"] == outs["plain"] and outs["st"].count("'extracted'") == 8
+    same_stores(tmp_path / "st", tmp_path / "plain")

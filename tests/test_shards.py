@@ -143,3 +143,70 @@ def test_plain_runs_do_not_import_dask(tmp_path, small_store):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+# --------------------------------------------------------------------------- extraction
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+
+
+def make_checkpoints(tmp_path, n=4):
+    """n checkpoint files of the tests' small CNN (ck0.. ck{n-1}; ck0, ck2 are shard 0 of 2, ck1, ck3
+    shard 1) and two .npz datasets; the command-line arguments that extract them."""
+    torch = pytest.importorskip("torch")
+    import numpy as np
+
+    sys.path.insert(0, TESTS)
+    import test_extract_models as M
+
+    d = tmp_path / "runs"
+    d.mkdir()
+    for s in range(n):
+        torch.save(M.trained_like_cnn(s).state_dict(), d / f"ck{s}.pt")
+    x, y = M.images(36, seed=5), np.arange(36) % 3
+    np.savez(tmp_path / "tr.npz", x=x[:24], y=y[:24])
+    np.savez(tmp_path / "te.npz", x=x[24:], y=y[24:])
+    return d, ["--arch", "test_extract_models:small_cnn", "--no-progress", "--batch-size", "8", "--dataset", "toy",
+               "--train", str(tmp_path / "tr.npz"), "--test", str(tmp_path / "te.npz")]
+
+
+def extract_env():
+    # The workers and children import the tests' model module by name; one intra-op thread each.
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")]),
+            "OMP_NUM_THREADS": "1"}
+
+
+def same_stores(a, b):
+    import numpy as np
+
+    from plateaulab import FeatureStore
+
+    a, b = FeatureStore.open(a), FeatureStore.open(b)
+    assert sorted(a.iter_blocks()) == sorted(b.iter_blocks()) and list(b.iter_blocks())
+    for ck, ds, layer in b.iter_blocks():
+        for s in ("train", "test"):
+            np.testing.assert_array_equal(getattr(a.block(ck, ds, layer), s), getattr(b.block(ck, ds, layer), s))
+    for ck in b.checkpoints():
+        assert a.checkpoint_meta(ck) == b.checkpoint_meta(ck)
+    assert a.check(deep=True) == []
+
+
+def test_extraction_shards_started_together_fill_one_store(tmp_path):
+    d, args = make_checkpoints(tmp_path)
+    base = [sys.executable, "-m", "plateaulab", "extract"]
+    plain = subprocess.run(base + [str(tmp_path / "plain"), str(d / "ck*"), *args], env=extract_env(),
+                           capture_output=True, text=True, timeout=120)
+    assert plain.returncode == 0, plain.stderr[-2000:]
+    procs = [subprocess.Popen(base + [str(tmp_path / "st"), str(d / "ck*"), *args, "--shard", f"{k}/2"],
+                              env=extract_env(), start_new_session=True, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for k in range(2)]
+    try:
+        outs = [p.communicate(timeout=120) for p in procs]
+    finally:
+        for p in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
+    for k, (out, _) in enumerate(outs):   # ck0, ck2 are shard 0 of 2; ck1, ck3 shard 1
+        assert out.startswith(f"shard {k}/2: extracted 2 (checkpoint, dataset) pairs of 4 layers into"), out
+    same_stores(tmp_path / "st", tmp_path / "plain")

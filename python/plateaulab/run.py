@@ -174,7 +174,9 @@ def probe_store(store, run_dir, *, datasets=None, checkpoints=None, layers="all"
                     run_probe(client, ctx, todo, run_dir, bar, stats, session)
             complete = all(part_path(run_dir, b).exists() for b in plan)
             if complete and shard is None:
+                t_finish = time.perf_counter()
                 _finish(run_dir, store, plan, manifest)
+                session["seconds_consolidate"] = round(time.perf_counter() - t_finish, 3)
         except (PlateaulabError, KeyboardInterrupt) as exc:
             status = "failed" if isinstance(exc, PlateaulabError) else "interrupted"
             session.update(session_end(t_start, stats.blocks, stats.probes, stats.t_io, stats.t_compute, status),

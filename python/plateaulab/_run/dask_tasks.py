@@ -7,6 +7,7 @@ import contextlib
 import os
 import socket
 import threading
+import time
 import warnings
 from pathlib import Path
 
@@ -50,29 +51,32 @@ _CONTEXTS_LOCK = threading.Lock()
 
 
 def _worker_context(job: dict, dataset: str):
-    """This worker process's RunContext for ``dataset`` of the job's run, built once."""
+    """This worker process's RunContext for ``dataset`` of the job's run, built once; and the seconds
+    this call spent building it (0 when it was built already)."""
     from ..backends import get_backend
     from ..store import FeatureStore
     from .work import build_context
 
     cfg = job["cfg"]
     key = (cfg.store, cfg.digest(), job["backend"], job["verify"], job["prefetch"], dataset)
+    t0 = time.perf_counter()
     with _CONTEXTS_LOCK:
         ctx = _CONTEXTS.get(key)
-        if ctx is None:
-            host = socket.gethostname()
-            try:
-                store = FeatureStore.open(cfg.store)
-            except PlateaulabError as exc:
-                raise RunError(f"worker on {host}: {exc} (the store must be on a file system shared by the client "
-                               "and every worker, at the same path)") from None
-            ctx = build_context(store, cfg, get_backend(job["backend"]), [dataset], job["verify"], job["prefetch"])
-            if ctx.labels_fp[dataset] != job["labels_fp"][dataset]:
-                raise RunError(f"worker on {host} reads other labels for dataset {dataset!r} than the client: the store "
-                               f"{cfg.store} must be the same files for the client and every worker (a shared file "
-                               "system)")
-            _CONTEXTS[key] = ctx
-    return ctx
+        if ctx is not None:
+            return ctx, 0.0
+        host = socket.gethostname()
+        try:
+            store = FeatureStore.open(cfg.store)
+        except PlateaulabError as exc:
+            raise RunError(f"worker on {host}: {exc} (the store must be on a file system shared by the client "
+                           "and every worker, at the same path)") from None
+        ctx = build_context(store, cfg, get_backend(job["backend"]), [dataset], job["verify"], job["prefetch"])
+        if ctx.labels_fp[dataset] != job["labels_fp"][dataset]:
+            raise RunError(f"worker on {host} reads other labels for dataset {dataset!r} than the client: the store "
+                           f"{cfg.store} must be the same files for the client and every worker (a shared file "
+                           "system)")
+        _CONTEXTS[key] = ctx
+    return ctx, time.perf_counter() - t0
 
 
 def probe_unit(job: dict, blocks: list) -> dict:
@@ -86,7 +90,7 @@ def probe_unit(job: dict, blocks: list) -> dict:
         raise RunError(f"worker on {socket.gethostname()}: run directory {run_dir} is not there: it must be on a "
                        "file system shared by the client and every worker, at the same path")
     worker = get_worker()
-    ctx = _worker_context(job, blocks[0].dataset)
+    ctx, setup = _worker_context(job, blocks[0].dataset)
 
     def on_block(b, record):
         with contextlib.suppress(Exception):
@@ -95,4 +99,34 @@ def probe_unit(job: dict, blocks: list) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")     # the client reports unverified blocks from the counts
         stats = probe_blocks(ctx, blocks, run_dir, on_block, skip_done=True)
-    return {"worker": worker.address, "done": stats.done, "skipped": stats.skipped}
+    return {"worker": worker.address, "done": stats.done, "skipped": stats.skipped, "setup": setup}
+
+
+_EXTRACTORS: dict = {}
+
+
+def extract_pair(job: dict, spec, dataset: str, inputs) -> list[dict]:
+    """Extract one (checkpoint, dataset) pair on this worker. The worker keeps one extractor per
+    dataset of the job (split sources, the architecture's skeleton), so a pair already complete is
+    skipped without reading its file once the skeleton exists; pairs of one process run one at a time."""
+    from dataclasses import asdict
+
+    from ..extract import _Checkpoints, _Run
+    from ..store import FeatureStore
+
+    key = (job["token"], dataset)
+    with _CONTEXTS_LOCK:
+        entry = _EXTRACTORS.get(key)
+        if entry is None:
+            for old in [k for k in _EXTRACTORS if k[0] != job["token"]]:
+                del _EXTRACTORS[old]              # an earlier extraction's: free its skeleton
+            try:
+                store = FeatureStore.open(job["store"])
+            except PlateaulabError as exc:
+                raise RunError(f"worker on {socket.gethostname()}: {exc} (the store must be on a file system shared "
+                               "by the client and every worker, at the same path)") from None
+            run = _Run(store, {dataset: inputs}, job["opt"])
+            entry = _EXTRACTORS[key] = (_Checkpoints(run, job["metadata"]), threading.Lock())
+    extractor, lock = entry
+    with lock:
+        return [asdict(r) for r in extractor.extract(spec)]

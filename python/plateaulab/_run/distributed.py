@@ -49,7 +49,7 @@ THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THRE
 #: GPU) and cost at most one block on a worker's death (finished parts are kept).
 UNIT_MAX_BLOCKS = 13
 #: Units per worker at least, for balance at the end of a run (units shrink towards one block to reach it).
-UNITS_PER_WORKER = 4
+UNITS_PER_WORKER = 2
 
 
 # --------------------------------------------------------------------------- options and clusters
@@ -236,6 +236,7 @@ def run_probe(client, ctx, todo, run_dir: Path, bar, stats, session: dict) -> No
     topic = f"plateaulab-probe-{uuid.uuid4().hex[:12]}"
     seen: dict = {}
     per_worker: dict = {}
+    busy: dict = {}
     lock = threading.Lock()
 
     def add(record, worker):
@@ -245,6 +246,7 @@ def run_probe(client, ctx, todo, run_dir: Path, bar, stats, session: dict) -> No
                 return
             seen[key] = record
             per_worker[worker] = per_worker.get(worker, 0) + 1
+            busy[worker] = busy.get(worker, 0.0) + record[4] + record[5]
             stats.blocks += 1
             stats.probes += record[3]
             stats.t_io += record[4]
@@ -264,7 +266,7 @@ def run_probe(client, ctx, todo, run_dir: Path, bar, stats, session: dict) -> No
     client.subscribe_topic(topic, on_event)
     futures = [client.submit(probe_unit, job, unit, pure=False,
                              key=f"plateaulab-probe-{topic[-12:]}-{i:06d}") for i, unit in enumerate(units)]
-    skipped = 0
+    skipped, setup = 0, {}
     try:
         for fut in as_completed(futures):
             try:
@@ -276,6 +278,7 @@ def run_probe(client, ctx, todo, run_dir: Path, bar, stats, session: dict) -> No
             for record in res["done"]:
                 add(record, res["worker"])
             skipped += res["skipped"]
+            setup[res["worker"]] = setup.get(res["worker"], 0.0) + res["setup"]
     except BaseException:
         with contextlib.suppress(Exception):
             client.cancel(futures, force=True)
@@ -284,7 +287,9 @@ def run_probe(client, ctx, todo, run_dir: Path, bar, stats, session: dict) -> No
         with contextlib.suppress(Exception):
             client.unsubscribe_topic(topic)
         session["blocks_per_worker"] = dict(per_worker)
+        session["seconds_busy_per_worker"] = {w: round(t, 3) for w, t in busy.items()}
         session["blocks_found_done_on_retry"] = skipped
+        session["seconds_worker_setup"] = {w: round(t, 3) for w, t in setup.items()}
         session["workers_at_end"] = len(client.scheduler_info().get("workers", {}))
     from .parts import part_path
 
@@ -294,3 +299,64 @@ def run_probe(client, ctx, todo, run_dir: Path, bar, stats, session: dict) -> No
         raise RunError(f"{len(lost)} block(s) were reported done by Dask workers but have no part in {run_dir}, e.g. "
                        f"checkpoint {b.checkpoint!r}, dataset {b.dataset!r}, layer {b.layer!r}: the run directory must "
                        "be on a file system shared by the client and every worker, at the same path")
+
+
+# --------------------------------------------------------------------------- extraction
+
+def run_extract(cluster: ClusterOptions, specs, store, inputs: dict, opt, metadata, device) -> "object":
+    """Extract every (checkpoint, dataset) pair of ``specs`` x ``inputs`` as one Dask task each; return
+    the ExtractionReport. Workers write the store's blocks (atomically, as a plain extraction does);
+    a pair whose worker dies is re-run elsewhere and writes only its missing blocks."""
+    import dataclasses
+
+    from distributed import as_completed
+    from distributed.scheduler import KilledWorker
+    from tqdm.auto import tqdm
+
+    from ..errors import InputError
+    from ..extract import ExtractionReport, PairReport
+    from .dask_tasks import extract_pair
+
+    kind = "cuda" if str(device).startswith("cuda") else "cpu"
+    if cluster.workers is not None and kind == "cuda":
+        opt = dataclasses.replace(opt, device="cuda")   # each local worker sees its one GPU as cuda:0
+    show = opt.progress
+    opt = dataclasses.replace(opt, progress=False)      # one bar, here, for the whole extraction
+    report = ExtractionReport()
+    with connect(cluster, kind) as client:
+        cluster_info(client)
+        token = uuid.uuid4().hex[:12]
+        job = {"token": token, "store": str(Path(store.path).resolve()), "opt": opt, "metadata": metadata}
+        pairs = [(spec, name) for spec in specs for name in inputs]
+        futures = [client.submit(extract_pair, job, spec, name, inputs[name], pure=False,
+                                 key=f"plateaulab-extract-{token}-{i:06d}") for i, (spec, name) in enumerate(pairs)]
+        bar = tqdm(total=len(futures), unit="pair", desc=f"extract [{len(client.scheduler_info()['workers'])} workers]",
+                   disable=not show, dynamic_ncols=True)
+        rows = secs = 0.0
+        try:
+            for fut in as_completed(futures):
+                try:
+                    got = fut.result()
+                except KilledWorker as exc:
+                    spec, name = pairs[futures.index(fut)]
+                    raise InputError(f"checkpoint {spec.name!r}, dataset {name!r} was being extracted on a Dask worker "
+                                     f"each of the times one died ({exc}); the pairs finished so far are kept: find "
+                                     "why the workers die (memory?) and repeat the command") from None
+                for r in got:
+                    pr = PairReport(**r)
+                    report.pairs.append(pr)
+                    if pr.status == "extracted":
+                        rows += pr.rows
+                        secs += pr.seconds
+                bar.update(1)
+                if secs > 0:
+                    bar.set_postfix_str(f"{rows / secs:.0f} images/s per worker")
+        except BaseException:
+            with contextlib.suppress(Exception):
+                client.cancel(futures, force=True)
+            raise
+        finally:
+            bar.close()
+    order = {(s.name, n): i for i, (s, n) in enumerate(pairs)}
+    report.pairs.sort(key=lambda p: order.get((p.checkpoint, p.dataset), len(order)))
+    return report

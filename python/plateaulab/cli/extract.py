@@ -51,7 +51,8 @@ def register(subparsers) -> None:
     p.add_argument("--device", default=None, help="auto (default: CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--no-amp", action="store_true", help="disable mixed precision on GPU")
     p.add_argument("--batch-size", default="auto", help="'auto' (halved on out-of-memory) or an integer")
-    p.add_argument("--workers", type=int, default=None, help="data-loading processes for image folders")
+    p.add_argument("--loader-workers", dest="num_workers", type=int, default=None,
+                   help="data-loading processes for image folders (default: up to 8)")
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--resize", type=int, default=256, help="shorter side before the centre crop")
     p.add_argument("--normalize", default="inception", choices=("inception", "imagenet", "none"),
@@ -62,6 +63,9 @@ def register(subparsers) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--list-layers", action="store_true",
                    help="print the layers --layers auto would capture, and every module name, then exit")
+    from .probe import add_scale_arguments
+
+    add_scale_arguments(p, unit="one (checkpoint, dataset) pair")
     p.set_defaults(func=run)
 
 
@@ -154,12 +158,14 @@ def _run(args) -> int:
     report = extract_checkpoints(
         entries, args.store, args.dataset, architecture=architecture, train=args.train, test=args.test,
         val=args.val, layers=args.layers, pooling=args.pooling, dtype=args.dtype, device=args.device,
-        amp=False if args.no_amp else None, batch_size=batch, num_workers=args.workers,
+        amp=False if args.no_amp else None, batch_size=batch, num_workers=args.num_workers,
         image_size=args.image_size, resize=args.resize, normalize=args.normalize, metadata=_meta(args.meta),
-        overwrite=args.overwrite, progress=not args.no_progress, allow_import=args.allow_import)
+        overwrite=args.overwrite, progress=not args.no_progress, allow_import=args.allow_import, shard=args.shard,
+        workers=args.workers, scheduler=args.scheduler, scheduler_file=args.scheduler_file)
     done, skipped = report.extracted, report.skipped
     n_layers = len(done[0].layers) if done else (len(skipped[0].layers) if skipped else 0)
     rate = f", {report.images_per_second:.1f} images/s" if done else ""
-    print(f"extracted {len(done)} (checkpoint, dataset) pairs of {n_layers} layers into {args.store}"
+    shard = f"shard {args.shard}: " if args.shard else ""
+    print(f"{shard}extracted {len(done)} (checkpoint, dataset) pairs of {n_layers} layers into {args.store}"
           f"{rate}; {len(skipped)} already complete", file=sys.stdout)
     return 0

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,11 @@ __all__ = [
 ]
 
 DTYPES = ("float16", "float32")
+# Temporary directories are named <pid>-<random>-<host>: on a store shared by several machines
+# (shards, Dask workers) only this machine's dead processes' directories are removed, never those
+# of a pass still running in this process (a Dask worker may run several).
+_HOST = socket.gethostname().replace("/", "_")
+_LIVE_TMP: set = set()
 
 
 @dataclass
@@ -176,6 +182,13 @@ class _Run:
         return first
 
     def _ensure_dataset(self, name: str, labels: dict[str, np.ndarray]) -> None:
+        # Under the store's dataset lock: shards or Dask workers may settle the same dataset at once.
+        from .._run.locks import wait_lock
+
+        with wait_lock(self.store.path / ".datasets.lock", f"store {self.store.path}"):
+            self._ensure_dataset_locked(name, labels)
+
+    def _ensure_dataset_locked(self, name: str, labels: dict[str, np.ndarray]) -> None:
         st = self.store
         if name in st.datasets():
             ds = st.dataset(name)
@@ -202,7 +215,10 @@ class _Run:
             return
         for d in self.tmp_root.iterdir():
             try:
-                pid = int(d.name.split("-")[0])
+                pid, _, host = (d.name.split("-", 2) + [""])[:3]
+                if (host and host != _HOST) or d in _LIVE_TMP:
+                    continue   # another machine's (its pid means nothing here), or a pass of this process
+                pid = int(pid)
                 os.kill(pid, 0)
                 alive = pid != os.getpid()
             except (ValueError, ProcessLookupError):
@@ -219,7 +235,8 @@ class _Run:
                 if not all(self.store.has_block(checkpoint, ds, n) for n in layer_names)]
 
     def run_pair(self, model, checkpoint: str, dataset: str, layers: list[Layer], layout: Layout) -> PairReport:
-        tmp = self.tmp_root / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp = self.tmp_root / f"{os.getpid()}-{uuid.uuid4().hex[:8]}-{_HOST}"
+        _LIVE_TMP.add(tmp)
         where = f"checkpoint {checkpoint!r}, dataset {dataset!r}"
         results = {}
         try:
@@ -253,6 +270,7 @@ class _Run:
             for r in results.values():
                 r.features.clear()
             shutil.rmtree(tmp, ignore_errors=True)
+            _LIVE_TMP.discard(tmp)
 
 
 def _prepare(model, device, layers, pooling):
@@ -332,7 +350,8 @@ def extract_checkpoints(checkpoints, store, dataset: str | None = None, *, archi
                         num_workers: int | None = None, image_size: int = 224, resize: int = 256,
                         normalize: str = "inception", metadata: dict | None = None, class_names=None,
                         overwrite: bool = False, progress: bool = True,
-                        allow_import: bool = False) -> ExtractionReport:
+                        allow_import: bool = False, shard=None, workers=None, scheduler: str | None = None,
+                        scheduler_file=None) -> ExtractionReport:
     """Extract every checkpoint file in ``checkpoints`` (paths, globs, (architecture, file) pairs,
     dicts or CheckpointSpecs; see ``checkpoints.expand_checkpoints``) over the dataset(s).
 
@@ -344,47 +363,78 @@ def extract_checkpoints(checkpoints, store, dataset: str | None = None, *, archi
     Each file is read once; its metadata (file, sha256, architecture, parameter count, ``metadata``
     and the spec's own metadata) goes to the store. The skeleton of an architecture is built once and
     reloaded with each file's weights. Other arguments are those of :func:`extract`.
+
+    Beyond one process (docs/SCALE.md): ``shard`` ("K/N") extracts only the checkpoints of shard K of
+    N (a stable hash of their store names), so N processes can fill one store at once; ``workers``,
+    ``scheduler`` or ``scheduler_file`` run each (checkpoint, dataset) pair as a task on a Dask
+    cluster (local, or existing), the store on a file system all of them share.
     """
-    specs = expand_checkpoints(checkpoints, architecture, allow_import=allow_import)
+    from .._run.shard import in_shard, parse_shard
+
+    shard = parse_shard(shard)
+    cluster = None
+    if workers is not None or scheduler is not None or scheduler_file is not None:
+        from .._run.distributed import ClusterOptions
+
+        cluster = ClusterOptions(workers, scheduler, scheduler_file).checked()
+    specs = [s for s in expand_checkpoints(checkpoints, architecture, allow_import=allow_import)
+             if in_shard(s.name, shard)]
     st = _open_store(store)
     opt = _Options(layers, pooling, dtype, device, amp, batch_size, num_workers,
                    ImageTransform(image_size, resize, normalize), overwrite, progress)
-    run = _Run(st, _datasets_arg(datasets, dataset, train, test, val, class_names), opt)
+    inputs = _datasets_arg(datasets, dataset, train, test, val, class_names)
+    run = _Run(st, inputs, opt)
+    if cluster is not None:
+        from .._run.distributed import run_extract
+
+        return run_extract(cluster, specs, st, inputs, opt, metadata, run.device)
+    extractor = _Checkpoints(run, metadata)
     report = ExtractionReport()
-    skeleton_key, skeleton, chosen, layout = None, None, None, None
     for spec in specs:
+        report.pairs += extractor.extract(spec)
+    return report
+
+
+class _Checkpoints:
+    """Extracts checkpoint files one after another into ``run``'s store and datasets, reusing the
+    skeleton of an architecture from one file to the next (a Dask worker keeps one per process, and
+    gives it one (checkpoint, dataset) pair at a time: a ``run`` of one dataset)."""
+
+    def __init__(self, run: "_Run", metadata: dict | None):
+        self.run, self.metadata = run, metadata
+        self.key, self.skeleton, self.chosen, self.layout = None, None, None, None
+
+    def extract(self, spec) -> list[PairReport]:
+        run, st, opt = self.run, self.run.store, self.run.opt
         ck = spec.name
-        digest = _check_same_file(st, ck, spec.file, overwrite)
+        digest = _check_same_file(st, ck, spec.file, opt.overwrite)
         key = spec.architecture.key
-        if skeleton_key is not None and skeleton_key[0] == key:
-            names = [layer.name for layer in chosen]
-            todo = run.pending(ck, names)
-            if not todo:
-                report.pairs += [PairReport(ck, ds, "skipped", names) for ds in run.sources]
-                continue
+        if self.key is not None and self.key[0] == key:
+            names = [layer.name for layer in self.chosen]
+            if not run.pending(ck, names):
+                return [PairReport(ck, ds, "skipped", names) for ds in run.sources]
         sd = read_state_dict(spec.file)
         full_key = (key, classifier_outputs(sd))
-        if full_key != skeleton_key:
-            skeleton = spec.architecture.build(num_classes=full_key[1])
-            chosen, layout = _prepare(skeleton, run.device, layers, pooling)
-            skeleton_key = full_key
+        if full_key != self.key:
+            self.skeleton = spec.architecture.build(num_classes=full_key[1])
+            self.chosen, self.layout = _prepare(self.skeleton, run.device, opt.layers, opt.pooling)
+            self.key = full_key
+        skeleton, chosen = self.skeleton, self.chosen
         names = [layer.name for layer in chosen]
         todo = run.pending(ck, names)
         if not todo:
-            report.pairs += [PairReport(ck, ds, "skipped", names) for ds in run.sources]
-            continue
+            return [PairReport(ck, ds, "skipped", names) for ds in run.sources]
         digest = digest or sha256_file(spec.file)
         load_weights(skeleton, sd, spec.file)
         del sd
         skeleton.eval()
-        st.set_checkpoint_meta(ck, **{**(metadata or {}), **spec.metadata,
+        st.set_checkpoint_meta(ck, **{**(self.metadata or {}), **spec.metadata,
                                       "file": str(Path(spec.file).resolve()), "sha256": digest,
                                       "file_bytes": Path(spec.file).stat().st_size,
                                       "file_mtime_ns": Path(spec.file).stat().st_mtime_ns,
                                       "architecture": architecture_label(spec.architecture),
                                       "parameters": parameter_count(skeleton)})
-        report.pairs += _run_pairs(run, skeleton, ck, chosen, layout, todo, names)
-    return report
+        return _run_pairs(run, skeleton, ck, chosen, self.layout, todo, names)
 
 
 def _run_pairs(run, model, checkpoint, chosen, layout, todo, names) -> list:
