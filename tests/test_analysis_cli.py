@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from plateaulab.analysis import bootstrap_fit, fit_saturating_power_law, load_openclip
+from plateaulab.analysis.noise import noise_bootstrap
 from plateaulab.cli import main
 from conftest import DATA
 
@@ -17,7 +18,7 @@ FIT_KEYS = {"ds", "on", "k", "alpha", "e_ir", "saturation", "sse", "n_points", "
 
 
 def run_json(capsys, argv):
-    assert main(argv) == 0
+    assert main(argv + ["--json"]) == 0
     return json.loads(capsys.readouterr().out)
 
 
@@ -28,12 +29,23 @@ def test_fit_packaged_openclip_with_bootstrap(capsys):
     table = load_openclip()
     for f in out["fits"]:
         assert FIT_KEYS <= set(f) and set(f["ci"]) == {"k", "alpha", "e_ir", "saturation"}
-        assert f["n_boot"] == 50 and {"n_failed", "n_on_bound", "n_unidentified"} <= set(f)
+        models = f["intervals"]["models"]
+        assert models["n_boot"] == 50 and {"n_failed", "n_on_bound", "n_unidentified"} <= set(models)
         us, ds = table.pair(f["ds"])
         ref = fit_saturating_power_law(us, ds)
         assert f["saturation"] == pytest.approx(ref.saturation) and f["hull_points"] == ref.hull_points
+        assert f["identifiable"] == ref.identifiable and f["flags"][:len(ref.flags)] == ref.flags
+        assert f["hull_models"] == [m for m in table.long[table.long.ds_task == f["ds"]]["model"].iloc[ref.fit_indices]]
         bs = bootstrap_fit(us, ds, 50, seed=3)
-        assert f["ci"]["saturation"] == pytest.approx(list(bs.ci["saturation"]))
+        assert models["ci"]["saturation"] == pytest.approx(list(bs.ci["saturation"]))
+    cifar, eurosat = out["fits"]
+    # CIFAR-100's test split (10,000 images) and ImageNet's (50,000) are documented: the primary interval is
+    # the measurement-noise one. EuroSAT's evaluation split is not, so its interval is the model bootstrap.
+    assert cifar["ci_source"] == "noise" and cifar["n_boot"] == 50
+    us, ds = table.pair("CIFAR-100")
+    nb = noise_bootstrap(us, ds, 10_000, 50_000, n_boot=50, seed=3)
+    assert cifar["ci"]["saturation"] == pytest.approx(list(nb.ci["saturation"]))
+    assert eurosat["ci_source"] == "models" and any("test-set size is unknown" in x for x in eurosat["flags"])
 
 
 def test_fit_csv_in_percent_and_all_points(tmp_path, capsys):

@@ -57,11 +57,16 @@ def test_default_study_fits_cover_every_classification_task(default_report):
         assert FIT_KEYS <= set(f)
         assert f["on"] == "hull"
         assert f["saturation"] == pytest.approx(1.0 - f["e_ir"])
-        assert set(f["ci"]) >= {"k", "alpha", "e_ir", "saturation"}
-        assert f["n_boot"] == 100 and f["n_failed"] + f["n_on_bound"] <= 100
-        # a fit on 3 hull points is never called identified
-        if f["hull_points"] <= 3:
+        assert set(f["ci"]) >= {"k", "alpha", "e_ir", "saturation"} and f["ci_source"] in ("noise", "models")
+        assert f["n_boot"] == 100 and f["n_failed"] <= 100
+        models = f["intervals"]["models"]
+        assert models["n_boot"] == 100 and models["n_failed"] + models["n_on_bound"] <= 100
+        # a fit on 3 points is never called identified, nor one whose alpha sits at an edge of its range
+        if f["n_points"] <= 3:
             assert not f["identified"]
+        if f["alpha"] is not None and not 0.02 < f["alpha"] < 80:
+            assert not f["identified"] and not f["identifiable"]["alpha"]
+        assert f["identified"] == all(f["identifiable"][p] for p in ("k", "alpha", "e_ir"))
 
 
 def test_fits_json_matches_direct_fit(default_report):
@@ -76,7 +81,8 @@ def test_fits_json_matches_direct_fit(default_report):
         assert fits[task]["saturation"] == pytest.approx(direct.saturation, abs=1e-9)
         assert fits[task]["hull_points"] == direct.hull_points
         boot = bootstrap_fit(rows["us"].to_numpy(), rows["ds"].to_numpy(), n_boot=100, on="hull", seed=0)
-        assert fits[task]["ci"]["saturation"] == pytest.approx(list(boot.ci["saturation"]), abs=1e-9)
+        assert fits[task]["intervals"]["models"]["ci"]["saturation"] == pytest.approx(list(boot.ci["saturation"]),
+                                                                                    abs=1e-9)
 
 
 def test_fits_json_has_the_schema_of_fit_json(default_report, tmp_path, capsys):
@@ -98,17 +104,26 @@ def test_fits_json_has_the_schema_of_fit_json(default_report, tmp_path, capsys):
 def test_report_summaries_and_flags(default_report):
     params = pd.read_csv(default_report / "tables" / "parameters.csv")
     html = (default_report / "report.html").read_text()
-    short = params[params["hull_points"] <= 3]
+    short = params[params["fit_points"] <= 3]
     assert not short.empty          # the real table has short hulls (PROTOCOL §3)
     for _, row in short.iterrows():
-        assert f"not identified: hull has {row['hull_points']} points" in row["flags"]
+        assert f"not identified: {row['fit_points']} distinct fitted points" in row["flags"]
+        assert not row["identified"] and row["status"].startswith("not identified")
     for _, row in params.iterrows():
         assert row["saturation_lo"] <= row["saturation_hi"]
         d = 3 if row["saturation_hi"] - row["saturation_lo"] < 0.02 else 2
-        assert (f"saturates at {row['saturation']:.{d}f} [{row['saturation_lo']:.{d}f}, "
-                f"{row['saturation_hi']:.{d}f}]") in row["summary"]
-        assert f"{row['hull_points']} hull points" in row["summary"]
+        sat = (f"{row['saturation']:.{d}f} [{row['saturation_lo']:.{d}f}, {row['saturation_hi']:.{d}f}]")
+        if row["saturation_identified"]:
+            assert f"saturates at {sat}" in row["summary"]
+        else:
+            assert f"saturation not identified (fit gives {sat})" in row["summary"]
+        assert f"the fit rests on {row['fit_points']} of {row['n_models']} models" in row["summary"]
         assert row["ds_task"] in html
+    # The summary counts the identified saturations, and lists the others after them, with their reason.
+    summary = pd.read_csv(default_report / "tables" / "summary.csv")
+    n_ident = int(params["saturation_identified"].sum())
+    assert f"The data identify the saturation of {n_ident} of {len(params)} tasks." in html
+    assert summary["saturation_identified"].tolist() == sorted(summary["saturation_identified"], reverse=True)
     power = pd.read_csv(default_report / "tables" / "prediction_power.csv")
     assert (power["std_residual"] <= power["std_mean"] + 1e-12).all()
 
@@ -161,7 +176,7 @@ def test_cli_bad_input_exits_2_with_message(tmp_path, capsys):
     assert main(["study", str(tmp_path / "missing.csv"), "-o", str(tmp_path / "r")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert main(["study", str(tmp_path), "-o", str(tmp_path / "r")]) == 2     # a directory that is no run
-    assert "not a probe run" in capsys.readouterr().err
+    assert "is a directory but neither a probe run" in capsys.readouterr().err
 
 
 def _fake_run(run_dir: Path, *, n_ck: int = 12, layers: int = 3, seed: int = 0) -> Path:

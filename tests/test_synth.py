@@ -89,7 +89,10 @@ def test_synth_cli(tmp_path, capsys):
 
 @pytest.mark.parametrize("variant", ["default", "other_ceilings"])
 def test_synth_probe_study_recovers_planted_saturation(tmp_path, variant):
-    """The end-to-end check of the study: the planted saturation lies inside the bootstrap CI of the fit.
+    """The end-to-end check of the study: the planted saturation lies inside the fit's primary interval
+    (measurement noise: a probe run knows its test-set sizes) and inside the model-bootstrap interval, which
+    is narrow enough to reject a saturation 0.03 off. The noise interval is wider: it redraws every
+    checkpoint's accuracy independently, while all checkpoints share one test set (docs/ANALYSIS.md).
 
     The CI is widened by one test example (1 / n_test, the resolution of an accuracy): at the plateau the
     best checkpoints score exactly 1 - e_IR, the replicates agree to the last bit, and a percentile that
@@ -111,12 +114,17 @@ def test_synth_probe_study_recovers_planted_saturation(tmp_path, variant):
     for f in fits:
         truth = planted[f["ds"]]["saturation"]
         n_test = planted[f["ds"]]["num_classes"] * cfg.n_test_per_class
+        assert f["ci_source"] == "noise"
         lo, hi = f["ci"]["saturation"]
         assert lo - 1.0 / n_test <= truth <= hi + 1.0 / n_test, (f["ds"], f["shots"], truth, lo, hi)
         assert abs(f["saturation"] - truth) < 0.01
-        # the CI is informative: a saturation 0.03 off the planted one would be rejected
+        lo, hi = f["intervals"]["models"]["ci"]["saturation"]
+        assert lo - 1.0 / n_test <= truth <= hi + 1.0 / n_test, (f["ds"], f["shots"], truth, lo, hi)
+        # the model-bootstrap interval is informative: a saturation 0.03 off the planted one would be rejected
         assert not (lo <= truth - 0.03 <= hi) and not (lo <= truth + 0.03 <= hi)
-        assert f["identified"], (f["ds"], f["shots"], f["hull_points"], f["message"])
+        # What the synth plants is the saturation; near a plateau that the best checkpoints reach within the
+        # measurement noise, the shape (alpha, k) is free, and the record says so.
+        assert f["identifiable"]["saturation"] and f["identifiable"]["e_ir"], (f["ds"], f["shots"], f["flags"])
     html = report.read_text()
     assert "planted" in html and "Figure 6" in html
     table = json.loads((tmp_path / "report" / "tables" / "planted_vs_recovered.json").read_text())

@@ -32,7 +32,7 @@ from numba import njit, prange
 
 from . import _validate
 from ._powerlaw_kernels import fit_kernel_ws, work_size
-from .hull import MAX_LAYERS, _sort_order, upper_chain_layered, upper_layers
+from .hull import MAX_LAYERS, _sort_order, rising_length, upper_chain_layered, upper_layers
 from .powerlaw import ALPHA_BOUNDS, MIN_IDENTIFIED, N_SUB, N_REFINE, _LOSS_CODES, n_segments, PowerLawFit, \
     fit_saturating_power_law
 
@@ -75,7 +75,7 @@ def draw_counts(seed, b, n, m, counts):
 
 
 @njit(cache=True)
-def _replicate(us, ds, order, layers, counts, on_hull, bayes, loss, delta, log_lo, log_hi, n_seg, n_sub, n_refine,
+def _replicate(us, ds, order, layers, counts, on_hull, rising, bayes, loss, delta, log_lo, log_hi, n_seg, n_sub, n_refine,
                present, sel, x, y, w, out, work, iwork):
     """One replicate's fit from its draw counts, in the given scratch arrays.
 
@@ -87,6 +87,8 @@ def _replicate(us, ds, order, layers, counts, on_hull, bayes, loss, delta, log_l
     if on_hull:
         union_idx, union_ptr, layer_idx, layer_ptr, n_layers = layers
         h = upper_chain_layered(us, ds, order, present, union_idx, union_ptr, layer_idx, layer_ptr, n_layers, sel)
+        if rising:
+            h = rising_length(ds, sel, h)
         n_distinct = h
     else:
         h = 0
@@ -110,7 +112,7 @@ def _replicate(us, ds, order, layers, counts, on_hull, bayes, loss, delta, log_l
 
 
 @njit(parallel=True, cache=True)
-def bootstrap_kernel(us, ds, order, layers, n_boot, m, seed, on_hull, bayes, loss, delta, log_lo, log_hi, n_seg,
+def bootstrap_kernel(us, ds, order, layers, n_boot, m, seed, on_hull, rising, bayes, loss, delta, log_lo, log_hi, n_seg,
                      n_sub, n_refine, n_chunks, samples, status, n_distinct, alpha_at_bound):
     """All replicates, in n_chunks parallel chunks that each allocate their scratch once.
 
@@ -130,7 +132,7 @@ def bootstrap_kernel(us, ds, order, layers, n_boot, m, seed, on_hull, bayes, los
         iwork = np.empty(n_seg * n_sub + 1, dtype=np.int64)
         for b in range(c * per, min((c + 1) * per, n_boot)):
             draw_counts(seed, b, n, m, counts)
-            st, nd = _replicate(us, ds, order, layers, counts, on_hull, bayes, loss, delta, log_lo, log_hi, n_seg,
+            st, nd = _replicate(us, ds, order, layers, counts, on_hull, rising, bayes, loss, delta, log_lo, log_hi, n_seg,
                                 n_sub, n_refine, present, sel, x, y, w, out, work, iwork)
             status[b] = st
             n_distinct[b] = nd
@@ -189,7 +191,7 @@ def _n_chunks(n_boot: int) -> int:
 
 def bootstrap_fit(us_acc, ds_acc, n_boot: int = 1000, *, on: str = "hull", seed: int = 0, m: Optional[int] = None,
                   ci: float = 0.95, loss: str = "l2", us_bayes_error: float = 0.0, huber_delta: float = 0.01,
-                  alpha_bounds: tuple = ALPHA_BOUNDS) -> BootstrapResult:
+                  alpha_bounds: tuple = ALPHA_BOUNDS, tail: bool = False) -> BootstrapResult:
     """Bootstrap percentile intervals for k, alpha, e_ir and saturation = 1 - e_ir.
 
     Every replicate resamples m models (default m = n) with replacement, recomputes the upper hull (on="hull")
@@ -217,7 +219,7 @@ def bootstrap_fit(us_acc, ds_acc, n_boot: int = 1000, *, on: str = "hull", seed:
         raise _validate.InputError("loss='log' needs DS accuracy < 1 everywhere (log of a zero DS error)")
     lo, hi = (float(a) for a in alpha_bounds)
     point = fit_saturating_power_law(us, ds, on=on, loss=loss, us_bayes_error=b, huber_delta=huber_delta,
-                                     alpha_bounds=(lo, hi))
+                                     alpha_bounds=(lo, hi), tail=tail, profile=False)
 
     order = _sort_order(us, ds)
     layers = upper_layers(us, ds, order, MAX_LAYERS)
@@ -226,7 +228,7 @@ def bootstrap_fit(us_acc, ds_acc, n_boot: int = 1000, *, on: str = "hull", seed:
     n_distinct = np.empty(n_boot, dtype=np.int64)
     at_bound = np.empty(n_boot, dtype=np.bool_)
     with numba.parallel_chunksize(1):
-        bootstrap_kernel(us, ds, order, layers, n_boot, m, int(seed), on == "hull", b, _LOSS_CODES[loss],
+        bootstrap_kernel(us, ds, order, layers, n_boot, m, int(seed), on == "hull", on == "hull" and not tail, b, _LOSS_CODES[loss],
                          float(huber_delta), math.log(lo), math.log(hi), n_segments(lo, hi), N_SUB, N_REFINE, _n_chunks(n_boot), samples,
                          status, n_distinct, at_bound)
 

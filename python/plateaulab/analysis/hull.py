@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-__all__ = ["upper_hull", "upper_hull_reference"]
+__all__ = ["upper_hull", "upper_hull_reference", "rising_hull", "rising_length"]
 
 
 @njit(cache=True)
@@ -93,6 +93,32 @@ def upper_hull(us, ds) -> np.ndarray:
     out = np.empty(order.size, dtype=np.int64)
     h = _upper_chain_sorted(us, ds, order, present, out)
     return out[:h].copy()
+
+
+@njit(cache=True)
+def rising_length(ds, chain, h):
+    """How many of the chain's first h vertices form its rising part: from the leftmost vertex up to the
+    one of highest DS (the last of them, if the top is a horizontal edge).
+
+    An upper chain rises, may run flat at its top, then only descends. Eq. (1) is monotone in US accuracy,
+    so it can follow the rising part; fitting the descending tail as well is a misspecification that pulls
+    the plateau down (docs/ANALYSIS.md, "The rising hull").
+    """
+    best = -np.inf
+    end = 0
+    for j in range(h):
+        v = ds[chain[j]]
+        if v >= best:
+            best = v
+            end = j + 1
+    return end
+
+
+def rising_hull(us, ds) -> np.ndarray:
+    """Indices of the rising part of the upper hull (see :func:`rising_length`), sorted by US ascending."""
+    us, ds = _as_pair(us, ds)
+    h = upper_hull(us, ds)
+    return h[:rising_length(ds, h, h.size)].copy()
 
 
 def upper_hull_reference(us, ds) -> np.ndarray:

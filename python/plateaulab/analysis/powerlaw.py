@@ -16,9 +16,9 @@ from typing import Optional
 
 import numpy as np
 
-from . import _validate
+from . import _validate, identify
 from ._powerlaw_kernels import LOSS_HUBER, LOSS_L2, LOSS_LOG, fit_kernel
-from .hull import upper_hull
+from .hull import rising_length, upper_hull
 
 __all__ = ["PowerLawFit", "fit_saturating_power_law", "ALPHA_BOUNDS", "N_SEG", "N_SUB", "N_REFINE"]
 
@@ -71,6 +71,17 @@ class PowerLawFit:
     us_bayes_error: float = 0.0
     hull_indices: Optional[np.ndarray] = dataclasses.field(default=None, repr=False)
     ds: Optional[str] = None
+    #: with on="hull": whether the descending tail of the hull was fitted too (default: the rising part only)
+    tail: bool = False
+    #: indices of the points the fit used (the rising hull, the whole hull, or every point)
+    fit_indices: Optional[np.ndarray] = dataclasses.field(default=None, repr=False)
+    alpha_bounds: tuple = ALPHA_BOUNDS
+    #: whether the data pin down each of k, alpha, e_ir and the saturation (profile intervals, identify.py);
+    #: empty when the profile was not computed
+    identifiable: dict = dataclasses.field(default_factory=dict)
+    profile: Optional[object] = dataclasses.field(default=None, repr=False)
+    #: short sentences: why a parameter is not identified, and other signs of a fit the data barely support
+    flags: list = dataclasses.field(default_factory=list)
 
     def predict(self, us_acc) -> np.ndarray:
         """Predicted DS accuracy, 1 - (k * (1 - us - b)**alpha + e_IR), at the given US accuracies."""
@@ -83,7 +94,10 @@ class PowerLawFit:
                  saturation=_num(self.saturation), sse=_num(self.sse), n_points=int(self.n_points),
                  hull_points=int(self.hull_points), identified=bool(self.identified),
                  on_bound=list(self.on_bound), success=bool(self.success), message=self.message,
-                 loss=self.loss, us_bayes_error=self.us_bayes_error)
+                 loss=self.loss, us_bayes_error=self.us_bayes_error, tail=bool(self.tail),
+                 identifiable={k: bool(v) for k, v in self.identifiable.items()}, flags=list(self.flags))
+        if self.profile is not None:
+            d["profile"] = self.profile.to_dict()["profile"]
         return d
 
 
@@ -105,18 +119,28 @@ def on_bound_names(k: float, e_ir: float, alpha_at_bound: bool) -> list:
 
 def fit_saturating_power_law(us_acc, ds_acc, weights=None, *, on: str = "hull", loss: str = "l2",
                              us_bayes_error: float = 0.0, huber_delta: float = 0.01,
-                             alpha_bounds: tuple = ALPHA_BOUNDS, ds: Optional[str] = None) -> PowerLawFit:
+                             alpha_bounds: tuple = ALPHA_BOUNDS, ds: Optional[str] = None,
+                             tail: bool = False, n_test=None, n_test_us=None, profile: bool = True) -> PowerLawFit:
     """Fit e_DS = k * e_US**alpha + e_IR to DS-vs-US accuracies (both on 0-1).
 
     on: "hull" fits the upper convex hull's vertices (the paper's main fit), "all" every point.
+    tail: with on="hull", also fit the hull's descending tail (the vertices right of its highest one).
+    The default fits the rising part only: eq. (1) is monotone, and fitting the tail biases the plateau
+    low (docs/ANALYSIS.md, "The rising hull").
     loss: "l2" (least squares in accuracy units, the default), "huber" (Huber with ``huber_delta`` in
     accuracy units) or "log" (squared residuals of log e_DS).
     us_bayes_error: subtracted from e_US before the power (the paper's variant); must not exceed any e_US.
     weights: per-point weights (e.g. bootstrap counts); with on="hull" the hull vertices keep theirs.
 
-    The fit is deterministic. ``identified`` is False when the points used have fewer than 4 distinct
-    US values (3 parameters on <= 3 points) or when k = 0 (then alpha has no effect). ``on_bound`` lists
-    the parameters at a constraint: "k" (k = 0), "e_ir" (0 or 1) and "alpha" (an end of alpha_bounds).
+    n_test, n_test_us: test-set sizes behind each DS / US accuracy (a scalar or one per point; None:
+    unknown), the measurement-noise floor of the profile intervals and of the residual check.
+    profile: compute the profile intervals and flags (a few ms; the sample-size sensitivity turns it off).
+
+    The fit is deterministic. ``identified`` is True only when k, alpha and e_IR are each pinned down by the
+    data (``identifiable``, from the profile of the objective, see ``identify``): never for fewer than 4
+    distinct US values (3 parameters on <= 3 points), for k = 0 (then alpha has no effect), or for a
+    parameter on a bound. ``on_bound`` lists the parameters at a constraint: "k" (k = 0), "e_ir" (0 or 1)
+    and "alpha" (an end of alpha_bounds). ``flags`` says why, in short sentences.
     """
     _validate.choice("on", on, _validate.ON_CHOICES)
     _validate.choice("loss", loss, _validate.LOSS_CHOICES)
@@ -132,7 +156,10 @@ def fit_saturating_power_law(us_acc, ds_acc, weights=None, *, on: str = "hull", 
 
     pos = w > 0
     hull = upper_hull(np.where(pos, us, np.nan), dsa)
-    idx = hull if on == "hull" else np.flatnonzero(pos)
+    if on == "hull":
+        idx = hull if tail else hull[:rising_length(dsa, hull, hull.size)]
+    else:
+        idx = np.flatnonzero(pos)
     x = np.ascontiguousarray(1.0 - us[idx] - b)
     y = np.ascontiguousarray(1.0 - dsa[idx])
     wi = np.ascontiguousarray(w[idx])
@@ -154,9 +181,47 @@ def fit_saturating_power_law(us_acc, ds_acc, weights=None, *, on: str = "hull", 
             msg += f"; on bound: {', '.join(on_bound)}"
     else:
         on_bound, identified = [], False
-        msg = ("failed: fewer than 2 points with distinct US accuracy" if status == 1
-               else "failed: non-finite parameters")
-    return PowerLawFit(k=float(k), alpha=float(alpha), e_ir=float(e_ir), saturation=float(1.0 - e_ir),
-                       sse=float(sse), n_points=int(idx.size), hull_points=int(hull.size), identified=bool(identified),
-                       on_bound=on_bound, success=status == 0, message=msg, on=on, loss=loss,
-                       loss_value=float(obj), n_distinct=n_distinct, us_bayes_error=b, hull_indices=hull, ds=ds)
+        if status == 1 and on == "hull" and not tail and hull.size >= 2 and idx.size < 2:
+            msg = ("failed: the upper hull does not rise (its leftmost point is its highest), and eq. (1) with "
+                   "k >= 0 cannot follow a falling frontier")
+        else:
+            msg = ("failed: fewer than 2 points with distinct US accuracy" if status == 1
+                   else "failed: non-finite parameters")
+    fit = PowerLawFit(k=float(k), alpha=float(alpha), e_ir=float(e_ir), saturation=float(1.0 - e_ir),
+                      sse=float(sse), n_points=int(idx.size), hull_points=int(hull.size), identified=bool(identified),
+                      on_bound=on_bound, success=status == 0, message=msg, on=on, loss=loss,
+                      loss_value=float(obj), n_distinct=n_distinct, us_bayes_error=b, hull_indices=hull, ds=ds,
+                      tail=bool(tail) if on == "hull" else False, fit_indices=idx, alpha_bounds=(lo, hi))
+    if profile:
+        scatter = None
+        if on == "hull" and fit.success:
+            trend = fit_saturating_power_law(us, dsa, w, on="all", loss=loss, us_bayes_error=b, profile=False,
+                                             alpha_bounds=(lo, hi))
+            if trend.success:
+                scatter = float(np.sqrt(np.average((dsa - trend.predict(us)) ** 2, weights=w)))
+        _assess(fit, us, dsa, idx, int(pos.sum()), n_test, n_test_us, scatter)
+    return fit
+
+
+def _sizes_at(n, idx, size):
+    return None if n is None else np.broadcast_to(np.asarray(n, dtype=float), (size,))[idx]
+
+
+def _assess(fit: PowerLawFit, us, ds, idx, n_models: int, n_test, n_test_us, scatter) -> None:
+    """Profile intervals, identifiability and flags of ``fit`` (module identify)."""
+    n_ds, n_us = _sizes_at(n_test, idx, us.size), _sizes_at(n_test_us, idx, us.size)
+    prof = identify.profile_fit(fit, us[idx], ds[idx], n_test=n_ds, n_test_us=n_us)
+    fit.profile = prof
+    fit.identifiable = dict(prof.identifiable)
+    fit.identified = bool(fit.identified and all(prof.identifiable[p] for p in ("k", "alpha", "e_ir")))
+    flags = []
+    if not fit.success:
+        flags.append(fit.message)
+    elif fit.n_distinct < MIN_IDENTIFIED:
+        flags.append(f"not identified: {fit.n_distinct} distinct fitted points for 3 parameters")
+    else:
+        for p in ("alpha", "k", "e_ir"):
+            if p in prof.reasons:
+                flags.append(f"{'e_IR' if p == 'e_ir' else p} not identified: {prof.reasons[p]}")
+    flags += identify.shape_flags(fit, us[idx], ds[idx], n_models, scatter=scatter, n_test=n_ds)
+    fit.flags = flags

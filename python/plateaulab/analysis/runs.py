@@ -6,8 +6,11 @@ results.parquet and the checkpoints' metadata in checkpoints.parquet. The analys
 
 1. Rows at the selected l2 only (the ``selected`` column: the fixed l2, or the one chosen by leave-one-out
    or the validation split; never by the test split).
-2. The mean accuracy over seeds, per (checkpoint, dataset, shots, layer). ``n_test`` is kept: the
-   measurement-noise interval of the analysis needs the test-set size.
+2. The mean accuracy over seeds, per (checkpoint, dataset, shots, layer). Its noise is more than the test
+   set's: each seed draws another few-shot training set. So ``n_test`` is the *effective* test-set size,
+   the binomial size with the same variance as the mean, p (1 - p) / max(p (1 - p) / m, s^2 / S), with m the
+   test examples (kept as ``n_test_examples``), s the standard deviation of the accuracy over the S seeds.
+   The measurement-noise interval then resamples both sources of noise.
 3. The layer. ``layer="last"`` (the default) takes, per (checkpoint, dataset), the deepest layer probed for
    that checkpoint on that dataset (highest ``layer_index``): a dataset whose deepest layer is shallower than
    another's keeps its own deepest layer. ``layer=NAME`` takes that layer wherever it exists; checkpoints
@@ -166,15 +169,30 @@ def read_run(path, *, us: str = DEFAULT_RUN_US, ds=None, layer: Optional[str] = 
         results = results.assign(n_test=np.nan)
     layers = (results.groupby(["checkpoint", "dataset", "shots", "layer", "layer_index"], as_index=False)
               .agg(accuracy=("accuracy", "mean"), us=("us", "first"), seeds=("accuracy", "size"),
-                   n_test=("n_test", "first")))
+                   seed_std=("accuracy", "std"), n_test_examples=("n_test", "first")))
+    layers["n_test"] = effective_test_size(layers["accuracy"], layers["n_test_examples"], layers["seed_std"],
+                                           layers["seeds"])
     chosen = _pick_layer(path, layers, layer, notes)
     long = pd.DataFrame({"model": chosen["checkpoint"].astype(str), "ds_task": chosen["dataset"].astype(str),
                          "shots": pd.to_numeric(chosen["shots"], errors="coerce"), "us": chosen["us"],
                          "ds": chosen["accuracy"], "layer": chosen["layer"].astype(str),
                          "layer_index": chosen["layer_index"], "n_test": chosen["n_test"],
-                         "seeds": chosen["seeds"]}).reset_index(drop=True)
+                         "n_test_examples": chosen["n_test_examples"], "seeds": chosen["seeds"]}).reset_index(drop=True)
     return RunPoints(path=path, long=long, layers=layers, us_name=us, layer_rule="last" if layer in (None, "last") else str(layer),
                      notes=notes, manifest=manifest)
+
+
+def effective_test_size(p, m, seed_std, seeds) -> pd.Series:
+    """The binomial test-set size whose variance equals that of a mean over seeds (module docstring, 2.)."""
+    p = pd.to_numeric(p, errors="coerce").to_numpy(float)
+    m = pd.to_numeric(m, errors="coerce").to_numpy(float)
+    s = np.nan_to_num(pd.to_numeric(seed_std, errors="coerce").to_numpy(float))
+    k = np.maximum(pd.to_numeric(seeds, errors="coerce").to_numpy(float), 1.0)
+    pq = np.clip(p * (1.0 - p), 1e-12, None)
+    var = np.maximum(pq / m, s * s / k)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        n = np.where(np.isfinite(var) & (var > 0), np.minimum(np.round(pq / var), m), np.nan)
+    return pd.Series(np.maximum(n, 1.0), index=getattr(seed_std, "index", None))
 
 
 def planted_values(manifest: dict) -> Optional[dict]:

@@ -28,6 +28,7 @@ from ..errors import InputError, PlateaulabError
 from . import tables as T
 from .runs import DEFAULT_RUN_US, is_run_dir, planted_values, read_run
 from .timm_results import TIMM_CITATION, is_timm_results, load_timm_results
+from .test_sizes import attach_test_sizes
 
 __all__ = ["Builtin", "BUILTINS", "BUILTIN_PREFIX", "LOADERS", "Source", "read_source", "resolve_builtin",
            "DATA_DIR"]
@@ -125,7 +126,50 @@ def _names(value) -> Optional[list]:
 
 
 def read_source(source=None, *, loader: str = "auto", us: Optional[str] = None, ds=None, scale: str = "auto",
-                layer: Optional[str] = "last", partial: bool = False, **table_options) -> Source:
+                layer: Optional[str] = "last", partial: bool = False, n_test=None, n_test_us=None,
+                min_us: Optional[float] = None, exclude=None, **table_options) -> Source:
+    """See :func:`_read`. Then every row gets the test-set sizes n_test and n_test_us (analysis.test_sizes:
+    a column of the input, else ``n_test`` / ``n_test_us``, else a builtin's documented sizes), and the
+    models a reader decided do not belong are left out, with a note: those with US accuracy below
+    ``min_us``, and those named in ``exclude`` (model ids; an unknown id is an error). The default, as in
+    the paper, keeps every model."""
+    src = _read(source, loader=loader, us=us, ds=ds, scale=scale, layer=layer, partial=partial, **table_options)
+    src.table.long = attach_test_sizes(src.table.long, src.table.us_name, n_test=n_test, n_test_us=n_test_us,
+                                       documented=src.kind == "builtin")
+    _leave_out(src, min_us, exclude)
+    return src
+
+
+def _leave_out(src: Source, min_us, exclude) -> None:
+    long = src.table.long
+    drop = pd.Series(False, index=long.index)
+    if exclude is not None:
+        names = _names(exclude) or []
+        known = set(long["model"].astype(str))
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], sorted(known), n=3)
+            raise InputError(f"{{param}} names model(s) not in {src.citation}: {', '.join(map(repr, unknown))}"
+                             + (f"; did you mean {', '.join(map(repr, close))}?" if close else ""), param="exclude")
+        drop |= long["model"].astype(str).isin(names)
+        if names:
+            src.notes.append(f"Left out by request: {', '.join(names)}.")
+    if min_us is not None:
+        if not 0.0 <= float(min_us) <= 1.0:
+            raise InputError(f"{{param}} is a US accuracy on 0-1; got {min_us!r}", param="min_us")
+        low = long["us"] < float(min_us)
+        below = sorted(set(long.loc[low & ~drop, "model"].astype(str)))
+        drop |= low
+        if below:
+            src.notes.append(f"{len(below)} model(s) with US accuracy below {float(min_us):g} left out: "
+                             f"{', '.join(below[:10])}" + (" ..." if len(below) > 10 else ""))
+    if drop.any():
+        src.table.long = long[~drop].reset_index(drop=True)
+        src.table.ds_tasks = [t for t in src.table.ds_tasks if t in set(src.table.long["ds_task"])]
+
+
+def _read(source=None, *, loader: str = "auto", us: Optional[str] = None, ds=None, scale: str = "auto",
+          layer: Optional[str] = "last", partial: bool = False, **table_options) -> Source:
     """Read ``source`` (None: builtin:openclip; 'builtin:NAME'; a probe run directory; a table file or a
     DataFrame) into a :class:`Source`.
 

@@ -22,7 +22,10 @@ from .bootstrap import BootstrapResult, bootstrap_fit
 from .correlations import spearman_matrices
 from .groups import Group, iter_groups, shots_order
 from .hull import upper_hull
+from .influence import influence_flag, vertex_influence
 from .layers import layer_profile
+from .noise import NoiseResult, noise_bootstrap
+from .records import fit_record
 from .powerlaw import PowerLawFit, fit_saturating_power_law
 from .prediction import prediction_power
 from .sensitivity import sample_size_sensitivity
@@ -31,7 +34,9 @@ from .sources import Source
 from .accuracy import AccuracyTable
 
 __all__ = ["GroupResult", "StudyResult", "analyse", "analyse_group", "main_shots", "DEFAULT_BOOTSTRAP",
-           "MIN_MODELS", "MIN_SENSITIVITY_MODELS"]
+           "MIN_MODELS", "MIN_SENSITIVITY_MODELS", "CI_SOURCES"]
+
+CI_SOURCES = ("noise", "models", "both")
 
 DEFAULT_BOOTSTRAP = 300
 #: A group needs this many models for a three-parameter fit.
@@ -49,9 +54,36 @@ class GroupResult:
     hull: np.ndarray
     fit_hull: PowerLawFit
     fit_all: Optional[PowerLawFit]
-    boot: Optional[BootstrapResult]
+    boot: Optional[BootstrapResult]                 # model bootstrap
     power: Optional[dict]
-    band: Optional[tuple] = None      # (grid, lo, hi) of the bootstrap band, accuracy units
+    noise: Optional[NoiseResult] = None             # measurement-noise bootstrap
+    band: Optional[tuple] = None      # (grid, lo, hi) of the primary interval's pointwise band, accuracy units
+    influence: Optional[pd.DataFrame] = None        # the saturation without each fitted vertex
+    record: dict = dataclasses.field(default_factory=dict)   # the fit record (analysis.records)
+
+    @property
+    def flags(self) -> list:
+        return list(self.record.get("flags", []))
+
+    @property
+    def interval(self) -> Optional[tuple]:
+        """(lo, hi) of the saturation's primary interval, or None."""
+        ci = self.record.get("ci", {}).get("saturation")
+        return None if ci is None or None in ci else (float(ci[0]), float(ci[1]))
+
+    @property
+    def ci_source(self) -> Optional[str]:
+        return self.record.get("ci_source")
+
+    @property
+    def band_excludes_curve(self) -> bool:
+        """Whether the fitted curve leaves its own pointwise band somewhere over the data's US range."""
+        if self.band is None:
+            return False
+        grid, lo, hi = self.band
+        sel = (grid >= self.us.min()) & (grid <= 1.0)
+        curve = self.fit_hull.predict(grid[sel])
+        return bool(np.any((curve < lo[sel] - 1e-9) | (curve > hi[sel] + 1e-9)))
 
     task = property(lambda self: self.group.task)
     shots = property(lambda self: self.group.shots)
@@ -86,10 +118,11 @@ class StudyResult:
         return sorted({r.shots for r in self.groups if r.shots is not None}, key=shots_order)
 
 
-def bootstrap_band(boot: BootstrapResult, grid: np.ndarray, level: float = BAND_LEVEL):
-    """Pointwise percentile band of eq. (1) over the bootstrap replicates (accuracy units), or None when
-    fewer than 10 replicates succeeded."""
-    samples = np.asarray(boot.samples, dtype=float)
+def bootstrap_band(samples, grid: np.ndarray, level: float = BAND_LEVEL, centre=None):
+    """Pointwise percentile band of eq. (1) over bootstrap replicates (rows k, alpha, e_ir, ...; accuracy
+    units), or None when fewer than 10 replicates succeeded. With ``centre`` (the fitted curve on the grid),
+    the band is centred on it as the measurement-noise interval is (analysis.noise): curve + (q - median)."""
+    samples = np.asarray(samples, dtype=float)
     if samples.ndim != 2 or samples.shape[0] == 0:
         return None
     ok = np.all(np.isfinite(samples[:, :3]), axis=1)
@@ -99,7 +132,10 @@ def bootstrap_band(boot: BootstrapResult, grid: np.ndarray, level: float = BAND_
     e_us = np.clip(1.0 - grid, 0.0, None)[None, :]
     acc = 1.0 - (k * e_us ** alpha + e_ir)
     q = (1.0 - level) / 2.0
-    return grid, np.quantile(acc, q, axis=0), np.quantile(acc, 1.0 - q, axis=0)
+    lo, med, hi = np.quantile(acc, [q, 0.5, 1.0 - q], axis=0)
+    if centre is not None:
+        lo, hi = centre - (med - lo), centre + (hi - med)
+    return grid, lo, hi
 
 
 def band_grid(us: np.ndarray) -> np.ndarray:
@@ -111,16 +147,52 @@ def band_grid(us: np.ndarray) -> np.ndarray:
                                      1.0 - np.geomspace(1e-4, 1.0 - lo_pos, 60)]))
 
 
-def analyse_group(group: Group, *, n_boot: int, seed: int, on_all: bool = True) -> GroupResult:
+def _sizes(rows: pd.DataFrame, col: str):
+    if col not in rows:
+        return None
+    v = pd.to_numeric(rows[col], errors="coerce").to_numpy(float)
+    return v if np.isfinite(v).any() else None
+
+
+def analyse_group(group: Group, *, n_boot: int, seed: int, on: str = "hull", loss: str = "l2",
+                  us_bayes_error: float = 0.0, tail: bool = False, ci_source: str = "both", m: Optional[int] = None,
+                  ci: float = 0.95, on_all: bool = True, influence: bool = True,
+                  extra: Optional[dict] = None) -> GroupResult:
+    """Every per-group analysis (``plateaulab fit`` runs it too): eq. (1) fitted with its profile and flags
+    (``on``: the rising hull by default, or every point), the fit on all points, the intervals asked for
+    (``ci_source``), the band of the primary one, the influence of each fitted vertex, and the record."""
     us, ds = group.us, group.ds
-    fit_hull = fit_saturating_power_law(us, ds, on="hull", ds=group.task)
-    fit_all = fit_saturating_power_law(us, ds, on="all", ds=group.task) if on_all else None
-    boot = bootstrap_fit(us, ds, n_boot=n_boot, on="hull", seed=seed) if n_boot > 0 else None
+    n_ds, n_us = _sizes(group.rows, "n_test"), _sizes(group.rows, "n_test_us")
+    opts = dict(on=on, loss=loss, us_bayes_error=us_bayes_error, tail=tail)
+    fit = fit_saturating_power_law(us, ds, ds=group.task, n_test=n_ds, n_test_us=n_us, **opts)
+    fit_all = (fit_saturating_power_law(us, ds, on="all", loss=loss, us_bayes_error=us_bayes_error, ds=group.task,
+                                        profile=False) if on_all else None)
+    flags, noise, boot = [], None, None
+    if n_boot > 0 and ci_source in ("noise", "both"):
+        if n_ds is None or not np.all(np.isfinite(n_ds) & (n_ds > 0)):
+            flags.append("no measurement-noise interval: the DS test-set size is unknown (give n_test)")
+        else:
+            noise = noise_bootstrap(us, ds, n_ds, n_us, n_boot=n_boot, seed=seed, ci=ci, **opts)
+    if n_boot > 0 and (ci_source in ("models", "both") or noise is None):
+        boot = bootstrap_fit(us, ds, n_boot=n_boot, seed=seed, m=m, ci=ci, **opts)
     power = prediction_power(us, ds, fit=fit_all) if fit_all is not None else None
-    r = GroupResult(group=group, hull=np.asarray(upper_hull(us, ds), dtype=int), fit_hull=fit_hull,
-                    fit_all=fit_all, boot=boot, power=dict(power) if power is not None else None)
-    if boot is not None:
-        r.band = bootstrap_band(boot, band_grid(us))
+    r = GroupResult(group=group, hull=np.asarray(upper_hull(us, ds), dtype=int), fit_hull=fit, fit_all=fit_all,
+                    boot=boot, power=dict(power) if power is not None else None, noise=noise)
+    grid = band_grid(us)
+    if noise is not None:
+        r.band = bootstrap_band(noise.samples, grid, centre=fit.predict(grid) if fit.success else None)
+    elif boot is not None:
+        r.band = bootstrap_band(boot.samples, grid)
+    if influence and on == "hull" and fit.success:
+        r.influence = vertex_influence(us, ds, group.models, fit, **opts)
+    r.record = fit_record(fit, task=group.task, shots=group.shots, boot=boot, noise=noise, models=group.models,
+                          extra=extra)
+    sentence = influence_flag(r.influence, fit, r.interval)
+    if sentence:
+        flags.append(sentence)
+    if r.band_excludes_curve:
+        flags.append("the fitted curve leaves its own 95% band")
+    r.record["flags"] = r.record["flags"] + flags
     return r
 
 
@@ -140,20 +212,26 @@ def _usable(groups: list, skipped: dict) -> list:
 
 
 def analyse(source: Source, *, n_boot: int = DEFAULT_BOOTSTRAP, seed: int = 0, sensitivity: bool = True,
-            sensitivity_trials: int = 10, overlay: Optional[str] = None,
-            progress: Optional[Callable[[str], None]] = None) -> StudyResult:
-    """Every analysis of the study. ``progress(label)`` is called after each group is fitted."""
-    if n_boot < 0:
-        raise InputError(f"{{param}} must be >= 0 (0 turns the bootstrap off); got {n_boot}", param="n_boot")
+            sensitivity_trials: int = 10, overlay: Optional[str] = None, ci_source: str = "both",
+            tail: bool = False, progress: Optional[Callable[[str], None]] = None) -> StudyResult:
+    """Every analysis of the study. ``progress(label)`` is called after each group is fitted.
+
+    ci_source: "noise" (measurement noise, where test-set sizes are known; else the model bootstrap,
+    flagged), "models" (the model bootstrap) or "both" (both computed; noise is the primary one).
+    tail: also fit the descending tail of each hull (default: the rising part only)."""
+    check_bootstrap(n_boot, len(source.long))
+    if ci_source not in CI_SOURCES:
+        raise InputError(f"{{param}} {ci_source!r} is not one of {', '.join(CI_SOURCES)}", param="ci_source")
     t0 = time.perf_counter()
     skipped = dict(source.skipped)
     for task in source.table.empty_tasks:
         skipped.setdefault(str(task), "no model has both a US and a DS accuracy")
     groups = _usable(iter_groups(source.long, tasks=source.table.ds_tasks), skipped)
+    extra = {} if source.layer_rule is None else {"layer": source.layer_rule}
     results = []
     for g in groups:
         try:
-            results.append(analyse_group(g, n_boot=n_boot, seed=seed))
+            results.append(analyse_group(g, n_boot=n_boot, seed=seed, ci_source=ci_source, tail=tail, extra=extra))
         except PlateaulabError as exc:
             skipped[g.label] = str(exc)
         if progress:
@@ -165,7 +243,7 @@ def analyse(source: Source, *, n_boot: int = DEFAULT_BOOTSTRAP, seed: int = 0, s
     res.timings["fits"] = time.perf_counter() - t0
     if sensitivity:
         t1 = time.perf_counter()
-        res.sensitivity = _sensitivity(results, sensitivity_trials, seed, skipped)
+        res.sensitivity = _sensitivity(results, sensitivity_trials, seed, skipped, tail)
         res.timings["sensitivity"] = time.perf_counter() - t1
     _shots_analysis(res)
     res.main_shots = main_shots(source.long[source.long["ds_task"].isin(res.tasks)])
@@ -177,13 +255,29 @@ def analyse(source: Source, *, n_boot: int = DEFAULT_BOOTSTRAP, seed: int = 0, s
     return res
 
 
-def _sensitivity(results: list, trials: int, seed: int, skipped: dict) -> Optional[pd.DataFrame]:
+#: replicates x models above this many draws are refused up front (a B x n int64 scratch per chunk is
+#: small, but the run time is proportional to B n: 1e9 draws take minutes)
+MAX_BOOT_DRAWS = 2e9
+
+
+def check_bootstrap(n_boot: int, n_models: int = 0) -> None:
+    """Refuse a replicate count that is negative or whose time or memory can be seen to be out of reach."""
+    if n_boot < 0:
+        raise InputError(f"{{param}} must be >= 0 (0 turns the bootstrap off); got {n_boot}", param="n_boot")
+    if n_boot > 10_000_000 or n_boot * max(n_models, 1) > MAX_BOOT_DRAWS:
+        gib = n_boot * 4 * 8 / 2 ** 30
+        raise InputError(f"{{param}} = {n_boot} replicates would hold {gib:,.1f} GiB of replicate parameters and "
+                         f"draw {n_boot * max(n_models, 1):.2g} models; use at most a few thousand (the study's "
+                         f"default is {DEFAULT_BOOTSTRAP})", param="n_boot")
+
+
+def _sensitivity(results: list, trials: int, seed: int, skipped: dict, tail: bool) -> Optional[pd.DataFrame]:
     frames = []
     for r in results:
         if len(r.us) < MIN_SENSITIVITY_MODELS:
             continue
         try:
-            df = sample_size_sensitivity(r.us, r.ds, trials=trials, seed=seed)
+            df = sample_size_sensitivity(r.us, r.ds, trials=trials, seed=seed, tail=tail)
         except PlateaulabError as exc:
             skipped[f"sensitivity of {r.label}"] = str(exc)
             continue

@@ -48,13 +48,59 @@ def add_input_arguments(p, *, optional_input: bool = False) -> None:
     p.add_argument("--format", default=None, help="table format when the extension does not tell")
     p.add_argument("--nan", default="drop", choices=("drop", "raise"),
                    help="rows with a missing accuracy: drop and count them, or stop with an error")
+    p.add_argument("--min-us", type=float, default=None, metavar="ACC",
+                   help="leave out models whose US accuracy is below ACC (0-1); default: every model counts, as "
+                        "in the paper")
+    p.add_argument("--exclude", nargs="+", default=None, metavar="MODEL", help="leave out these models (ids)")
+    p.add_argument("--n-test", type=float, default=None, metavar="N",
+                   help="test-set size behind each DS accuracy, for the measurement-noise interval (default: an "
+                        "n_test column, a probe run's own sizes, or a builtin's documented sizes)")
+    p.add_argument("--n-test-us", type=float, default=None, metavar="N",
+                   help="test-set size behind each US accuracy (default: --n-test, or a builtin's documented size)")
+
+
+def input_options(args) -> dict:
+    """read_source's options beyond the input, loader, us, ds, scale and layer."""
+    options = {k: v for k, v in (("id", args.id), ("shots_col", args.shots_col), ("format", args.format),
+                                 ("nan", args.nan), ("duplicates", args.duplicates)) if v is not None}
+    options.update(n_test=args.n_test, n_test_us=args.n_test_us, min_us=args.min_us, exclude=args.exclude)
+    return options
 
 
 def read_input(args, *, partial: bool = False):
     """The :class:`~plateaulab.analysis.sources.Source` that the parsed arguments name."""
     from ..analysis.sources import read_source
 
-    options = {k: v for k, v in (("id", args.id), ("shots_col", args.shots_col), ("format", args.format),
-                                 ("nan", args.nan), ("duplicates", args.duplicates)) if v is not None}
     return read_source(args.input, loader=args.loader, us=args.us, ds=args.ds, scale=args.input_scale,
-                       layer=args.layer, partial=partial, **options)
+                       layer=args.layer, partial=partial, **input_options(args))
+
+
+def add_fit_arguments(p, *, bootstrap_default: int) -> None:
+    """How the fit and its intervals are computed: shared by fit and study."""
+    p.add_argument("--bootstrap", type=int, default=bootstrap_default, metavar="B",
+                   help="replicates of each interval's bootstrap (0: no interval)")
+    p.add_argument("--ci-source", default="both", choices=("noise", "models", "both"),
+                   help="interval: noise = measurement noise (accuracies redrawn from their test-set sizes; the "
+                        "primary one where sizes are known), models = the model bootstrap, both = each, named")
+    p.add_argument("--tail", action="store_true",
+                   help="also fit the descending tail of the hull (default: the rising part, from the leftmost "
+                        "vertex to the highest; see docs/ANALYSIS.md)")
+
+
+def write_table(df, path) -> str:
+    """Write a table as .csv, .json (records) or .parquet, by the file's extension."""
+    from pathlib import Path
+
+    from ..errors import InputError
+
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        df.to_csv(path, index=False)
+    elif suffix == ".json":
+        df.to_json(path, orient="records", indent=1)
+    elif suffix in (".parquet", ".pq"):
+        df.to_parquet(path, index=False)
+    else:
+        raise InputError(f"{{param}} {str(path)!r}: use a .csv, .json or .parquet file name", param="output")
+    return str(path)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .inputs import BUILTIN_LIST, add_input_arguments, read_input
+from .inputs import BUILTIN_LIST, add_input_arguments, read_input, write_table
 
 
 def register(subparsers) -> None:
@@ -24,6 +24,10 @@ def register(subparsers) -> None:
     p.add_argument("--trials", type=int, default=10, help="samples per size")
     p.add_argument("--on", default="hull,all", help="hull, all, or both (comma-separated)")
     p.add_argument("--metric", default="mse", choices=("mse", "rmse", "mae"), help="error metric")
+    p.add_argument("--target", default="own", choices=("own", "all"),
+                   help="prediction target: own = each mode against what it predicts (hull fits: the held-out "
+                        "points' rising hull; all-point fits: every held-out point); all = every held-out point")
+    p.add_argument("--tail", action="store_true", help="hull fits include the hull's descending tail")
     p.add_argument("--seed", type=int, default=0, help="seed of the draws")
     p.add_argument("--shots", type=float, default=None, help="use only this shots value")
     p.add_argument("--json", action="store_true", help="print JSON records instead of a text table")
@@ -33,7 +37,6 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     import json
-    from pathlib import Path
 
     import pandas as pd
 
@@ -50,24 +53,15 @@ def run(args) -> int:
     parts = []
     for g in iter_groups(src.long, tasks=src.table.ds_tasks, shots=args.shots):
         df = sample_size_sensitivity(g.us, g.ds, cut=args.cut, cut_quantile=args.cut_quantile, sizes=sizes,
-                                     trials=args.trials, on=on, metric=args.metric, seed=args.seed)
+                                     trials=args.trials, on=on, metric=args.metric, seed=args.seed,
+                                     target=args.target, tail=args.tail)
         df.insert(0, "ds", g.task)
         if g.shots is not None:
             df.insert(1, "shots", g.shots)
         parts.append(df)
     out = pd.concat(parts, ignore_index=True)
     if args.output:
-        path = Path(args.output)
-        suffix = path.suffix.lower()
-        if suffix == ".csv":
-            out.to_csv(path, index=False)
-        elif suffix == ".json":
-            out.to_json(path, orient="records", indent=1)
-        elif suffix in (".parquet", ".pq"):
-            out.to_parquet(path, index=False)
-        else:
-            raise InputError(f"--output {str(path)!r}: use a .csv, .json or .parquet file name")
-        print(path)
+        print(write_table(out, args.output))
     elif args.json:
         rows = json.loads(out.to_json(orient="records"))
         print(json.dumps({"table": src.table.source, "us": src.table.us_name, "rows": rows}))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .inputs import add_input_arguments
+from .inputs import add_fit_arguments, add_input_arguments, input_options
 
 
 def register(subparsers) -> None:
@@ -17,8 +17,7 @@ def register(subparsers) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_input_arguments(p, optional_input=True)
     p.add_argument("-o", "--output", required=True, metavar="REPORT_DIR", help="directory for the report")
-    p.add_argument("--bootstrap", type=int, default=300, metavar="B",
-                   help="bootstrap replicates per task (0 turns the bootstrap off)")
+    add_fit_arguments(p, bootstrap_default=300)
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and the sensitivity draws")
     p.add_argument("--axis-scale", default="linear", choices=("linear", "logit", "neglog1m"),
                    help="axis scaling of the DS-vs-US plots (neglog1m is -log(1 - p)); fits are always on 0-1 "
@@ -58,7 +57,8 @@ def run(args) -> int:
         path = run_study(args.input, args.output, us=args.us, ds=args.ds, n_boot=args.bootstrap, seed=args.seed,
                          axis_scale=args.axis_scale, input_scale=args.input_scale, overlay=args.overlay,
                          sensitivity=not args.no_sensitivity, sensitivity_trials=args.trials, loader=args.loader,
-                         layer=args.layer, progress=progress, on_result=on_result)
+                         layer=args.layer, ci_source=args.ci_source, tail=args.tail, progress=progress,
+                         on_result=on_result, **input_options(args))
     finally:
         if bar is not None:
             bar.close()

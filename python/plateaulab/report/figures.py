@@ -16,10 +16,10 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from ..analysis.groups import shots_order  # noqa: E402
-from .text import saturation_text, shots_tick  # noqa: E402
+from .text import saturation_text, shots_tick, status  # noqa: E402
 
-COLORS = {"points": "#6b8fb5", "hull": "#1f3b63", "fit_hull": "#c0392b", "fit_all": "#555555",
-          "band": "#e6a19a", "sat": "#c0392b", "overlay": "#d62728"}
+COLORS = {"points": "#6b8fb5", "hull": "#1f3b63", "fit_hull": "#c0392b", "fit_all": "#3d8a7a",
+          "band": "#e6a19a", "sat": "#c0392b", "overlay": "#d62728", "unidentified": "#8c8c8c"}
 SCALE_LABEL = {"linear": "{}", "logit": "logit({})", "neglog1m": "-log(1 - {})"}
 
 plt.rcParams.update({"font.size": 9, "axes.titlesize": 9, "axes.labelsize": 9, "legend.fontsize": 9,
@@ -33,6 +33,19 @@ def _scale(p, scale: str):
     from ..analysis import scale_accuracy
 
     return np.asarray(scale_accuracy(np.clip(p, 1e-6, 1 - 1e-6), scale), dtype=float)
+
+
+def _dense(us, ds, per_edge: int = 40):
+    """A polyline through the points (us, ds), sampled densely along each edge in accuracy space: the hull's
+    edges are straight in accuracy space (mixtures of two models), so on a logit or -log(1 - p) axis they are
+    curves, and drawing straight lines between transformed vertices would misplace them."""
+    us, ds = np.asarray(us, dtype=float), np.asarray(ds, dtype=float)
+    if us.size < 2:
+        return us, ds
+    t = np.linspace(0.0, 1.0, per_edge, endpoint=False)
+    xs = np.concatenate([us[i] + t * (us[i + 1] - us[i]) for i in range(us.size - 1)] + [us[-1:]])
+    ys = np.concatenate([ds[i] + t * (ds[i + 1] - ds[i]) for i in range(ds.size - 1)] + [ds[-1:]])
+    return xs, ys
 
 
 def _grid_shape(n: int, max_cols: int = 4) -> tuple[int, int]:
@@ -100,46 +113,84 @@ def _curve_grid(r, scale: str) -> np.ndarray:
                                      1.0 - np.geomspace(1.0 - hi, 1.0 - lo, 100)]))
 
 
+def _panel_title(r) -> str:
+    """The group's label, then its saturation and interval, or why the data do not identify it."""
+    text = status(r)
+    if r.fit_hull.identifiable.get("saturation", False):
+        second = "sat. " + saturation_text(r) + ("" if r.fit_hull.identified else " (alpha or k not identified)")
+    else:
+        second = _wrap(text, 46)
+    if r.band_excludes_curve:
+        second += "\ncurve leaves its band"
+    return f"{_wrap(r.label, 34)}\n{second}"
+
+
+def _draw_hull(ax, r, scale: str) -> None:
+    """The upper hull: the rising part the fit uses, solid, and the descending tail, dotted."""
+    h = r.hull
+    used = len(r.fit_hull.fit_indices) if r.fit_hull.on == "hull" and not r.fit_hull.tail else len(h)
+    xs, ys = _dense(r.us[h[:used]], r.ds[h[:used]])
+    ax.plot(_scale(xs, scale), _scale(ys, scale), "-", color=COLORS["hull"], lw=1.0, label="upper hull (fitted part)")
+    ax.plot(_scale(r.us[h[:used]], scale), _scale(r.ds[h[:used]], scale), "o", color=COLORS["hull"], ms=3.5)
+    if used < len(h):
+        xs, ys = _dense(r.us[h[used - 1:]], r.ds[h[used - 1:]])
+        ax.plot(_scale(xs, scale), _scale(ys, scale), ":", color=COLORS["hull"], lw=1.0,
+                label="hull's descending tail (not fitted)")
+
+
+def _draw_fit(ax, r, grid, scale: str) -> None:
+    f = r.fit_hull
+    if not np.isfinite(f.k):
+        return
+    if f.identifiable.get("saturation", False):
+        ax.plot(_scale(grid, scale), _scale(f.predict(grid), scale), "-", color=COLORS["fit_hull"], lw=1.6,
+                label="eq. (1) fit on the hull")
+        ax.axhline(_scale(np.array([f.saturation]), scale)[0], color=COLORS["sat"], ls=":", lw=1.3,
+                   label="saturation 1 - e_IR")
+    else:
+        ax.plot(_scale(grid, scale), _scale(f.predict(grid), scale), "--", color=COLORS["unidentified"], lw=1.4,
+                label="eq. (1) fit, saturation not identified")
+
+
+def _y_limits(ax, r, y_pts, scale: str) -> None:
+    ylo, yhi = float(np.min(y_pts)), float(np.max(y_pts))
+    sat_y = float(_scale(np.array([r.fit_hull.saturation]), scale)[0])
+    # On logit-type axes a saturation of ~1 lies near infinity: keep the axes on the data then (the
+    # value is in the panel title).
+    if np.isfinite(sat_y) and (scale == "linear" or sat_y <= yhi + 0.5 * (yhi - ylo)):
+        ylo, yhi = min(ylo, sat_y), max(yhi, sat_y)
+    pad = 0.06 * (yhi - ylo) + 1e-3
+    ax.set_ylim(ylo - pad, yhi + pad)
+
+
 def saturation_grid(groups, us_name: str, scale: str = "linear", planted: dict | None = None):
-    """Figure 1: per (DS task, shots) the points, the upper hull, eq. (1) fitted on the hull and on all
-    points, the bootstrap band and the saturation line 1 - e_IR."""
+    """Figure 1: per (DS task, shots) the points, the upper hull (the fitted rising part solid, the tail
+    dotted), eq. (1) fitted on the hull (grey dashed when the data do not identify the saturation) and on all
+    points, the band of the primary interval and the saturation line 1 - e_IR."""
     fig, axes, panels = _panel_axes(groups, width=3.3, height=3.1, extra_top=0.9)
     for ax, r in zip(panels, groups):
-        f = r.fit_hull
         x_pts, y_pts = _scale(r.us, scale), _scale(r.ds, scale)
         grid = _curve_grid(r, scale)
-        if r.band is not None:
+        if r.band is not None and r.fit_hull.identifiable.get("saturation", False):
             bg, blo, bhi = r.band
             keep = (bg >= grid[0] - 1e-12) & (bg <= grid[-1] + 1e-12)
             ax.fill_between(_scale(bg[keep], scale), _scale(blo[keep], scale), _scale(bhi[keep], scale),
-                            color=COLORS["band"], alpha=0.45, lw=0, label="95% bootstrap band (hull fit)")
+                            color=COLORS["band"], alpha=0.45, lw=0, label="95% band of the hull fit")
         ax.scatter(x_pts, y_pts, s=9, color=COLORS["points"], alpha=0.7, lw=0, label="models")
-        h = r.hull
-        ax.plot(x_pts[h], y_pts[h], "-o", color=COLORS["hull"], ms=3.5, lw=1.0, label="upper hull")
+        _draw_hull(ax, r, scale)
         if r.fit_all is not None and np.isfinite(r.fit_all.k):
-            ax.plot(_scale(grid, scale), _scale(r.fit_all.predict(grid), scale), "--", color=COLORS["fit_all"],
-                    lw=1.1, label="eq. (1) fit on all points")
-        if np.isfinite(f.k):
-            ax.plot(_scale(grid, scale), _scale(f.predict(grid), scale), "-", color=COLORS["fit_hull"], lw=1.6,
-                    label="eq. (1) fit on hull")
-            ax.axhline(_scale(np.array([f.saturation]), scale)[0], color=COLORS["sat"], ls=":", lw=1.3,
-                       label="saturation 1 - e_IR")
+            ax.plot(_scale(grid, scale), _scale(r.fit_all.predict(grid), scale), "-.", color=COLORS["fit_all"],
+                    lw=1.0, alpha=0.8, label="eq. (1) fit on all points")
+        _draw_fit(ax, r, grid, scale)
         if planted and r.task in planted:
             ax.axhline(_scale(np.array([planted[r.task]]), scale)[0], color="#2ca02c", ls="-.", lw=1.2,
                        label="planted saturation")
-        sat = "sat. " + saturation_text(r)
-        ax.set_title(f"{_wrap(r.label, 34)}\n{sat}", fontsize=9.5)
+        ax.set_title(_panel_title(r), fontsize=8.5,
+                     color="black" if r.fit_hull.identifiable.get("saturation", False) else "#6b6b6b")
         ax.grid(alpha=0.25, lw=0.5)
         if scale == "linear":
             ax.set_xlim(grid[0], 1.0)
-        ylo, yhi = float(np.min(y_pts)), float(np.max(y_pts))
-        sat_y = float(_scale(np.array([f.saturation]), scale)[0])
-        # On logit-type axes a saturation of ~1 lies near infinity: keep the axes on the data then (the
-        # value is in the panel title).
-        if np.isfinite(sat_y) and (scale == "linear" or sat_y <= yhi + 0.5 * (yhi - ylo)):
-            ylo, yhi = min(ylo, sat_y), max(yhi, sat_y)
-        pad = 0.06 * (yhi - ylo) + 1e-3
-        ax.set_ylim(ylo - pad, yhi + pad)
+        _y_limits(ax, r, y_pts, scale)
     _shared_legend(fig, panels)
     _label_panels(fig, axes, panels, us_name, scale)
     top = 1.0 - 0.75 / fig.get_figheight()
@@ -267,12 +318,14 @@ def hull_overlay_grid(groups, ref: str, us_name: str, scale: str = "linear"):
         ax.scatter(_scale(r.us, scale), _scale(r.ds, scale), s=8, color=COLORS["points"], alpha=0.7, lw=0,
                    label=f"task's models")
         h = r.hull
-        ax.plot(_scale(r.us[h], scale), _scale(r.ds[h], scale), "-", color=COLORS["hull"], lw=1.0,
-                label="task's upper hull")
+        xs, ys = _dense(r.us[h], r.ds[h])
+        ax.plot(_scale(xs, scale), _scale(ys, scale), "-", color=COLORS["hull"], lw=1.0, label="task's upper hull")
         if ref_r is not None:
             hu, hd = hull_overlay(ref_r.us, ref_r.ds)
-            ax.plot(_scale(hu, scale), _scale(hd, scale), "-o", color=COLORS["overlay"], ms=3, lw=1.4,
-                    label=f"upper hull of {ref}")
+            xs, ys = _dense(hu, hd)
+            ax.plot(_scale(xs, scale), _scale(ys, scale), "-", color=COLORS["overlay"], lw=1.4,
+                    label=f"upper hull of {ref} (its own DS accuracy)")
+            ax.plot(_scale(hu, scale), _scale(hd, scale), "o", color=COLORS["overlay"], ms=3)
         ax.set_title(_wrap(r.label, 34), fontsize=8.5)
         ax.grid(alpha=0.25, lw=0.5)
     _shared_legend(fig, panels)

@@ -15,7 +15,7 @@ import pandas as pd
 from . import figures as F
 from . import html as H
 from . import tables as T
-from .text import SCALE_NAMES, shots_text, shots_tick, summary_sentence, ranked
+from .text import SCALE_NAMES, identified_count, ranked, shots_text, shots_tick, summary_sentence
 
 
 @dataclasses.dataclass
@@ -65,8 +65,11 @@ def not_analysed(page: Page) -> list[str]:
 def summary(page: Page) -> list[str]:
     groups = page.res.groups
     out = ["<h2>Summary per task</h2>",
-           "<p>Saturation value with its 95% bootstrap percentile interval, the number of upper-hull points "
-           "the fit rests on, and how far the plateau lies above the best model observed.</p>"]
+           f"<p><b>{H.esc(identified_count(groups))}</b> A saturation counts as identified when its profile "
+           "interval stays inside [0, 1] (docs/ANALYSIS.md); the others are listed after the ranking with the "
+           "reason, and their fitted numbers are not findings. Each saturation is given with its primary 95% "
+           "interval (measurement noise where the test-set sizes are known, else the model bootstrap), the number "
+           "of models the fit rests on, and how far the plateau lies above the best model observed.</p>"]
     if page.planted:
         planted = T.planted_table(groups, page.planted)
         if not planted.empty:
@@ -75,7 +78,9 @@ def summary(page: Page) -> list[str]:
                        "construction. Recovered against planted:</p>" + H.table(planted, text_cols=("ds_task",)))
     page.art.table("summary", T.summary_table(groups))
     out.append('<ul class="summary">')
-    out += [f"<li><b>{H.esc(r.label)}</b>: {H.esc(summary_sentence(r))}</li>" for r in ranked(groups)]
+    for r in ranked(groups):
+        cls = "" if r.fit_hull.identifiable.get("saturation", False) else ' class="warn"'
+        out.append(f"<li{cls}><b>{H.esc(r.label)}</b>: {H.esc(summary_sentence(r))}</li>")
     out.append("</ul>")
     return out
 
@@ -83,9 +88,12 @@ def summary(page: Page) -> list[str]:
 def saturation_figure(page: Page) -> list[str]:
     png = page.art.figure("fig1_saturation_grid", F.saturation_grid(page.res.groups, page.source.table.us_name,
                                                                     page.axis_scale, page.planted))
-    caption = ("Each panel: the models (dots), their upper convex hull (dark line), eq. (1) fitted on the hull "
-               "(red) with its 95% pointwise bootstrap band (shaded), eq. (1) fitted on all points (grey "
-               "dashed), and the saturation line 1 &minus; e_IR (red dotted)."
+    caption = ("Each panel: the models (dots); their upper convex hull, solid up to its highest vertex (the part the fit "
+               "uses) and dotted after it; eq. (1) fitted on that rising hull (red) with the 95% pointwise band of its "
+               "primary interval (shaded), or dashed grey with the reason in the title when the data do not identify "
+               "the saturation; eq. (1) fitted on all points (green dash-dot); and the saturation line 1 &minus; e_IR "
+               "(red dotted). Hull edges and curves are drawn in accuracy space, so on logit or -log(1 - p) axes "
+               "they bend."
                + (" Green dash-dots: the saturation planted by construction." if page.planted else ""))
     return ["<h2>DS accuracy against US accuracy (Figure 1)</h2>", H.figure(png, caption, "Figure 1 grid")]
 
@@ -98,13 +106,34 @@ def parameters(page: Page) -> list[str]:
         page.art.table("fits_all_points", fits_all)
     page.art.table("points", T.points_table(page.res))
     return ["<h2>Parameters of eq. (1) per task</h2>",
-            "<p>Fitted on the upper hull (variable projection; global optimum over alpha). Intervals are 2.5/97.5 "
-            "bootstrap percentiles: models are resampled with replacement and the hull is recomputed for every "
-            "replicate. The hull is an extreme-value statistic, for which the plain n-out-of-n bootstrap is "
-            "known to be inconsistent (Bickel &amp; Sakov): read the intervals as indicative. A fit on three "
-            "or fewer distinct hull points is not identified; it is flagged.</p>",
+            "<p>Fitted on the rising part of the upper hull, from its leftmost vertex to its highest one (eq. (1) "
+            "is monotone; the descending tail is drawn dotted and not fitted), by variable projection with the "
+            "global optimum over alpha. <b>identified</b>: whether the profile of the least-squares objective pins "
+            "down each parameter (a profile interval that reaches a bound means the data cannot tell). Intervals "
+            "are 95% percentile intervals of one of two bootstraps, named in the <b>interval</b> column: "
+            "<i>noise</i> redraws every accuracy from its test-set size (the uncertainty for these models), "
+            "<i>models</i> resamples the models (another set of models; the hull is an extreme-value statistic, "
+            "for which the n-out-of-n bootstrap is inconsistent, Bickel &amp; Sakov). Both are in "
+            "<code>tables/parameters.csv</code>.</p>",
             H.table(T.display_parameters(params), text_cols=("DS task", "flags"), flag_col="flags",
                     nowrap_cols=("alpha [95% CI]", "saturation [95% CI]", "sse"))]
+
+
+def influence(page: Page) -> list[str]:
+    table = T.influence_table(page.res.groups)
+    if table.empty:
+        return []
+    page.art.table("influence", table)
+    worst = (table.assign(abs_delta=table["delta"].abs()).sort_values("abs_delta", ascending=False)
+             .groupby(["ds_task"] + (["shots"] if "shots" in table else []), sort=False).head(1))
+    view = worst[[c for c in ("ds_task", "shots", "saturation", "model", "saturation_without", "delta")
+                  if c in worst]].rename(columns={"model": "most influential model"})
+    return ["<h2>How much each fit rests on one model</h2>",
+            "<p>Per task, the fitted hull vertex whose removal moves the saturation most: the saturation refitted "
+            "without that model (the hull is recomputed). Every model counts in the fits above, as in the paper; "
+            "leaving models out is the reader's decision (<code>min_us</code>, <code>exclude</code>). All vertices "
+            "are in <code>tables/influence.csv</code>.</p>",
+            H.table(view, text_cols=("ds_task", "most influential model"), digits=3)]
 
 
 def prediction_power(page: Page) -> list[str]:
@@ -130,10 +159,13 @@ def sensitivity(page: Page) -> list[str]:
         return []
     page.art.table("sensitivity", sens)
     png = page.art.figure("fig3_sensitivity", F.sensitivity_plot(sens))
-    caption = ("Models are split by US accuracy at its 0.75 quantile. n models are drawn from the lower range (10 "
-               "trials per n); eq. (1) is fitted to their hull or to all of them. Fitting error: mean squared error "
-               "on the points used; prediction error: on the held-out high-US models. Thin lines: single tasks "
-               "(values below 1e-7, exact interpolation of a short hull, are drawn at 1e-7); thick: mean over tasks.")
+    caption = ("Models are split by US accuracy at its 0.75 quantile. n models are drawn from the lower range; eq. (1) "
+               "is fitted to their rising hull or to all of them. Fitting error: mean squared error on the points "
+               "used. Prediction error: each mode against what it claims to predict, the hull fit against the rising "
+               "hull of the held-out high-US models (the frontier), the all-points fit against every held-out model "
+               "(the average model); docs/ANALYSIS.md discusses the paper's ambiguous wording. Thin lines: single "
+               "tasks (values below 1e-7, exact interpolation of a short hull, are drawn at 1e-7); thick: mean over "
+               "tasks.")
     return ["<h2>Sensitivity to the number of models (Figure 3)</h2>", H.figure(png, caption, "Figure 3 sensitivity")]
 
 
@@ -181,9 +213,11 @@ def overlay(page: Page) -> list[str]:
         return []
     png = page.art.figure("fig5_hull_overlay", F.hull_overlay_grid(page.res.groups, ref, page.source.table.us_name,
                                                                    page.axis_scale))
-    caption = (f"Red: the upper hull of {H.esc(ref)} (the DS task whose ranking agrees most with US accuracy "
-               "unless chosen with the overlay option) drawn on each task's points. Where the red hull lies above a "
-               "task's own hull, the models best on the reference are not the best on that task.")
+    caption = (f"Red: the upper hull of {H.esc(ref)}'s own DS-vs-US points ({H.esc(ref)} accuracy on the y axis; "
+               "the DS task whose ranking agrees most with US accuracy unless another is chosen), drawn on each "
+               "task's axes over that task's models and hull (dark). It compares accuracy levels: where the two hulls "
+               f"are close, the best accuracy reachable on that task at a given US accuracy is about the best "
+               f"reachable on {H.esc(ref)}. It does not show which models are best on which task.")
     return [f"<h2>Hull of {H.esc(ref)} over every task (Figure 5)</h2>", H.figure(png, caption, "Figure 5 hull overlay")]
 
 
@@ -226,5 +260,5 @@ def files(page: Page) -> list[str]:
 
 
 #: The page, top to bottom.
-SECTIONS = (header, not_analysed, summary, saturation_figure, parameters, prediction_power, sensitivity, shots,
-            spearman, overlay, layers, files)
+SECTIONS = (header, not_analysed, summary, saturation_figure, parameters, influence, prediction_power, sensitivity,
+            shots, spearman, overlay, layers, files)

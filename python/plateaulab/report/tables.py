@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..analysis.records import fit_record
 from . import html as H
-from .text import flags, ranked, summary_sentence
+from .text import flags, ranked, status, summary_sentence
 
 PARAMS = ("k", "alpha", "e_ir", "saturation")
 
@@ -20,8 +19,7 @@ def _drop_empty_shots(df: pd.DataFrame) -> pd.DataFrame:
 
 def fit_records(res) -> list[dict]:
     """fits.json: one record per group, in the groups' order (analysis.records's schema)."""
-    extra = {} if res.source.layer_rule is None else {"layer": res.source.layer_rule}
-    return [fit_record(r.fit_hull, task=r.task, shots=r.shots, boot=r.boot, extra=extra) for r in res.groups]
+    return [r.record for r in res.groups]
 
 
 def parameter_table(groups: list) -> pd.DataFrame:
@@ -29,18 +27,27 @@ def parameter_table(groups: list) -> pd.DataFrame:
     for r in groups:
         f = r.fit_hull
         row = {"ds_task": r.task, "shots": r.shots, "n_models": len(r.us), "hull_points": int(f.hull_points),
-               "k": f.k, "alpha": f.alpha, "e_ir": f.e_ir, "saturation": f.saturation, "sse": f.sse,
-               "identified": bool(f.identified)}
-        if r.boot is not None:
+               "fit_points": int(f.n_points), "k": f.k, "alpha": f.alpha, "e_ir": f.e_ir, "saturation": f.saturation,
+               "sse": f.sse, "identified": bool(f.identified)}
+        row.update({f"{p}_identified": bool(v) for p, v in f.identifiable.items()})
+        row["status"] = status(r)
+        ci = r.record.get("ci")
+        if ci:
+            row["ci_source"] = r.ci_source
             for p in PARAMS:
-                lo, hi = r.boot.ci.get(p, (np.nan, np.nan))
-                row[f"{p}_lo"], row[f"{p}_hi"] = float(lo), float(hi)
-            row["boot_n"], row["boot_failed"] = int(r.boot.n_boot), int(r.boot.n_failed)
-            row["boot_on_bound"], row["boot_unidentified"] = int(r.boot.n_on_bound), int(r.boot.n_unidentified)
+                lo, hi = ci.get(p, (None, None))
+                row[f"{p}_lo"] = np.nan if lo is None else float(lo)
+                row[f"{p}_hi"] = np.nan if hi is None else float(hi)
+        for name, res_ in (("noise", r.noise), ("boot", r.boot)):
+            if res_ is not None:
+                lo, hi = res_.ci["saturation"]
+                row[f"saturation_{name}_lo"], row[f"saturation_{name}_hi"] = float(lo), float(hi)
+                row[f"{name}_n"], row[f"{name}_failed"] = int(res_.n_boot), int(res_.n_failed)
         if r.fit_all is not None:
             row["saturation_all_points"] = r.fit_all.saturation
             row["alpha_all_points"] = r.fit_all.alpha
         row["best_ds"] = float(np.max(r.ds))
+        row["hull_models"] = "; ".join(r.record.get("hull_models", []))
         row["flags"] = "; ".join(flags(r))
         row["summary"] = summary_sentence(r)
         rows.append(row)
@@ -50,8 +57,23 @@ def parameter_table(groups: list) -> pd.DataFrame:
 def summary_table(groups: list) -> pd.DataFrame:
     """The per-task summary in the order of the report (ranked): what stdout and the HTML list."""
     return pd.DataFrame([{"label": r.label, "ds_task": r.task, "shots": r.shots, "summary": summary_sentence(r),
-                          "saturation": r.fit_hull.saturation, "identified": bool(r.fit_hull.identified)}
+                          "saturation": r.fit_hull.saturation, "identified": bool(r.fit_hull.identified),
+                          "saturation_identified": bool(r.fit_hull.identifiable.get("saturation", False))}
                          for r in ranked(groups)])
+
+
+def influence_table(groups: list) -> pd.DataFrame:
+    """Per group and fitted vertex: the saturation refitted without that model."""
+    frames = []
+    for r in groups:
+        if r.influence is None or r.influence.empty:
+            continue
+        df = r.influence.copy()
+        df.insert(0, "ds_task", r.task)
+        df.insert(1, "shots", r.shots)
+        df.insert(2, "saturation", r.fit_hull.saturation)
+        frames.append(df)
+    return _drop_empty_shots(pd.concat(frames, ignore_index=True)) if frames else pd.DataFrame()
 
 
 def fits_all_table(groups: list) -> pd.DataFrame:
@@ -97,9 +119,7 @@ def planted_table(groups: list, planted: dict) -> pd.DataFrame:
     for r in groups:
         if r.task not in planted:
             continue
-        lo, hi = (np.nan, np.nan)
-        if r.boot is not None and "saturation" in r.boot.ci:
-            lo, hi = r.boot.ci["saturation"]
+        lo, hi = r.interval if r.interval is not None else (np.nan, np.nan)
         p = planted[r.task]
         rows.append({"ds_task": r.task, "shots": "" if r.shots is None else f"{r.shots:g}", "planted saturation": p,
                      "fitted saturation": r.fit_hull.saturation, "ci_lo": lo, "ci_hi": hi,
@@ -134,9 +154,10 @@ def display_parameters(params: pd.DataFrame) -> pd.DataFrame:
         row = {"DS task": r["ds_task"]}
         if "shots" in r:
             row["shots"] = H.fmt(r["shots"], 0) if r["shots"] is not None else ""
-        row.update({"models": r["n_models"], "hull pts": r["hull_points"], "k": r["k"],
+        row.update({"models": r["n_models"], "fit pts": r["fit_points"], "k": r["k"],
                     "alpha [95% CI]": _ci_text(r, "alpha", 2), "e_IR": r["e_ir"],
-                    "saturation [95% CI]": _ci_text(r, "saturation", 3)})
+                    "saturation [95% CI]": _ci_text(r, "saturation", 3), "interval": r.get("ci_source", ""),
+                    "identified": r["status"]})
         if "saturation_all_points" in r:
             row["sat. (fit on all)"] = r["saturation_all_points"]
         row.update({"best DS": r["best_ds"], "sse": r["sse"], "flags": r["flags"]})

@@ -7,7 +7,8 @@ import numpy as np
 
 from ..analysis.groups import shots_order, shots_text
 
-__all__ = ["flags", "saturation_text", "summary_sentence", "ranked", "SCALE_NAMES", "shots_text", "shots_tick"]
+__all__ = ["flags", "saturation_text", "summary_sentence", "ranked", "status", "identified_count", "SCALE_NAMES",
+           "shots_text", "shots_tick"]
 
 SCALE_NAMES = {"linear": "linear", "logit": "logit", "neglog1m": "-log(1 - p)"}
 
@@ -19,49 +20,49 @@ def shots_tick(s) -> str:
 
 
 def flags(r) -> list[str]:
-    """Plain warnings about one group's fit: identification, parameters on bounds, bootstrap failures."""
-    out = []
-    f = r.fit_hull
-    if not bool(f.identified):
-        if int(getattr(f, "n_distinct", f.hull_points)) <= 3 or int(f.hull_points) <= 3:
-            out.append(f"not identified: hull has {int(f.hull_points)} points")
-        else:
-            out.append("not identified: k = 0 (a flat line; alpha has no effect)")
-    for p in list(f.on_bound or []):
-        out.append(f"{'e_IR' if p == 'e_ir' else p} on bound")
-    if not bool(getattr(f, "success", True)):
-        out.append(f"fit failed: {getattr(f, 'message', '')}".strip())
-    b = r.boot
-    if b is not None and b.n_boot:
-        share_fail = b.n_failed / b.n_boot
-        share_bound = b.n_on_bound / b.n_boot
-        if share_fail > 0.05:
-            out.append(f"{share_fail:.0%} of bootstrap fits failed")
-        if share_bound > 0.25:
-            out.append(f"{share_bound:.0%} of bootstrap fits on a bound")
-    return out
+    """The group's flags: the short sentences of its fit record (analysis.records), the same in fits.json,
+    the tables, the figures and the summary."""
+    return r.flags
+
+
+SOURCE_WORDS = {"noise": "measurement noise", "models": "model bootstrap"}
 
 
 def saturation_text(r) -> str:
-    """'0.78 [0.74, 0.81]': the saturation and its CI, with a third decimal when the CI is narrower than
-    0.02 (two decimals would print [0.65, 0.65])."""
+    """'0.78 [0.74, 0.81]': the saturation and its primary interval, with a third decimal when the interval
+    is narrower than 0.02 (two decimals would print [0.65, 0.65])."""
     sat = r.fit_hull.saturation
-    lo = hi = None
-    if r.boot is not None and "saturation" in r.boot.ci:
-        lo, hi = r.boot.ci["saturation"]
-        if not (np.isfinite(lo) and np.isfinite(hi)):
-            lo = hi = None
-    d = 3 if lo is not None and hi - lo < 0.02 else 2
+    ci = r.interval
+    if ci is not None and not all(np.isfinite(ci)):
+        ci = None
+    d = 3 if ci is not None and ci[1] - ci[0] < 0.02 else 2
     text = f"{sat:.{d}f}"
-    if lo is not None:
-        text += f" [{lo:.{d}f}, {hi:.{d}f}]"
+    if ci is not None:
+        text += f" [{ci[0]:.{d}f}, {ci[1]:.{d}f}]"
     return text
+
+
+def status(r) -> str:
+    """'identified', or 'not identified: <first reason>' (figure titles and tables)."""
+    f = r.fit_hull
+    if f.identified:
+        return "identified"
+    if not f.identifiable.get("saturation", False):
+        reason = next((x for x in r.flags if "not identified" in x), "")
+        return "not identified: " + (reason.split(": ", 1)[-1] if reason else "see flags")
+    reason = next((x for x in r.flags if "not identified" in x), "")
+    return "saturation identified, " + (reason or "other parameters not identified")
 
 
 def summary_sentence(r) -> str:
     f = r.fit_hull
-    text = f"saturates at {saturation_text(r)}"
-    text += f"; {int(f.hull_points)} hull points of {len(r.us)} models"
+    if not f.identifiable.get("saturation", False):
+        text = f"saturation not identified (fit gives {saturation_text(r)})"
+    else:
+        text = f"saturates at {saturation_text(r)}"
+        if r.ci_source:
+            text += f" ({SOURCE_WORDS[r.ci_source]})"
+    text += f"; the fit rests on {int(f.n_points)} of {len(r.us)} models ({int(f.hull_points)} hull points)"
     best = float(np.max(r.ds))
     gap = f.saturation - best
     if gap < -0.01:
@@ -76,10 +77,18 @@ def summary_sentence(r) -> str:
     return text
 
 
+def identified_count(groups) -> str:
+    n = sum(bool(r.fit_hull.identifiable.get("saturation", False)) for r in groups)
+    return f"The data identify the saturation of {n} of {len(groups)} task{'s' if len(groups) != 1 else ''}."
+
+
 def ranked(groups: list) -> list:
-    """The order in which tasks are listed: with several shot counts, each task's shots together and in
-    order; with one point set per task, the highest plateau first."""
+    """The order in which tasks are listed, here and on stdout: with several shot counts, each task's shots
+    together and in order; with one point set per task, the tasks whose saturation is identified first,
+    highest plateau first, then the others (their numbers are no finding, so they are not ranked)."""
     if any(r.shots is not None for r in groups):
         order = {t: i for i, t in enumerate(dict.fromkeys(r.task for r in groups))}
         return sorted(groups, key=lambda r: (order[r.task], shots_order(r.shots)))
-    return sorted(groups, key=lambda r: (-r.fit_hull.saturation, r.task))
+    ident = [r for r in groups if r.fit_hull.identifiable.get("saturation", False)]
+    rest = [r for r in groups if not r.fit_hull.identifiable.get("saturation", False)]
+    return sorted(ident, key=lambda r: (-r.fit_hull.saturation, r.task)) + rest
