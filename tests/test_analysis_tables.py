@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from plateaulab.analysis.sources import read_source
 from plateaulab.analysis import AccuracyTable, load_clip_benchmark, load_model_soups, load_openclip, load_table
 from plateaulab.errors import InputError
 from conftest import DATA
@@ -141,7 +142,9 @@ def test_probe_run_directory(tmp_path):
     pd.DataFrame({"checkpoint": ["c0", "c1", "c2"], "upstream_accuracy": [0.5, 0.6, 0.7]}).to_parquet(
         tmp_path / "checkpoints.parquet")
     (tmp_path / "manifest.json").write_text('{"format": "plateaulab-probe-run", "complete": true}')
-    t = load_table(tmp_path)
+    t = read_source(tmp_path).table      # one reader of run directories (analysis.runs)
+    with pytest.raises(InputError, match="read_source"):
+        load_table(tmp_path)
     assert t.us_name == "upstream_accuracy" and t.ds_tasks == ["pets"]
     got = t.long.sort_values("model")
     np.testing.assert_allclose(got["ds"], [0.25 + 0.1 + 0.005, 0.3 + 0.1 + 0.005, 0.35 + 0.1 + 0.005])

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
+from .names import match_name
 
 __all__ = ["AccuracyTable"]
 
@@ -59,8 +60,6 @@ class AccuracyTable:
     def pair(self, ds_task: str, shots=None) -> tuple[np.ndarray, np.ndarray]:
         """(us, ds) accuracy arrays of one DS task (and one shots value when the table has several)."""
         if ds_task not in self.ds_tasks:
-            from .tables import match_name   # names match ignoring case and surrounding spaces
-
             ds_task = match_name(ds_task, self.ds_tasks, what="DS task", where=self.source or "the table",
                                  param="ds_task", label="DS task")
         rows = self.long[self.long["ds_task"] == ds_task]

@@ -24,7 +24,6 @@ end; timm's results folder is read by :mod:`plateaulab.analysis.timm_results`.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 from pathlib import Path
 from typing import Optional, Sequence
@@ -34,6 +33,7 @@ import pandas as pd
 
 from ..errors import InputError
 from .accuracy import AccuracyTable
+from .names import _as_list, _close, _fold, _listing, _try_match, match_name, match_names  # noqa: F401
 
 __all__ = ["AccuracyTable", "load_table", "load_openclip", "load_clip_benchmark", "load_model_soups",
            "OPENCLIP_US", "OPENCLIP_NOT_CLASSIFICATION", "parse_scale", "match_name", "match_names",
@@ -95,69 +95,6 @@ def read_frame(source, fmt: Optional[str] = None) -> tuple[pd.DataFrame, str]:
 
 # --- names ------------------------------------------------------------------------------------------------------
 
-def _fold(name) -> str:
-    return str(name).strip().casefold()
-
-
-def _listing(names, limit: int = 40) -> str:
-    names = [str(n) for n in names]
-    more = len(names) - limit
-    return ", ".join(names[:limit]) + (f", ... ({more} more)" if more > 0 else "")
-
-
-def _try_match(name, known: list, *, what: str, where: str, param: Optional[str]):
-    """The element of ``known`` that ``name`` names exactly, else the one it names ignoring case and
-    surrounding spaces, else None. Several of the latter is an error."""
-    for k in known:
-        if k == name or str(k) == str(name):
-            return k
-    hits = [k for k in known if _fold(k) == _fold(name)]
-    if len(hits) > 1:
-        raise InputError(f"{{param}} names {name!r}, which matches several {what}s of {where} once case and "
-                         f"surrounding spaces are ignored ({', '.join(map(repr, hits))}); give the exact name",
-                         param=param)
-    return hits[0] if hits else None
-
-
-def _close(name, known: list) -> list:
-    folded = {}
-    for k in known:
-        folded.setdefault(_fold(k), k)
-    return [folded[c] for c in difflib.get_close_matches(_fold(name), list(folded), n=3, cutoff=0.6)]
-
-
-def match_names(names, known, *, what: str = "column", where: str = "the table", param: Optional[str] = None,
-                label: Optional[str] = None) -> list:
-    """The elements of ``known`` that ``names`` name (exactly, else ignoring case and surrounding spaces), in
-    the order given, without repeats. Unknown names are one InputError listing them with "did you mean"
-    suggestions and the known names."""
-    known = list(known)
-    out, unknown = [], []
-    for n in names:
-        hit = _try_match(n, known, what=what, where=where, param=param)
-        if hit is None:
-            unknown.append(n)
-        elif hit not in out:
-            out.append(hit)
-    if unknown:
-        hints = []
-        for u in unknown:
-            close = _close(u, known)
-            if close:
-                hints.append(f"{', '.join(map(repr, close))}" + (f" for {u!r}" if len(unknown) > 1 else ""))
-        hint = f" (did you mean {'; '.join(hints)}?)" if hints else ""
-        label = label or f"{what}(s)"
-        raise InputError(f"{{param}} names unknown {label} {', '.join(map(repr, unknown))} of {where}{hint}; "
-                         f"known {what}s: {_listing(known)}", param=param)
-    return out
-
-
-def match_name(name, known, *, what: str = "column", where: str = "the table", param: Optional[str] = None,
-               label: Optional[str] = None):
-    """The element of ``known`` that ``name`` names; see :func:`match_names`."""
-    return match_names([name], known, what=what, where=where, param=param, label=label)[0]
-
-
 def _find(df: pd.DataFrame, candidates) -> Optional[str]:
     """The first column named like one of the candidates (ignoring case and surrounding spaces)."""
     for cand in candidates:
@@ -175,14 +112,6 @@ def _pick(df: pd.DataFrame, given, candidates, what: str, src: str, param: str, 
         raise InputError(f"no {what} column found in {src} (looked for {', '.join(candidates)}); name it with "
                          f"{{param}}. Known columns: {_listing(df.columns)}", param=param)
     return found
-
-
-def _as_list(v) -> Optional[list]:
-    if v is None:
-        return None
-    if isinstance(v, str):
-        return [s.strip() for s in v.split(",") if s.strip()]
-    return list(v)
 
 
 # --- values -----------------------------------------------------------------------------------------------------
@@ -574,9 +503,8 @@ def load_table(source, *, id=None, us: Optional[str] = None, ds=None, shots_col:
                model_col=None) -> AccuracyTable:
     """Load an accuracy table.
 
-    source: DataFrame, a path (csv/tsv/parquet/json/jsonl, by extension or ``format=``), a probe run
-    directory (results.parquet + checkpoints.parquet) or a timm results folder (results-*.csv, read by
-    :func:`~plateaulab.analysis.timm_results.load_timm_results`).
+    source: DataFrame or a path (csv/tsv/parquet/json/jsonl, by extension or ``format=``). Directories
+    (probe runs, timm's results folders) are read by :func:`~plateaulab.analysis.sources.read_source`.
     layout: "wide" (one accuracy column per dataset; ``us`` and ``ds`` name columns) or "long" (a dataset
     column and an accuracy column; ``us`` names either a dataset value, joined per model and shots, or a
     column holding the US accuracy of each row, e.g. checkpoints.parquet's ``upstream_accuracy``). "auto"
@@ -606,12 +534,9 @@ def load_table(source, *, id=None, us: Optional[str] = None, ds=None, shots_col:
         raise InputError(f"{{param}} must be 'drop' or 'raise'; got {nan!r}", param="nan")
     _check_policy(duplicates)
     if not isinstance(source, pd.DataFrame) and Path(source).is_dir():
-        from .runs import DEFAULT_RUN_US, is_run_dir, read_run   # probe runs have one reader
-        from .timm_results import is_timm_results, load_timm_results
-
-        if is_timm_results(source) and not is_run_dir(source):
-            return load_timm_results(source, us=us, ds=ds, scale=scale, duplicates=duplicates, nan=nan)
-        return read_run(source, us=us or DEFAULT_RUN_US, ds=ds).table
+        raise InputError(f"{source} is a directory: probe runs and timm's results folders are read by "
+                         "plateaulab.analysis.sources.read_source (which fit, sensitivity and study use); "
+                         "load_table reads one table")
     df, src = read_frame(source, format)
     if df.empty:
         raise InputError(f"accuracy table {src} is empty")
@@ -774,7 +699,6 @@ def _long_to_long(df, src, id_cols, us, ds_list, shots_col, dataset_col, acc_col
     rows, r_models, r_datasets = df[sel], models[sel], datasets[sel]
     acc_vals, acc_pct, acc_bad = parse_values(rows[acc_col])
     if acc_bad.any():
-        u = _Unit(acc_col, "", rows[acc_col], acc_vals, acc_pct, r_models)
         first = acc_bad[acc_bad].index[:3]
         shown = ", ".join(f"{_show(rows[acc_col].loc[i])} (model {r_models.loc[i]!r}, dataset {r_datasets.loc[i]!r})"
                           for i in first)

@@ -316,7 +316,7 @@ def hull_overlay_grid(groups, ref: str, us_name: str, scale: str = "linear"):
     for ax, r in zip(panels, groups):
         ref_r = by_shots.get(r.shots)
         ax.scatter(_scale(r.us, scale), _scale(r.ds, scale), s=8, color=COLORS["points"], alpha=0.7, lw=0,
-                   label=f"task's models")
+                   label="task's models")
         h = r.hull
         xs, ys = _dense(r.us[h], r.ds[h])
         ax.plot(_scale(xs, scale), _scale(ys, scale), "-", color=COLORS["hull"], lw=1.0, label="task's upper hull")
