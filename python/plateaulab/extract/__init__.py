@@ -33,8 +33,9 @@ import numpy as np
 from ..errors import InputError
 from ..store import FeatureStore
 from . import deps
-from .checkpoints import (CheckpointSpec, architecture_label, build_model, classifier_outputs, expand_checkpoints,
+from .checkpoints import (CheckpointSpec, build_model, classifier_outputs, expand_checkpoints,
                           load_weights, parameter_count, read_manifest, read_state_dict, sha256_file)
+from .registry import architecture_label
 from .engine import amp_dtype_for, default_batch_size, resolve_device, run_split
 from .inputs import ImageTransform, SplitSource, split_source
 from .layers import Layer, Layout, check_pooling, check_pooling_for, discover_layers, model_layout, resolve_layers

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from . import deps
-from .registry import Architecture, resolve_architecture
+from .registry import resolve_architecture
 
 # Keys under which training scripts nest the state dict (Lightning, DeiT, MAE, timm's train.py).
 _NESTED_KEYS = ("state_dict", "model", "model_state_dict", "module", "net", "state_dict_ema", "model_ema")
@@ -39,16 +39,6 @@ class CheckpointSpec:
     architecture: object = None
     name: str | None = None
     metadata: dict = field(default_factory=dict)
-
-
-def architecture_label(architecture) -> str:
-    if architecture is None:
-        return ""
-    if isinstance(architecture, Architecture):
-        return architecture.label
-    if isinstance(architecture, str):
-        return architecture
-    return f"{getattr(architecture, '__module__', '?')}.{getattr(architecture, '__qualname__', repr(architecture))}"
 
 
 def _has_glob(s: str) -> bool:

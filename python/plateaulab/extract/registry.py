@@ -192,6 +192,16 @@ def _looks_like_path(s: str) -> bool:
             s.lower().endswith((".py", ".pt", ".pth", ".bin", ".safetensors", ".json", ".ckpt")))
 
 
+def architecture_label(architecture) -> str:
+    if architecture is None:
+        return ""
+    if isinstance(architecture, Architecture):
+        return architecture.label
+    if isinstance(architecture, str):
+        return architecture
+    return f"{getattr(architecture, '__module__', '?')}.{getattr(architecture, '__qualname__', repr(architecture))}"
+
+
 def resolve_architecture(architecture, *, allow_import: bool = False, where: str = "", base=None) -> Architecture:
     """Turn what the user gave (see the module doc) into an :class:`Architecture`, or say why not.
 
@@ -201,7 +211,6 @@ def resolve_architecture(architecture, *, allow_import: bool = False, where: str
     if isinstance(architecture, Architecture):
         return architecture
     if callable(architecture) and not isinstance(architecture, str):
-        from .checkpoints import architecture_label
         return Architecture(architecture_label(architecture), "callable", architecture)
     if not isinstance(architecture, str) or not architecture.strip():
         raise InputError(f"{_at(where)}{{param}} must be a name (timm:NAME, hf:DIR, torchvision:NAME or a "
