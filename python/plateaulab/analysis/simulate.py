@@ -39,13 +39,18 @@ class Zoo:
 
 
 def simulated_zoo(rng, *, frontier=FRONTIER, n_frontier: int = 25, n_below: int = 60, us_range=(0.3, 0.9),
-                  gap=(0.01, 0.15), n_test: int = 10_000) -> Zoo:
-    """One zoo (see the module docstring); ``rng`` is a numpy Generator or a seed."""
+                  gap=(0.01, 0.15), n_test: int = 10_000, below_range: str = "frontier") -> Zoo:
+    """One zoo (see the module docstring); ``rng`` is a numpy Generator or a seed.
+
+    below_range: "frontier" draws the below-frontier models' US accuracy within the frontier models' range
+    (the default, a clean estimand); "full" draws it from ``us_range`` as well (PROTOCOL §4's simulation),
+    so that a below-frontier model can be the rightmost point and join the true hull."""
     rng = np.random.default_rng(rng)
     k, alpha, e_ir = frontier
     n = n_frontier + n_below
     us_front = rng.uniform(*us_range, n_frontier)
-    us_true = np.concatenate([us_front, rng.uniform(us_front.min(), us_front.max(), n_below)])
+    lo, hi = (us_front.min(), us_front.max()) if below_range == "frontier" else us_range
+    us_true = np.concatenate([us_front, rng.uniform(lo, hi, n_below)])
     ds_true = 1.0 - (k * (1.0 - us_true) ** alpha + e_ir)
     below = np.arange(n) >= n_frontier
     ds_true[below] -= rng.uniform(*gap, below.sum())
