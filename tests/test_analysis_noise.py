@@ -76,3 +76,15 @@ def test_fixed_accuracies_without_sizes_stay_fixed():
     both = noise_bootstrap(zoo.us, zoo.ds, 10_000, 10_000, n_boot=50, seed=0)
     width = lambda r: r.ci["saturation"][1] - r.ci["saturation"][0]  # noqa: E731
     assert width(only_us) < width(both)
+
+
+def test_centred_interval_stays_inside_the_parameter_ranges():
+    """FGVC Aircraft of open_clip (3,333 test images; mlfoundations/open_clip 29b90b8d): a 3-point rising hull
+    whose replicates spread widely; centring on the estimate must not push the saturation past 1."""
+    from plateaulab.analysis import load_openclip
+
+    us, ds = load_openclip().pair("FGVC Aircraft")
+    r = noise_bootstrap(us, ds, 3333, 50_000, n_boot=200, seed=0)
+    lo, hi = r.ci["saturation"]
+    assert 0.0 <= lo <= r.fit.saturation <= hi <= 1.0
+    assert r.ci["k"][0] >= 0 and 0.01 <= r.ci["alpha"][0] <= r.ci["alpha"][1] <= 100

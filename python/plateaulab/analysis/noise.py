@@ -192,13 +192,15 @@ def noise_bootstrap(us_acc, ds_acc, n_test_ds, n_test_us=None, *, n_boot: int = 
     ok = status == 0
     a = 1.0 - ci
     estimate = (point.k, point.alpha, point.e_ir, point.saturation)
+    ranges = ((0.0, np.inf), (lo, hi), (0.0, 1.0), (0.0, 1.0))     # centring must not leave a parameter's range
     cis = {}
     for j, p in enumerate(PARAMS):
         s = samples[ok, j]
         if s.size < 10 or not point.success:
             cis[p] = (float("nan"), float("nan"))
             continue
-        lo, med, hi = np.quantile(s, [a / 2, 0.5, 1 - a / 2])
-        cis[p] = (float(estimate[j] - (med - lo)), float(estimate[j] + (hi - med)))
+        q_lo, med, q_hi = np.quantile(s, [a / 2, 0.5, 1 - a / 2])
+        r_lo, r_hi = ranges[j]
+        cis[p] = (float(max(estimate[j] - (med - q_lo), r_lo)), float(min(estimate[j] + (q_hi - med), r_hi)))
     return NoiseResult(ci=cis, samples=samples, n_boot=n_boot, n_failed=int((~ok).sum()), ci_level=ci,
                        seed=int(seed), fit=point)

@@ -3,7 +3,9 @@
 Per (DS task, shots) group (:func:`analyse_group`): the upper hull, eq. (1) fitted on the hull and on all
 points, the bootstrap and its pointwise band, and how well US accuracy predicts DS accuracy. Across
 groups (:func:`analyse`): the sample-size sensitivity (A4), the parameters against shots (A3), the
-Spearman matrices (A8), the reference task of the hull overlay (A7) and the layer profile (A9).
+Spearman matrices (A8), the reference task of the hull overlay (A7), the controlled scale-up (A6), the layer
+profile (A9) and the hyper-parameters on which US and DS disagree (A10). ``StudyResult.absent`` says, for
+every analysis the input does not support, what it lacks (analysis.coverage lists all ten).
 
 Nothing here draws or words anything: ``plateaulab.report`` does, from the :class:`StudyResult`.
 """
@@ -22,12 +24,14 @@ from .bootstrap import BootstrapResult, bootstrap_fit
 from .correlations import spearman_matrices
 from .groups import Group, iter_groups, shots_order
 from .hull import upper_hull
+from .hyperparams import hparam_study
 from .influence import influence_flag, vertex_influence
 from .layers import layer_profile
 from .noise import NoiseResult, noise_bootstrap
 from .records import fit_record
 from .powerlaw import PowerLawFit, fit_saturating_power_law
 from .prediction import prediction_power
+from .scaleup import ScaleUp, scale_up
 from .sensitivity import sample_size_sensitivity
 from .shots import params_vs_shots
 from .sources import Source
@@ -106,7 +110,13 @@ class StudyResult:
     spearman: Optional[tuple] = None                            # (ds_ds DataFrame, ds_us Series)
     overlay_ref: Optional[str] = None
     layer_table: Optional[pd.DataFrame] = None
+    layer_tol: float = 0.01                                     # A9: "near the best" means within this
+    layer_shots: Optional[float] = None                         # A9: the shot count of the layer profile
+    scaleup: Optional[ScaleUp] = None                           # A6
+    hparams: Optional[pd.DataFrame] = None                      # A10: analysis.hyperparams.hparam_study
     main_shots: Optional[float] = None
+    sensitivity_asked: bool = True
+    absent: dict = dataclasses.field(default_factory=dict)      # analysis id -> what the input lacks
     timings: dict = dataclasses.field(default_factory=dict)
 
     @property
@@ -134,7 +144,7 @@ def bootstrap_band(samples, grid: np.ndarray, level: float = BAND_LEVEL, centre=
     q = (1.0 - level) / 2.0
     lo, med, hi = np.quantile(acc, [q, 0.5, 1.0 - q], axis=0)
     if centre is not None:
-        lo, hi = centre - (med - lo), centre + (hi - med)
+        lo, hi = np.clip(centre - (med - lo), 0.0, 1.0), np.clip(centre + (hi - med), 0.0, 1.0)
     return grid, lo, hi
 
 
@@ -213,15 +223,21 @@ def _usable(groups: list, skipped: dict) -> list:
 
 def analyse(source: Source, *, n_boot: int = DEFAULT_BOOTSTRAP, seed: int = 0, sensitivity: bool = True,
             sensitivity_trials: int = 10, overlay: Optional[str] = None, ci_source: str = "both",
-            tail: bool = False, progress: Optional[Callable[[str], None]] = None) -> StudyResult:
+            tail: bool = False, layer_tol: float = 0.01,
+            progress: Optional[Callable[[str], None]] = None) -> StudyResult:
     """Every analysis of the study. ``progress(label)`` is called after each group is fitted.
 
     ci_source: "noise" (measurement noise, where test-set sizes are known; else the model bootstrap,
     flagged), "models" (the model bootstrap) or "both" (both computed; noise is the primary one).
-    tail: also fit the descending tail of each hull (default: the rising part only)."""
+    tail: also fit the descending tail of each hull (default: the rising part only).
+    layer_tol: A9's tolerance, in accuracy (0-1): a layer is "as good as the best" within it.
+    A run with several layers but too few checkpoints to fit (a single extracted model) still gets its
+    layer profile; any other input with no task to fit is an InputError."""
     check_bootstrap(n_boot, len(source.long))
     if ci_source not in CI_SOURCES:
         raise InputError(f"{{param}} {ci_source!r} is not one of {', '.join(CI_SOURCES)}", param="ci_source")
+    if not (isinstance(layer_tol, (int, float)) and 0 <= layer_tol < 1):
+        raise InputError(f"{{param}} is an accuracy difference in [0, 1); got {layer_tol!r}", param="layer_tol")
     t0 = time.perf_counter()
     skipped = dict(source.skipped)
     for task in source.table.empty_tasks:
@@ -236,21 +252,24 @@ def analyse(source: Source, *, n_boot: int = DEFAULT_BOOTSTRAP, seed: int = 0, s
             skipped[g.label] = str(exc)
         if progress:
             progress(g.label)
-    if not results:
+    if not results and source.layers is None:
         raise InputError(f"{source.citation}: no downstream task could be fitted: "
                          + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
-    res = StudyResult(source=source, groups=results, n_boot=n_boot, seed=seed, skipped=skipped)
+    res = StudyResult(source=source, groups=results, n_boot=n_boot, seed=seed, skipped=skipped,
+                      layer_tol=float(layer_tol), sensitivity_asked=sensitivity)
     res.timings["fits"] = time.perf_counter() - t0
-    if sensitivity:
+    if sensitivity and results:
         t1 = time.perf_counter()
         res.sensitivity = _sensitivity(results, sensitivity_trials, seed, skipped, tail)
         res.timings["sensitivity"] = time.perf_counter() - t1
     _shots_analysis(res)
     res.main_shots = main_shots(source.long[source.long["ds_task"].isin(res.tasks)])
-    res.spearman = _spearman(res)
+    res.spearman = _spearman(res) if len(res.tasks) >= 2 else None
     res.overlay_ref = _overlay_reference(res, overlay)
+    res.scaleup = _scaleup(res)
     if source.layers is not None:
         res.layer_table = _layers(res)
+    res.hparams = _hparams(res)
     res.timings["total"] = time.perf_counter() - t0
     return res
 
@@ -347,13 +366,47 @@ def _overlay_reference(res: StudyResult, overlay: Optional[str]) -> Optional[str
 
 
 def _layers(res: StudyResult) -> Optional[pd.DataFrame]:
-    """Few-shot accuracy per layer and the earliest layer near the best (A9), at the main shot count."""
+    """Few-shot accuracy per layer and the earliest layer within ``layer_tol`` of the best (A9), at the main
+    shot count (the layers' own, when no task was fitted)."""
     lay = res.source.layers
-    if res.main_shots is not None:
-        lay = lay[lay["shots"] == res.main_shots]
+    res.layer_shots = res.main_shots
+    if res.layer_shots is None and lay["shots"].notna().any():
+        res.layer_shots = main_shots(lay.rename(columns={"dataset": "ds_task"}))
+    if res.layer_shots is not None:
+        lay = lay[lay["shots"] == res.layer_shots]
     try:
-        return pd.DataFrame(layer_profile(lay[["checkpoint", "layer_index", "accuracy", "dataset"]]
-                                          .reset_index(drop=True)))
+        return pd.DataFrame(layer_profile(lay[["checkpoint", "layer_index", "layer", "accuracy", "dataset"]]
+                                          .reset_index(drop=True), tol=res.layer_tol))
     except PlateaulabError as exc:
         res.skipped["layer profile"] = str(exc)
         return None
+
+
+def _scaleup(res: StudyResult) -> Optional[ScaleUp]:
+    """The controlled scale-up (A6), when the input has models that differ in one scale axis only."""
+    if not res.groups:
+        return None
+    try:
+        return scale_up(res.source.long, res.groups, seed=res.seed)
+    except InputError as exc:
+        res.absent["A6"] = str(exc)
+        return None
+
+
+def _hparams(res: StudyResult) -> Optional[pd.DataFrame]:
+    """The hyper-parameters' optima for DS and for US (A10), for the columns declared with hparams."""
+    runs = res.source.hparams
+    if runs is None:
+        res.absent["A10"] = ("the input lacks declared hyper-parameter columns (--hparams COL[,COL...], e.g. "
+                             "lr,epochs for builtin:clip-benchmark)")
+        return None
+    try:
+        table, skipped = hparam_study(runs, res.source.hparam_names, res.tasks)
+    except InputError as exc:
+        res.absent["A10"] = str(exc)
+        return None
+    res.skipped.update(skipped)
+    if table.empty:
+        res.absent["A10"] = "no declared hyper-parameter takes two values in the input"
+        return None
+    return table
