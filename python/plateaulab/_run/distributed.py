@@ -48,6 +48,9 @@ THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THRE
 #: the read-ahead across a checkpoint's blocks (which matters where a block takes milliseconds, on a
 #: GPU) and cost at most one block on a worker's death (finished parts are kept).
 UNIT_MAX_BLOCKS = 13
+#: Seconds the client waits for parts that workers on other machines reported written to show up
+#: here (a network file system's directory caches; see parts.missing_parts).
+PART_VISIBLE_WAIT = 60.0
 #: Units per worker at least, for balance at the end of a run (units shrink towards one block to reach it).
 UNITS_PER_WORKER = 2
 
@@ -135,22 +138,34 @@ def gpu_spec_cluster(devices: list[str], **kw):
                                                       "dashboard": False}}
                for d in devices}
     scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard": False, "dashboard_address": None}}
-    return SpecCluster(workers=workers, scheduler=scheduler, silence_logs=logging.ERROR, **kw)
+    import dask
+
+    with dask.config.set(NANNY_ENV_UNSET):
+        return SpecCluster(workers=workers, scheduler=scheduler, silence_logs=logging.ERROR, **kw)
+
+
+#: Dask's nannies set MALLOC_TRIM_THRESHOLD_=65536 in their workers, which also turns off glibc's
+#: adaptive mmap threshold: every large temporary of a block (float32 splits, weights, logit chunks)
+#: is then mapped and unmapped afresh, ~4x the page faults of a plain run and ~0.15 s more per
+#: reference block (bench/RESULTS.md, issue 13). The workers started here keep glibc's default.
+NANNY_ENV_UNSET = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
 
 
 def start_local_cluster(n: int, backend: str):
+    import dask
     from distributed import LocalCluster
 
-    if backend == "cuda":
-        devices = cuda_devices()[:n]
-        try:
-            from dask_cuda import LocalCUDACluster
-        except ImportError:
-            return gpu_spec_cluster(devices)
-        return LocalCUDACluster(CUDA_VISIBLE_DEVICES=",".join(devices), threads_per_worker=1,
-                                dashboard_address=None, silence_logs=logging.ERROR)
-    return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
-                        host="127.0.0.1", memory_limit=0, env=dict(THREAD_ENV), silence_logs=logging.ERROR)
+    with dask.config.set(NANNY_ENV_UNSET):
+        if backend == "cuda":
+            devices = cuda_devices()[:n]
+            try:
+                from dask_cuda import LocalCUDACluster
+            except ImportError:
+                return gpu_spec_cluster(devices)
+            return LocalCUDACluster(CUDA_VISIBLE_DEVICES=",".join(devices), threads_per_worker=1,
+                                    dashboard_address=None, silence_logs=logging.ERROR)
+        return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+                            host="127.0.0.1", memory_limit=0, env=dict(THREAD_ENV), silence_logs=logging.ERROR)
 
 
 @contextlib.contextmanager
@@ -291,9 +306,9 @@ def run_probe(client, ctx, todo, run_dir: Path, bar, stats, session: dict) -> No
         session["blocks_found_done_on_retry"] = skipped
         session["seconds_worker_setup"] = {w: round(t, 3) for w, t in setup.items()}
         session["workers_at_end"] = len(client.scheduler_info().get("workers", {}))
-    from .parts import part_path
+    from .parts import missing_parts
 
-    lost = [b for b in todo if not part_path(run_dir, b).exists()]
+    lost = missing_parts(run_dir, todo, wait=PART_VISIBLE_WAIT)
     if lost:
         b = lost[0]
         raise RunError(f"{len(lost)} block(s) were reported done by Dask workers but have no part in {run_dir}, e.g. "
