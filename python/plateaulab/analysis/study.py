@@ -224,8 +224,8 @@ def _usable(groups: list, skipped: dict) -> list:
 def analyse(source: Source, *, n_boot: int = DEFAULT_BOOTSTRAP, seed: int = 0, sensitivity: bool = True,
             sensitivity_trials: int = 10, overlay: Optional[str] = None, ci_source: str = "both",
             tail: bool = False, layer_tol: float = 0.01,
-            progress: Optional[Callable[[str], None]] = None) -> StudyResult:
-    """Every analysis of the study. ``progress(label)`` is called after each group is fitted.
+            progress: Optional[Callable[[str, int, int], None]] = None) -> StudyResult:
+    """Every analysis of the study. ``progress(label, done, total)`` is called after each group is fitted.
 
     ci_source: "noise" (measurement noise, where test-set sizes are known; else the model bootstrap,
     flagged), "models" (the model bootstrap) or "both" (both computed; noise is the primary one).
@@ -245,13 +245,13 @@ def analyse(source: Source, *, n_boot: int = DEFAULT_BOOTSTRAP, seed: int = 0, s
     groups = _usable(iter_groups(source.long, tasks=source.table.ds_tasks), skipped)
     extra = {} if source.layer_rule is None else {"layer": source.layer_rule}
     results = []
-    for g in groups:
+    for i, g in enumerate(groups):
         try:
             results.append(analyse_group(g, n_boot=n_boot, seed=seed, ci_source=ci_source, tail=tail, extra=extra))
         except PlateaulabError as exc:
             skipped[g.label] = str(exc)
         if progress:
-            progress(g.label)
+            progress(g.label, i + 1, len(groups))
     if not results and source.layers is None:
         raise InputError(f"{source.citation}: no downstream task could be fitted: "
                          + "; ".join(f"{k}: {v}" for k, v in skipped.items()))

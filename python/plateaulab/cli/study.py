@@ -46,10 +46,11 @@ def run(args) -> int:
     def on_result(res):
         found["res"] = res
 
-    def progress(label):
+    def progress(label, done, total):
         nonlocal bar
-        if bar is None:
-            bar = tqdm(unit="group", desc="study", disable=args.quiet, dynamic_ncols=True, leave=False)
+        if bar is None:      # one step per (task, shots) group, with tqdm's rate and ETA
+            bar = tqdm(total=total, unit="group", desc="study: fits", disable=args.quiet, dynamic_ncols=True,
+                       leave=False)
         bar.set_postfix_str(label[:40])
         bar.update(1)
 
@@ -73,7 +74,10 @@ def _print_summary(res, out) -> None:
     """The per-task summary and the tasks not analysed, as the report lists them (same order, same words)."""
     import json
 
+    from ..report.text import identified_count
+
     rows = json.loads((out / "tables" / "summary.json").read_text())
+    print(identified_count(res.groups))
     for row in rows:
         print(f"{row['label']}: {row['summary']}")
     if res.skipped:

@@ -25,7 +25,7 @@ def run_study(source=None, out_dir="study_report", *, us=None, ds=None, n_boot: 
               loader: str = "auto", layer: str | None = None, ci_source: str = "both", tail: bool = False,
               progress=None, on_result=None, **input_options) -> Path:
     """Run the whole study and write ``out_dir`` (report.html, fits.json, figures/, tables/). Returns the
-    path of report.html. ``progress(label)`` is called after each group's fit; ``on_result(result)``
+    path of report.html. ``progress(label, done, total)`` is called after each group's fit; ``on_result(result)``
     receives the :class:`~plateaulab.analysis.study.StudyResult` before the report is written.
     input_options go to :func:`~plateaulab.analysis.sources.read_source` (n_test, n_test_us, min_us,
     exclude, and the table options)."""
