@@ -232,3 +232,33 @@ def test_extraction_on_local_workers_equals_a_plain_one(tmp_path):
             outs[name] = out.decode().strip().splitlines()[-1]
     assert outs["st"] == outs["plain"] and outs["st"].count("'extracted'") == 8
     same_stores(tmp_path / "st", tmp_path / "plain")
+
+
+def test_a_bad_block_stops_a_dask_run_with_a_clear_error(tmp_path):
+    """A block that fails on a worker stops the run like a plain run: exit 2, one line naming the
+    block and the file, no traceback; the parts written so far stay and the session says 'failed'."""
+    st = make_store(tmp_path / "s", n_checkpoints=3, n_layers=2)
+    bad = st._block_dir("ckpt-02", "toy", "block1") / "train.npy"
+    bad.write_bytes(bad.read_bytes()[:200])
+    run = tmp_path / "run"
+    with processes() as start:
+        p = start([sys.executable, "-m", "plateaulab", "probe", str(st.path), "-o", str(run), "--shots", "1,2",
+                   "--seeds", "1", "--quiet", "--workers", "2"])
+        _, err = p.communicate(timeout=120)
+    err = err.decode()
+    assert p.returncode == 2, err[-3000:]
+    assert "checkpoint 'ckpt-02', dataset 'toy', layer 'block1'" in err and "train.npy" in err, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    session = json.loads((run / "manifest.json").read_text())["sessions"][-1]
+    assert session["status"] == "failed" and "ckpt-02" in session["error"]
+    assert not (run / "results.parquet").exists()
+
+
+def test_without_dask_the_flags_say_what_to_install(tmp_path, small_store):
+    code = ("import sys; sys.modules['distributed'] = None\n"
+            "from plateaulab.cli import main\n"
+            f"sys.exit(main(['probe', {str(small_store.path)!r}, '-o', {str(tmp_path / 'r')!r}, '--workers', '2']))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert "--workers runs on Dask, which is not installed: pip install 'plateaulab[cluster]'" in out.stderr, out.stderr
+    assert not (tmp_path / "r").exists()

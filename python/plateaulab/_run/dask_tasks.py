@@ -81,36 +81,61 @@ def _worker_context(job: dict, dataset: str):
 
 def probe_unit(job: dict, blocks: list) -> dict:
     """Probe one unit of blocks on this worker, writing their parts; return what it did. Blocks whose
-    part is already current (written before this task's worker died) are skipped."""
+    part is already current (written before this task's worker died) are skipped. A plateaulab error
+    is returned (``"error"``) for the client to raise, with the blocks finished before it."""
     from .manifest import MANIFEST
-    from .work import probe_blocks
+    from .work import Stats, probe_blocks
 
     run_dir = Path(job["run_dir"])
-    if not (run_dir / MANIFEST).exists():
-        raise RunError(f"worker on {socket.gethostname()}: run directory {run_dir} is not there: it must be on a "
-                       "file system shared by the client and every worker, at the same path")
     worker = get_worker()
-    ctx, setup = _worker_context(job, blocks[0].dataset)
+    if not (run_dir / MANIFEST).exists():
+        return {"worker": worker.address, "done": [], "skipped": 0, "setup": 0.0, "error": RunError(
+            f"worker on {socket.gethostname()}: run directory {run_dir} is not there: it must be on a file system "
+            "shared by the client and every worker, at the same path")}
+    try:
+        ctx, setup = _worker_context(job, blocks[0].dataset)
+    except PlateaulabError as exc:
+        return {"worker": worker.address, "done": [], "skipped": 0, "setup": 0.0, "error": exc}
 
     def on_block(b, record):
         with contextlib.suppress(Exception):
             worker.log_event(job["topic"], {"record": record, "worker": worker.address})
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")     # the client reports unverified blocks from the counts
-        stats = probe_blocks(ctx, blocks, run_dir, on_block, skip_done=True)
-    return {"worker": worker.address, "done": stats.done, "skipped": stats.skipped, "setup": setup}
+    stats = None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")     # the client reports unverified blocks from the counts
+            stats = Stats()
+            probe_blocks(ctx, blocks, run_dir, on_block, skip_done=True, stats=stats)
+    except PlateaulabError as exc:
+        # A user's error (a bad block, a full disk), not a worker's: returned, not raised, so that
+        # Dask neither logs it as a failed computation with a traceback nor treats it as a fault.
+        return {"worker": worker.address, "done": stats.done if stats else [], "skipped": 0, "setup": setup,
+                "error": exc}
+    return {"worker": worker.address, "done": stats.done, "skipped": stats.skipped, "setup": setup, "error": None}
 
 
 _EXTRACTORS: dict = {}
 
 
-def extract_pair(job: dict, spec, dataset: str, inputs) -> list[dict]:
+def extract_pair(job: dict, spec, dataset: str, inputs) -> dict:
     """Extract one (checkpoint, dataset) pair on this worker. The worker keeps one extractor per
     dataset of the job (split sources, the architecture's skeleton), so a pair already complete is
     skipped without reading its file once the skeleton exists; pairs of one process run one at a time."""
     from dataclasses import asdict
 
+    try:
+        extractor, lock = _extractor(job, dataset, inputs)
+    except PlateaulabError as exc:
+        return {"pairs": [], "error": exc}
+    with lock:
+        try:
+            return {"pairs": [asdict(r) for r in extractor.extract(spec)], "error": None}
+        except PlateaulabError as exc:   # the user's error: returned, not logged by Dask as a failure
+            return {"pairs": [], "error": exc}
+
+
+def _extractor(job: dict, dataset: str, inputs):
     from ..extract import _Checkpoints, _Run
     from ..store import FeatureStore
 
@@ -127,6 +152,4 @@ def extract_pair(job: dict, spec, dataset: str, inputs) -> list[dict]:
                                "by the client and every worker, at the same path)") from None
             run = _Run(store, {dataset: inputs}, job["opt"])
             entry = _EXTRACTORS[key] = (_Checkpoints(run, job["metadata"]), threading.Lock())
-    extractor, lock = entry
-    with lock:
-        return [asdict(r) for r in extractor.extract(spec)]
+    return entry

@@ -51,6 +51,8 @@ UNIT_MAX_BLOCKS = 13
 #: Seconds the client waits for parts that workers on other machines reported written to show up
 #: here (a network file system's directory caches; see parts.missing_parts).
 PART_VISIBLE_WAIT = 60.0
+#: Seconds to reach a scheduler (an address that does not answer is an error, not a wait).
+CONNECT_TIMEOUT = 30.0
 #: Units per worker at least, for balance at the end of a run (units shrink towards one block to reach it).
 UNITS_PER_WORKER = 2
 
@@ -181,9 +183,9 @@ def connect(opts: ClusterOptions, backend: str, timeout: float = 60.0):
     else:
         try:
             if opts.scheduler_file is not None:
-                client = Client(scheduler_file=str(opts.scheduler_file), timeout=timeout)
+                client = Client(scheduler_file=str(opts.scheduler_file), timeout=CONNECT_TIMEOUT)
             else:
-                client = Client(opts.scheduler, timeout=timeout)
+                client = Client(opts.scheduler, timeout=CONNECT_TIMEOUT)
         except (OSError, TimeoutError) as exc:
             param = "scheduler_file" if opts.scheduler_file is not None else "scheduler"
             raise RunError(f"cannot reach the Dask scheduler {opts.scheduler or opts.scheduler_file} ({exc}); "
@@ -292,6 +294,8 @@ def run_probe(client, ctx, todo, run_dir: Path, bar, stats, session: dict) -> No
                                "workers die (memory?) and repeat the command") from None
             for record in res["done"]:
                 add(record, res["worker"])
+            if res["error"] is not None:
+                raise res["error"]
             skipped += res["skipped"]
             setup[res["worker"]] = setup.get(res["worker"], 0.0) + res["setup"]
     except BaseException:
@@ -357,7 +361,9 @@ def run_extract(cluster: ClusterOptions, specs, store, inputs: dict, opt, metada
                     raise InputError(f"checkpoint {spec.name!r}, dataset {name!r} was being extracted on a Dask worker "
                                      f"each of the times one died ({exc}); the pairs finished so far are kept: find "
                                      "why the workers die (memory?) and repeat the command") from None
-                for r in got:
+                if got["error"] is not None:
+                    raise got["error"]
+                for r in got["pairs"]:
                     pr = PairReport(**r)
                     report.pairs.append(pr)
                     if pr.status == "extracted":

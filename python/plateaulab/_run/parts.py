@@ -3,6 +3,7 @@ plan order) and the checkpoint table. Every file is written to a temporary name 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -56,6 +57,24 @@ def check_part_paths(run_dir: Path, plan: list[PlannedBlock]) -> None:
                            f"{p} would have a name of {len(long.encode())} bytes (limit {name_max}) and a path of "
                            f"{len(str(p).encode())} bytes (limit {path_max}) on this file system; rename the "
                            "block in the store or put the run directory higher up")
+
+
+def missing_parts(run_dir: Path, blocks, wait: float = 0.0) -> list:
+    """The blocks of ``blocks`` without a part file. With ``wait``, look again for up to ``wait``
+    seconds, listing each directory first: a part another machine has just renamed into place may
+    stay invisible here for a while behind a network file system's caches of directory entries
+    (NFS: up to acdirmax, 60 s by default)."""
+    import time
+
+    missing = [b for b in blocks if not part_path(run_dir, b).exists()]
+    deadline = time.monotonic() + wait
+    while missing and time.monotonic() < deadline:
+        time.sleep(0.5)
+        for d in {part_path(run_dir, b).parent for b in missing}:
+            with contextlib.suppress(OSError):
+                os.listdir(d)
+        missing = [b for b in missing if not part_path(run_dir, b).exists()]
+    return missing
 
 
 def block_fingerprint(store, b: PlannedBlock, labels: str | None) -> dict:
