@@ -94,3 +94,16 @@ def test_fit_clip_benchmark_by_file_name(capsys):
     assert all(f["ds"] == "vtab/pets" and f["n_points"] == 12 for f in out["fits"])
     assert main(["fit", str(SHARED / "clip_benchmark" / "scaling_experiment_data2.json"), "--us", "cifar100"]) == 2
     assert "whose US column is 'imagenet1k-unverified'" in capsys.readouterr().err
+
+
+def test_loader_table_on_a_builtin(capsys):
+    """The generic reader on the shipped open_clip file: the id needs name + pretrained, and the size columns
+    (params, FLOPs) are left out as no accuracies, with a note; the fits equal the dedicated loader's."""
+    out = run_json(capsys, ["fit", "builtin:openclip", "--loader", "table", "--us", "ImageNet 1k",
+                            "--id", "name,pretrained"])
+    tasks = [f["ds"] for f in out["fits"]]
+    assert "params (M)" not in tasks and "FLOPs (B)" not in tasks and "CIFAR-100" in tasks
+    assert any("params (M)" in n and "not read as accuracies" in n for n in out["notes"])
+    own = {f["ds"]: f for f in run_json(capsys, ["fit", "builtin:openclip"])["fits"]}
+    generic = {f["ds"]: f for f in out["fits"]}
+    assert generic["CIFAR-100"]["saturation"] == pytest.approx(own["CIFAR-100"]["saturation"])

@@ -137,14 +137,34 @@ def parse_values(raw: pd.Series) -> tuple[pd.Series, pd.Series, pd.Series]:
 
 def _accuracy_like(raw: pd.Series) -> bool:
     """Whether a column not named by ds= is taken as a DS task: numeric, or text of which at least half the
-    non-missing values are numbers or percentages (the rest are then reported as not numeric)."""
+    non-missing values are numbers or percentages (the rest are then reported as not numeric), and not a
+    column of counts or sizes: one with more than a tenth of its values outside [0, 100] (parameter counts,
+    FLOPs, image sizes) is no accuracy. load_table names the columns it leaves out so, in the table's notes.
+    A column with fewer such values stays a DS task, so that its bad values (a typo) are named in an error,
+    as they are for a column named by ds=."""
     if pd.api.types.is_bool_dtype(raw):
         return False
     if pd.api.types.is_numeric_dtype(raw):
-        return True
-    values, _, bad = parse_values(raw)
-    n_ok, n_bad = int(values.notna().sum()), int(bad.sum())
-    return n_ok > 0 and n_ok >= n_bad
+        values = raw.astype(float)
+    else:
+        values, _, bad = parse_values(raw)
+        n_ok, n_bad = int(values.notna().sum()), int(bad.sum())
+        if not (n_ok > 0 and n_ok >= n_bad):
+            return False
+    v = values.dropna()
+    return v.empty or float(((v < 0) | (v > 100) | ~np.isfinite(v)).mean()) <= 0.1
+
+
+def _not_accuracy_columns(df: pd.DataFrame, cols) -> list:
+    """Numeric columns among ``cols`` that :func:`_accuracy_like` refuses for their range (for the note)."""
+    out = []
+    for c in cols:
+        raw = df[c]
+        if pd.api.types.is_bool_dtype(raw) or not pd.api.types.is_numeric_dtype(raw):
+            continue
+        if not _accuracy_like(raw):
+            out.append(c)
+    return out
 
 
 def _show(v) -> str:
@@ -574,6 +594,9 @@ def load_table(source, *, id=None, us: Optional[str] = None, ds=None, shots_col:
     table.duplicate_ids = meta["dups"]["ids"]
     if meta["dups"].get("note"):
         table.notes.append(meta["dups"]["note"])
+    if meta.get("left_out"):
+        table.notes.append(f"Column(s) {', '.join(map(repr, meta['left_out']))} of {src} hold values outside "
+                           "[0, 100] and are not read as accuracies (name DS columns to choose them yourself).")
     return table
 
 
@@ -614,9 +637,11 @@ def _wide_to_long(df, src, id_cols, us, ds_list, shots_col, keep, scale, duplica
     cols = list(df.columns)
     us_col = match_name(us, cols, where=src, param="us", label="US column")
     reserved = {us_col, *id_cols, shots_col} - {None}
+    left_out = []
     if ds_list is None:
         ds_cols = [c for c in cols if c not in reserved and _fold(c) not in NOT_DS_COLUMNS
                    and _accuracy_like(df[c])]
+        left_out = _not_accuracy_columns(df, [c for c in cols if c not in reserved and c not in ds_cols])
     else:
         ds_cols = match_names(ds_list, cols, where=src, param="ds", label="DS column(s)")
     ds_cols = [c for c in ds_cols if c != us_col]
@@ -656,7 +681,7 @@ def _wide_to_long(df, src, id_cols, us, ds_list, shots_col, keep, scale, duplica
                 p[c] = frame[kname].to_numpy()
         parts.append(p)
     long = pd.concat(parts, ignore_index=True)
-    return long, {"us_name": str(us_col), "scales": scales, "basis": basis, "dups": dups}
+    return long, {"us_name": str(us_col), "scales": scales, "basis": basis, "dups": dups, "left_out": left_out}
 
 
 def _long_to_long(df, src, id_cols, us, ds_list, shots_col, dataset_col, acc_col, keep, scale, duplicates,
