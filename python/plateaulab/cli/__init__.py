@@ -20,7 +20,7 @@ COMMANDS = ("store", "probe", "extract", "study", "synth", "fit", "sensitivity")
 #: Every other parameter named by an error maps to the flag of the same dest (``seeds`` -> ``--seeds``).
 #: This is the one place where the library's parameter names meet the command line's flags.
 PARAM_DESTS = {
-    "n_boot": "bootstrap", "sensitivity_trials": "trials", "axis_scale": "scale", "on_short": "skip_short_classes",
+    "n_boot": "bootstrap", "sensitivity_trials": "trials", "on_short": "skip_short_classes",
     "prefetch": "no_prefetch", "run_dir": "output", "out_dir": "output", "source": "input",
     "verify": "no_verify", "scale": "input_scale", "model_col": "id",
 }
