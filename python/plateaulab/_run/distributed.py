@@ -176,6 +176,24 @@ def connect(opts: ClusterOptions, backend: str, timeout: float = 60.0):
     with at least one worker connected and every worker limited to one BLAS thread."""
     from distributed import Client
 
+    # Dask logs its own view of a lost connection, with tracebacks, from the client; plateaulab
+    # reports what happened (and what to do) in one line instead. Restored when the run ends.
+    names = ["distributed"] + [n for n in logging.root.manager.loggerDict if n.startswith("distributed.")]
+    levels = {n: logging.getLogger(n).level for n in names}
+    for n in names:
+        logging.getLogger(n).setLevel(logging.CRITICAL)
+    try:
+        with _connected(opts, backend, timeout) as client:
+            yield client
+    finally:
+        for n, level in levels.items():
+            logging.getLogger(n).setLevel(level)
+
+
+@contextlib.contextmanager
+def _connected(opts: ClusterOptions, backend: str, timeout: float):
+    from distributed import Client
+
     cluster = None
     if opts.workers is not None:
         cluster = start_local_cluster(local_worker_count(opts.workers, backend), backend)
@@ -243,6 +261,8 @@ def run_probe(client, ctx, todo, run_dir: Path, bar, stats, session: dict) -> No
     """Probe ``todo`` on the cluster of ``client``; fill ``stats`` (and the bar) as blocks are written,
     and ``session`` with the workers and units. The first failing task's error is raised (the other
     tasks are cancelled; every part written so far stays)."""
+    from concurrent.futures import CancelledError
+
     from distributed import as_completed
     from distributed.scheduler import KilledWorker
 
@@ -270,7 +290,7 @@ def run_probe(client, ctx, todo, run_dir: Path, bar, stats, session: dict) -> No
             stats.t_compute += record[5]
             stats.unverified += not record[6]
             stats.done.append(record)
-        bar.update(record[3])
+            bar.update(record[3])
 
     def on_event(event):
         _, msg = event
@@ -298,6 +318,12 @@ def run_probe(client, ctx, todo, run_dir: Path, bar, stats, session: dict) -> No
                 raise res["error"]
             skipped += res["skipped"]
             setup[res["worker"]] = setup.get(res["worker"], 0.0) + res["setup"]
+    except (OSError, CancelledError) as exc:
+        # The scheduler went away (or cancelled the run's tasks): what the workers wrote is kept.
+        with contextlib.suppress(Exception):
+            client.cancel(futures, force=True)
+        raise RunError(f"lost the Dask cluster {session.get('scheduler', '')} mid-run ({type(exc).__name__}: {' '.join(str(exc).split())}); "
+                       "every block finished so far is kept: repeat the command to resume") from None
     except BaseException:
         with contextlib.suppress(Exception):
             client.cancel(futures, force=True)
@@ -309,7 +335,8 @@ def run_probe(client, ctx, todo, run_dir: Path, bar, stats, session: dict) -> No
         session["seconds_busy_per_worker"] = {w: round(t, 3) for w, t in busy.items()}
         session["blocks_found_done_on_retry"] = skipped
         session["seconds_worker_setup"] = {w: round(t, 3) for w, t in setup.items()}
-        session["workers_at_end"] = len(client.scheduler_info().get("workers", {}))
+        with contextlib.suppress(Exception):
+            session["workers_at_end"] = len(client.scheduler_info().get("workers", {}))
     from .parts import missing_parts
 
     lost = missing_parts(run_dir, todo, wait=PART_VISIBLE_WAIT)
