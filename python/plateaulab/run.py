@@ -6,6 +6,8 @@ A run directory holds::
     parts/<ck>/<ds>/<layer>.parquet   one file per finished block, written atomically
     results.parquet        all parts in plan order, one row per (checkpoint, layer, dataset, shots, seed, l2)
     checkpoints.parquet    checkpoint metadata, joinable on `checkpoint`
+    .lock                  held exclusively by a run (or a Dask client), shared by --shard processes
+    shards/K-of-N/         a shard's own lock and record (manifest.json), written by that shard only
 
 A block's part file appears only when the block is complete (temporary name, fsync, rename), so a
 run killed at any moment restarts with the same command, skips finished blocks and writes the same
@@ -20,7 +22,12 @@ lives in a module of ``plateaulab._run``:
 - ``_run.plan``: the config, its hash, and the blocks it asks for (``plan_blocks``);
 - ``_run.reader``: opening, checking and staging blocks one ahead in a worker thread;
 - ``_run.parts``: the rows of a block, its parquet part, the results and checkpoint tables;
-- ``_run.manifest``: manifest.json and the run directory's lock.
+- ``_run.manifest``: manifest.json and the run directory's lock;
+- ``_run.work``: probing a list of blocks and writing their parts (this loop's, and a Dask worker's);
+- ``_run.shard``, ``_run.locks``: ``--shard K/N`` (assignment, records, reports) and the flocks;
+- ``_run.distributed``, ``_run.dask_tasks``: Dask as the engine (imported only when asked for).
+
+Scaling out is docs/SCALE.md.
 """
 
 from __future__ import annotations
