@@ -55,7 +55,10 @@ def test_two_shards_started_together_then_consolidated(tmp_path, store, plain):
         (session,) = rec["sessions"]
         assert rec["shard"] == f"{k}/2" and session["status"] == "complete"
         assert session["blocks"] == session["shard_blocks"] == 18   # 3 checkpoints x 3 layers x 2 datasets
-    # A run without --shard consolidates (the last shard to finish may already have).
+    # The last shard to finish consolidated; a run without --shard consolidates again, probing nothing.
+    first = json.loads((run / "manifest.json").read_text())
+    assert first["complete"] and first["consolidated"]["by"].startswith("shard ")
+    pd.testing.assert_frame_equal(pd.read_parquet(run / "results.parquet"), plain)
     assert cli(["probe", str(store.path), "-o", str(run), *OPTS]) == 0
     got = pd.read_parquet(run / "results.parquet")
     assert not got.duplicated(KEY).any()
@@ -85,6 +88,17 @@ def test_missing_shard_is_named_and_nothing_is_probed(tmp_path, store, plain, ca
     done = probe_store(store.path, run, shard="0/1", **KW)
     assert done.blocks_done_now == 18
     pd.testing.assert_frame_equal(done.results(), plain)
+
+
+def test_a_shard_that_owns_no_checkpoint_plans_nothing_and_records_it(tmp_path, store):
+    # A shard of 8 that none of the 6 checkpoints hashes to.
+    owners = {shard_of(f"ckpt-{k:02d}", 8) for k in range(6)}
+    empty = min(set(range(8)) - owners)
+    run = probe_store(store.path, tmp_path / "run", shard=f"{empty}/8", **KW)
+    assert run.blocks_done_now == 0 and run.blocks_total == 0
+    rec = json.loads((tmp_path / "run" / "shards" / f"{empty}-of-8" / "manifest.json").read_text())
+    assert rec["sessions"][-1]["status"] == "complete" and rec["sessions"][-1]["shard_blocks"] == 0
+    assert not (tmp_path / "run" / "results.parquet").exists()
 
 
 def test_a_failed_shard_is_reported_with_its_error(tmp_path, capsys):

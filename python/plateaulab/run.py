@@ -50,8 +50,8 @@ from ._store.files import TEMP_RE
 from ._run.locks import release, try_lock, wait_lock
 from ._run.manifest import (LOCK, MANIFEST, MANIFEST_LOCK, now, open_manifest, run_lock, session_end,
                             write_manifest)
-from ._run.parts import (RESULT_COLUMNS, STALE, check_part_paths, consolidate, part_path, part_problem,
-                         result_schema, write_checkpoint_table)
+from ._run.parts import (RESULT_COLUMNS, STALE, check_part_paths, consolidate, missing_parts, part_path,
+                         part_problem, result_schema, write_checkpoint_table)
 from ._run.plan import PlannedBlock, ProbeConfig, check_resources, incomplete_blocks, plan_blocks, seed_list
 from ._run.shard import (active_shards, all_records, in_shard, label as shard_label, missing_report,
                          parse_shard, read_record, shard_dir, write_record)
@@ -126,11 +126,14 @@ def probe_store(store, run_dir, *, datasets=None, checkpoints=None, layers="all"
     cluster = _cluster_options(workers, scheduler, scheduler_file, backend)
     be = get_backend(backend)
     run_dir = Path(run_dir)
-    plan, ds_cache, task_cache, incomplete = _prepare(store, cfg, run_dir, strict)
+    # A shard plans (reads the block.json of) only its own checkpoints: N shards do not each read the
+    # metadata of the whole store. Whether the whole run is complete is checked at the end.
+    keep = None if shard is None else (lambda ck: in_shard(ck, shard))
+    plan, ds_cache, task_cache, incomplete = _prepare(store, cfg, run_dir, strict, keep=keep)
     labels_fp = {name: ds.fingerprint() for name, ds in ds_cache.items()}
     ctx = RunContext(store, cfg, be, ds_cache, task_cache, labels_fp, verify=verify, prefetch=prefetch)
     probes_per = ctx.probes_per
-    mine = plan if shard is None else [b for b in plan if in_shard(b.checkpoint, shard)]
+    mine = plan
 
     run_dir.mkdir(parents=True, exist_ok=True)
     with run_lock(run_dir, shard):
@@ -179,7 +182,7 @@ def probe_store(store, run_dir, *, datasets=None, checkpoints=None, layers="all"
                     session["scheduler"] = client.scheduler.address
                     session["seconds_cluster_start"] = round(time.perf_counter() - t_connect, 3)
                     run_probe(client, ctx, todo, run_dir, bar, stats, session)
-            complete = all(part_path(run_dir, b).exists() for b in plan)
+            complete = all(part_path(run_dir, b).exists() for b in plan)   # a shard: its own blocks
             if complete and shard is None:
                 t_finish = time.perf_counter()
                 _finish(run_dir, store, plan, manifest)
@@ -198,21 +201,18 @@ def probe_store(store, run_dir, *, datasets=None, checkpoints=None, layers="all"
         if verify and stats.unverified:
             warnings.warn(f"{stats.unverified} block(s) record no checksum in block.json and were probed unverified; "
                           "re-extract them (new blocks record XXH3-64) to have them checked", stacklevel=2)
-        mine_done = shard is None or all(part_path(run_dir, b).exists() for b in mine)
         session.update(session_end(t_start, stats.blocks, stats.probes, stats.t_io, stats.t_compute,
-                                   "complete" if (complete if shard is None else mine_done) else "stopped"),
-                       unverified_blocks=stats.unverified)
+                                   "complete" if complete else "stopped"), unverified_blocks=stats.unverified)
         if shard is None:
             manifest["complete"] = complete
             manifest["blocks"] = len(plan)
             manifest["probes"] = sum(probes_per[b.dataset] for b in plan)
             write_manifest(run_dir, manifest)
         else:
-            session["run_complete"] = complete
             write_record(run_dir, shard, record)
     if shard is not None and complete:
         # The last shard to finish consolidates, if no other process holds the directory by then.
-        _consolidate_after_shards(run_dir, store, cfg, plan, probes_per)
+        _consolidate_after_shards(run_dir, store, cfg, shard, strict)
     return ProbeRun(run_dir=run_dir, config=cfg, blocks_total=len(plan), blocks_done_now=stats.blocks,
                     probes_done_now=stats.probes, seconds=time.time() - t_start, recomputed=recomputed)
 
@@ -289,34 +289,46 @@ def _finish(run_dir: Path, store, plan, manifest: dict) -> None:
         manifest["shards"] = records
 
 
-def _consolidate_after_shards(run_dir: Path, store, cfg: ProbeConfig, plan, probes_per) -> bool:
-    """Consolidate a run whose every part exists, if this process can hold the run directory alone
-    now (no other shard still running, no other process); True if it did."""
+def _consolidate_after_shards(run_dir: Path, store, cfg: ProbeConfig, shard, strict: bool) -> bool:
+    """Consolidate the run if every shard of this N says it is complete, every part of the whole run
+    exists, and this process can hold the run directory alone now (no other shard still running, no
+    other process); True if it did. The records are read first, so only the last shard to finish
+    plans the whole run."""
+    records = all_records(run_dir)
+    n = shard[1]
+    for k in range(n):
+        rec = records.get(shard_label((k, n)))
+        if not rec or not rec["sessions"] or rec["sessions"][-1].get("status") != "complete":
+            return False
     f = try_lock(run_dir / LOCK, exclusive=True)
     if f is None:
         return False
     try:
-        if not all(part_path(run_dir, b).exists() for b in plan):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")   # each shard has warned about its own blocks
+            plan, _, task_cache, _ = _prepare(store, cfg, run_dir, strict)
+        if missing_parts(run_dir, plan):
             return False
         manifest = open_manifest(run_dir, cfg, may_restart=False)
         _finish(run_dir, store, plan, manifest)
         manifest["complete"] = True
         manifest["blocks"] = len(plan)
-        manifest["probes"] = sum(probes_per[b.dataset] for b in plan)
-        manifest["consolidated"] = {"by": "last shard", "pid": os.getpid(), "host": socket.gethostname(),
-                                    "at": now()}
+        manifest["probes"] = sum(len(task_cache[b.dataset]) * len(cfg.l2) for b in plan)
+        manifest["consolidated"] = {"by": f"shard {shard_label(shard)}, the last to finish", "pid": os.getpid(),
+                                    "host": socket.gethostname(), "at": now()}
         write_manifest(run_dir, manifest)
         return True
     finally:
         release(f)
 
 
-def _prepare(store, cfg: ProbeConfig, run_dir: Path, strict: bool):
+def _prepare(store, cfg: ProbeConfig, run_dir: Path, strict: bool, keep=None):
     """Every check that needs only the store and the options, before the run directory is touched:
     the plan, incomplete blocks, checkpoint metadata, labels, shots against class sizes, memory
-    and the part files' names. Returns (plan, datasets, tasks per dataset, incomplete blocks)."""
-    plan = plan_blocks(store, cfg)
-    incomplete = incomplete_blocks(store, cfg)
+    and the part files' names. Returns (plan, datasets, tasks per dataset, incomplete blocks).
+    ``keep`` (a shard's) restricts all of it to the checkpoints it accepts; that plan may be empty."""
+    plan = plan_blocks(store, cfg, keep=keep)
+    incomplete = incomplete_blocks(store, cfg, keep=keep)
     if incomplete:
         ck, ds, layer = incomplete[0]
         msg = (f"{len(incomplete)} requested block(s) are incomplete (a directory without block.json), e.g. "
@@ -338,7 +350,7 @@ def _prepare(store, cfg: ProbeConfig, run_dir: Path, strict: bool):
                   for name, ds in ds_cache.items()}
     # A dataset whose every shot count was skipped (on_short="skip") has nothing to probe.
     plan = [b for b in plan if task_cache[b.dataset]]
-    if not plan:
+    if not plan and (keep is None or task_cache):
         raise RunError("every requested shot count was skipped for every dataset (classes too small); "
                        "lower {param}", param="shots")
     ds_cache = {name: ds for name, ds in ds_cache.items() if task_cache[name]}

@@ -147,17 +147,23 @@ def _selection(store: FeatureStore, cfg: ProbeConfig) -> tuple[list[str], list[s
     return ckpts, datasets
 
 
-def incomplete_blocks(store: FeatureStore, cfg: ProbeConfig) -> list[tuple[str, str, str]]:
-    """(checkpoint, dataset, layer) of the requested blocks that have a directory but no block.json."""
+def incomplete_blocks(store: FeatureStore, cfg: ProbeConfig, keep=None) -> list[tuple[str, str, str]]:
+    """(checkpoint, dataset, layer) of the requested blocks that have a directory but no block.json
+    (of the checkpoints ``keep`` accepts, if given)."""
     ckpts, datasets = _selection(store, cfg)
+    ckpts = [c for c in ckpts if keep is None or keep(c)]
     named = None if isinstance(cfg.layers, str) else set(cfg.layers)
     return [(ck, ds, layer) for ck in ckpts for ds in datasets for layer in store.incomplete_layers(ck, ds)
             if named is None or layer in named]
 
 
-def plan_blocks(store: FeatureStore, cfg: ProbeConfig) -> list[PlannedBlock]:
-    """The (checkpoint, dataset, layer) blocks a config asks for, checkpoint-major; unknown names raise."""
+def plan_blocks(store: FeatureStore, cfg: ProbeConfig, keep=None) -> list[PlannedBlock]:
+    """The (checkpoint, dataset, layer) blocks a config asks for, checkpoint-major; unknown names raise.
+
+    ``keep`` (a shard's test of a checkpoint name) plans only the checkpoints it accepts, without
+    reading the others' blocks; such a plan may be empty (a shard that owns no checkpoint)."""
     ckpts, datasets = _selection(store, cfg)
+    ckpts = [c for c in ckpts if keep is None or keep(c)]
     plan = []
     for ck in ckpts:
         for ds in datasets:
@@ -179,7 +185,7 @@ def plan_blocks(store: FeatureStore, cfg: ProbeConfig) -> list[PlannedBlock]:
                                      f"(layers: {', '.join(by_name)})")
                 chosen = [by_name[n] for n in cfg.layers]
             plan += [PlannedBlock(ck, ds, i["layer"], i["layer_index"], i["dim"]) for i in chosen]
-    if not plan:
+    if not plan and keep is None:
         raise StoreError(f"store {store.path} has no complete feature blocks for the requested "
                          "checkpoints and datasets; run `plateaulab store check` to see why")
     return plan
