@@ -77,7 +77,6 @@ import sys
 import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -89,8 +88,15 @@ import numpy as np  # noqa: E402
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 
+# The harness logic shared with `plateaulab bench` lives in the package (plateaulab.benchmark).
+from plateaulab.benchmark.agreement import FP32_SLACK, agreement, excess_rows  # noqa: E402,F401
+from plateaulab.benchmark.ceilings import event_seconds as _event_seconds, measure_h2d  # noqa: E402,F401
+from plateaulab.benchmark.flops import block_feature_bytes, block_flops, task_flops  # noqa: E402,F401
+from plateaulab.benchmark.machine import tf32_settings  # noqa: E402,F401
+from plateaulab.benchmark.synthetic import FeatureSynth, dataset_labels, write_blocks  # noqa: E402,F401
+from plateaulab.benchmark.workloads import L2_GRID, PAPER_DATASETS, DatasetSpec  # noqa: E402,F401
+
 GENERATOR_VERSION = 1          # bump when the synthetic features change: stores are rebuilt
-L2_GRID = tuple(float(v) for v in np.geomspace(2.0 ** 4, 2.0 ** 18, 8))
 
 # Dense datasheet peaks (TFLOP/s) of the SXM parts; the H200's arithmetic is the H100's. FP64 is the
 # tensor-core rate (cuBLAS DGEMM uses it on Hopper); the vector FP64 rate is half of it.
@@ -98,18 +104,8 @@ DATASHEET_PEAKS = {
     "H100": {"fp64": 67.0, "fp64_vector": 34.0, "fp32": 67.0, "tf32": 495.0, "fp16": 989.0},
     "H200": {"fp64": 67.0, "fp64_vector": 34.0, "fp32": 67.0, "tf32": 495.0, "fp16": 989.0},
 }
-FP32_SLACK = 0.01              # of the test rows per probe, 2x at l2 < 1 (tests/test_baselines.py)
-
 
 # --------------------------------------------------------------------------- workloads
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    name: str
-    classes: int
-    n_test: int
-    train_per_class: int
-
 
 @dataclass(frozen=True)
 class Workload:
@@ -134,10 +130,6 @@ class Workload:
     def store_dir(self, workdir: Path) -> Path:
         digest = hashlib.sha256(json.dumps(self.store_spec(), sort_keys=True).encode()).hexdigest()[:8]
         return workdir / "stores" / f"{self.store_key}-{digest}"
-
-
-PAPER_DATASETS = (("flowers102", 102, 6149), ("cars196", 196, 8041), ("cifar100", 100, 10_000),
-                  ("dtd", 47, 1880), ("pets", 37, 3669))
 
 
 def workloads(tiny: bool = False) -> dict[str, Workload]:
@@ -173,42 +165,6 @@ def workloads(tiny: bool = False) -> dict[str, Workload]:
 
 
 # --------------------------------------------------------------------------- synthetic features
-
-def dataset_labels(spec: DatasetSpec, seed: int = 0):
-    rng = np.random.default_rng([seed, spec.classes, spec.n_test])
-    y_train = np.repeat(np.arange(spec.classes), spec.train_per_class)
-    rng.shuffle(y_train)
-    return y_train, rng.integers(0, spec.classes, spec.n_test)
-
-
-class FeatureSynth:
-    """Features with class structure: class means in a 64-dim subspace, scaled by a separation that
-    grows with the checkpoint (cycling every 20) and the layer, plus unit Gaussian noise and an
-    offset; fp16. Each block is a function of (checkpoint, layer, dataset) alone, so an interrupted
-    build resumes with the same features. Draws on the GPU through CuPy when ``xp`` is CuPy."""
-
-    def __init__(self, xp, dim: int, seed: int = 0):
-        self.xp, self.dim, self.seed = xp, dim, seed
-        self.basis = np.random.default_rng([seed, dim]).normal(size=(64, dim)) / 8.0
-
-    def block(self, k: int, layer: int, d: int, y_train, y_test):
-        xp = self.xp
-        key = [self.seed, k, layer, d]
-        sep = 0.3 + 0.7 * (k % 20) / 19 + 0.05 * layer
-        C = int(max(y_train.max(), y_test.max())) + 1
-        means = (np.random.default_rng(key).normal(size=(C, 64)) @ self.basis * (4 * sep)).astype(np.float32)
-        y = np.concatenate([y_train, y_test])
-        if xp is np:
-            x = np.random.default_rng(key + [1]).standard_normal((y.size, self.dim), dtype=np.float32)
-        else:
-            x = xp.random.RandomState(int(np.random.SeedSequence(key).generate_state(1)[0])).standard_normal(
-                (y.size, self.dim), dtype=np.float32)
-        x += xp.asarray(means)[xp.asarray(y)]
-        x += 1.5
-        x = x.astype(np.float16)
-        x = x if xp is np else x.get()
-        return x[: y_train.size], x[y_train.size:]
-
 
 def build_store(wl: Workload, workdir: Path, xp, workers: int | None = None, quiet: bool = False):
     """The workload's store under ``workdir``: reused when complete, resumed when partial.
@@ -248,34 +204,6 @@ def build_store(wl: Workload, workdir: Path, xp, workers: int | None = None, qui
     return st, seconds, written
 
 
-def write_blocks(st, synth: FeatureSynth, jobs, workers: int | None = None) -> int:
-    """Generate and store every (checkpoint, k, layer, dataset index, dataset, y_train, y_test) job
-    whose block is not complete yet. The host work of a block (NaN check, CRC, write, fsync) runs in
-    a thread pool, as numpy, zlib and file writes release the GIL; at most 2 x workers blocks are in
-    flight. Returns the feature bytes written."""
-    workers = workers or min(8, os.cpu_count() or 1)
-    todo = [j for j in jobs if not st.has_block(j[0], j[4], f"layer{j[2]:02d}")]
-    for ck in dict.fromkeys(j[0] for j in todo):
-        k = int(ck.split("-")[1])
-        st.set_checkpoint_meta(ck, upstream_accuracy=0.4 + 0.5 * (k % 20) / 19, index=k)
-
-    def one(job):
-        ck, k, layer, d, name, y_train, y_test = job
-        train, test = synth.block(k, layer, d, y_train, y_test)
-        st.add_features(ck, name, f"layer{layer:02d}", train=train, test=test, layer_index=layer)
-        return train.nbytes + test.nbytes
-
-    written = 0
-    with ThreadPoolExecutor(workers) as pool:
-        pending = []
-        for job in todo:
-            pending.append(pool.submit(one, job))
-            if len(pending) >= 2 * workers:
-                written += pending.pop(0).result()
-        written += sum(f.result() for f in pending)
-    return written
-
-
 def probe_blocks(st, wl: Workload) -> list[tuple[str, str, str]]:
     """(checkpoint, dataset, layer) of every block the workload probes, checkpoint-major."""
     out = []
@@ -292,44 +220,6 @@ def solve_max_l(backend: str) -> int:
     """How many l2 values the backend still solves directly, one solve each (its ops' knob)."""
     ops = engine_ops(backend)
     return int(ops.solve_max_l) if ops is not None else 0
-
-
-def task_flops(n: int, D: int, C: int, L: int, m: int, factor: str) -> dict[str, tuple[float, str]]:
-    """{stage: (FLOPs, precision)} of one task and its L l2 values, as the engine computes them."""
-    Dp = D + 1
-    primal = n >= Dp
-    s = min(n, Dp)
-    f = {"gram": (2.0 * n * Dp * Dp if primal else 2.0 * n * n * Dp, "fp64"),
-         "rhs": (2.0 * n * Dp * C if primal else 0.0, "fp64")}
-    if factor == "eigh":
-        f["factorisation"] = (9.0 * s ** 3 + 2.0 * s * s * C + 2.0 * s * s * L * C, "fp64")
-    else:
-        f["factorisation"] = (L * (s ** 3 / 3.0 + 2.0 * s * s * C + 2.0 * s * s * C), "fp64")
-    kernel = (not primal) and n * D + n * L * C < L * C * D
-    if primal:
-        f["weights"] = (2.0 * D * L * C, "fp64")
-    elif kernel:
-        f["weights"] = (2.0 * n * D, "fp64")
-    else:
-        f["weights"] = (2.0 * Dp * n * L * C + 2.0 * D * L * C, "fp64")
-    f["test"] = ((2.0 * m * D * n + 2.0 * m * n * L * C) if kernel else 2.0 * m * D * L * C, "fp32")
-    return f
-
-
-def block_flops(tasks, D: int, C: int, L: int, m: int, chol_max_l: int) -> dict:
-    factor = "cholesky" if L <= chol_max_l else "eigh"
-    stages: dict[str, float] = {}
-    by_prec = {"fp64": 0.0, "fp32": 0.0}
-    for t in tasks:
-        for stage, (flops, prec) in task_flops(t.n_train, D, C, L, m, factor).items():
-            stages[stage] = stages.get(stage, 0.0) + flops
-            by_prec[prec] += flops
-    return {"factorisation": factor, "stages": stages, **by_prec, "total": by_prec["fp64"] + by_prec["fp32"]}
-
-
-def block_feature_bytes(tasks, D: int, m: int, itemsize: int = 2) -> int:
-    rows = np.unique(np.concatenate([t.indices for t in tasks])).size
-    return int((m + rows) * D * itemsize)
 
 
 def workload_model(st, wl: Workload, blocks, backend: str) -> dict:
@@ -379,32 +269,6 @@ def _run(cmd: list[str]) -> str | None:
 
 def _cuda_version(v: int) -> str:
     return f"{v // 1000}.{(v % 1000) // 10}"
-
-
-def tf32_settings(with_jax: bool = True) -> dict:
-    override = os.environ.get("NVIDIA_TF32_OVERRIDE")
-    cupy_on = os.environ.get("CUPY_TF32") == "1" and override != "0"
-    out = {"NVIDIA_TF32_OVERRIDE": override, "CUPY_TF32": os.environ.get("CUPY_TF32"), "cupy_tf32": cupy_on,
-           "cupy_fp32_matmul": ("TF32 (CUPY_TF32=1)" if cupy_on
-                                else "FP32, TF32 off (CuPy uses it only with CUPY_TF32=1)")}
-    if not with_jax:
-        out["jax_fp32_matmul"] = "not used"
-        return out
-    try:
-        import jax
-
-        prec = jax.config.jax_default_matmul_precision
-        if override == "0":
-            jax_mode = "FP32 (NVIDIA_TF32_OVERRIDE=0 forbids TF32)"
-        elif prec in (None, "default", "bfloat16", "tensorfloat32", "fastest"):
-            jax_mode = (f"TF32 on NVIDIA GPUs (jax_default_matmul_precision={prec!r}: XLA's default lets "
-                        "fp32 dots use TF32)")
-        else:
-            jax_mode = f"jax_default_matmul_precision={prec!r}"
-        out.update({"jax_default_matmul_precision": prec, "jax_fp32_matmul": jax_mode})
-    except Exception as exc:  # ImportError, or a broken CUDA plugin
-        out["jax_fp32_matmul"] = f"jax unavailable ({type(exc).__name__})"
-    return out
 
 
 def engine_digest() -> str:
@@ -555,42 +419,6 @@ class MemoryWatch:
 
 
 # --------------------------------------------------------------------------- device ceilings
-
-def _event_seconds(cp, fn, repeats: int, stream=None) -> list[float]:
-    """Seconds of each of ``repeats`` runs of fn(), timed by CUDA events on ``stream``; one warm-up."""
-    stream = stream or cp.cuda.get_current_stream()
-    start, end = cp.cuda.Event(), cp.cuda.Event()
-    out = []
-    for i in range(repeats + 1):
-        start.record(stream)
-        fn()
-        end.record(stream)
-        end.synchronize()
-        if i:
-            out.append(cp.cuda.get_elapsed_time(start, end) / 1e3)
-    return out
-
-
-def measure_h2d(cp, nbytes: int = 1 << 30, repeats: int = 8) -> dict:
-    """Host-to-device copy bandwidth: a pinned buffer (cupyx.empty_pinned) copied by cudaMemcpyAsync
-    on a non-blocking stream, timed by CUDA events, best of ``repeats``; a pageable buffer likewise."""
-    import cupyx
-
-    rt = cp.cuda.runtime
-    data = np.frombuffer(np.random.default_rng(0).bytes(nbytes), dtype=np.uint8)
-    dev = cp.empty(nbytes, dtype=cp.uint8)
-    stream = cp.cuda.Stream(non_blocking=True)
-    out = {"bytes": nbytes, "repeats": repeats}
-    pinned = cupyx.empty_pinned(nbytes, dtype=np.uint8)
-    pinned[:] = data
-    for name, host in (("pinned", pinned), ("pageable", data)):
-        t = _event_seconds(cp, lambda: rt.memcpyAsync(dev.data.ptr, host.ctypes.data, nbytes,
-                                                      rt.memcpyHostToDevice, stream.ptr), repeats, stream)
-        out[f"{name}_gbps_best"] = round(nbytes / min(t) / 1e9, 2)
-        out[f"{name}_gbps_median"] = round(nbytes / float(np.median(t)) / 1e9, 2)
-    del pinned, dev
-    return out
-
 
 def measure_ceilings(cp) -> dict:
     """What the device itself sustains, measured here: H2D (pinned, pageable), a device-to-device
@@ -743,29 +571,6 @@ def run_engine(st, wl: Workload, backend: str, workdir: Path, xp, time_budget: f
             "seconds_io": session.get("seconds_io"), "seconds_compute": session.get("seconds_compute"),
             "device": be.device(), "solve_fallbacks": getattr(ops, "solve_fallbacks", None),
             "peak_rss_bytes": peak_rss_bytes(), **mem.result(), "run_dir": str(run_dir)}
-
-
-def excess_rows(correct, ties, other):
-    return np.maximum(np.abs(np.asarray(other, np.int64) - correct) - ties, 0)
-
-
-def agreement(pairs, fp32: bool) -> dict:
-    """pairs: (engine BlockScores, baseline (T, L) counts, l2s) per block; see the module docstring."""
-    n = identical = within_ties = within_slack = 0
-    max_e, sum_e = 0, 0.0
-    for scores, other, l2s in pairs:
-        e = excess_rows(scores.correct, scores.ties, other)
-        slack = (np.where(np.asarray(l2s) >= 1.0, FP32_SLACK, 2 * FP32_SLACK) * scores.n_test
-                 if fp32 else np.zeros(len(l2s)))
-        n += e.size
-        identical += int(np.count_nonzero(np.asarray(other) == scores.correct))
-        within_ties += int(np.count_nonzero(e == 0))
-        within_slack += int(np.count_nonzero(e <= slack[None, :]))
-        max_e, sum_e = max(max_e, int(e.max(initial=0))), sum_e + float(e.sum())
-    return {"probes": n, "identical": identical, "within_ties": within_ties, "within_slack": within_slack,
-            "fraction_within_slack": within_slack / n if n else None, "max_excess_rows": max_e,
-            "mean_excess_rows": sum_e / n if n else None,
-            "slack": f"{FP32_SLACK:.0%} of test rows per probe ({2 * FP32_SLACK:.0%} at l2 < 1)" if fp32 else "none"}
 
 
 def baseline_subset(blocks, wl: Workload, per_dataset: int):

@@ -14,7 +14,7 @@ import sys
 from ..errors import PlateaulabError
 
 # Modules of plateaulab.cli, in the order their commands appear in --help.
-COMMANDS = ("store", "probe", "extract", "study", "synth", "fit", "sensitivity")
+COMMANDS = ("store", "probe", "extract", "study", "synth", "fit", "sensitivity", "bench")
 
 #: Library parameters whose flag is spelled differently from the parameter (parameter -> argparse dest).
 #: Every other parameter named by an error maps to the flag of the same dest (``seeds`` -> ``--seeds``).
