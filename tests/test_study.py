@@ -36,7 +36,8 @@ def test_default_study_writes_every_artefact(default_report):
                  "fig5_hull_overlay"):
         assert (out / "figures" / f"{name}.png").stat().st_size > 10_000
         assert (out / "figures" / f"{name}.svg").exists()
-    for name in ("parameters", "prediction_power", "points", "sensitivity", "spearman_ds_ds", "spearman_ds_us"):
+    for name in ("parameters", "tableF3_prediction_power", "points", "sensitivity", "spearman_ds_ds", "spearman_ds_us",
+                 "coverage"):
         assert (out / "tables" / f"{name}.csv").exists()
         json.loads((out / "tables" / f"{name}.json").read_text())
     # self-contained: figures inline, nothing fetched from elsewhere
@@ -124,7 +125,7 @@ def test_report_summaries_and_flags(default_report):
     n_ident = int(params["saturation_identified"].sum())
     assert f"The data identify the saturation of {n_ident} of {len(params)} tasks." in html
     assert summary["saturation_identified"].tolist() == sorted(summary["saturation_identified"], reverse=True)
-    power = pd.read_csv(default_report / "tables" / "prediction_power.csv")
+    power = pd.read_csv(default_report / "tables" / "tableF3_prediction_power.csv")
     assert (power["std_residual"] <= power["std_mean"] + 1e-12).all()
 
 

@@ -26,6 +26,7 @@ import pandas as pd
 
 from ..errors import InputError, PlateaulabError
 from . import tables as T
+from .scaling_laws_openclip import load_scaling_laws_openclip
 from .runs import DEFAULT_RUN_US, is_run_dir, planted_values, read_run
 from .timm_results import TIMM_CITATION, is_timm_results, load_timm_results
 from .test_sizes import attach_test_sizes
@@ -69,6 +70,13 @@ BUILTINS = {b.name: b for b in (
             "mlfoundations/model-soups, individual_model_results.jsonl, commit 3bb0f409 (MIT licence): 72 "
             "fine-tuned CLIP ViT-B/32 models",
             "US accuracy spans a narrow range (0.75-0.80), so every fit extrapolates far."),
+    Builtin("scaling-laws-openclip", "scaling_laws_openclip", "scaling_laws_openclip/zeroshot_results.csv",
+            "LAION-AI/scaling-laws-openclip, zeroshot_results.csv with arch_info.csv and trained_models_info.csv, "
+            "commit 652b1e74 (no licence file; the published results of Cherti et al., \"Reproducible scaling laws "
+            "for contrastive language-image learning\", CVPR 2023): zero-shot accuracies of 32 CLIP models",
+            _CLIP_NOTE + " A controlled scale-up: ViT-B/32, B/16 and L/14 trained on LAION-80M, 400M and 2B for 3B, "
+            "13B and 34B samples seen (27 runs with one recipe), plus H/14 and g/14 on LAION-2B and OpenAI's "
+            "B/32, B/16 and L/14 (CLIP-WIT, 13B samples). Accuracies are zero-shot."),
 )}
 
 #: loader name -> function(path, scale=...) -> AccuracyTable, for the published tables' own formats.
@@ -76,6 +84,7 @@ LOADERS: dict[str, Callable] = {
     "openclip": T.load_openclip,
     "clip_benchmark": T.load_clip_benchmark,
     "model_soups": T.load_model_soups,
+    "scaling_laws_openclip": load_scaling_laws_openclip,
     "timm": load_timm_results,
 }
 #: how to cite what a loader reads when no builtin table ships it
@@ -99,6 +108,8 @@ class Source:
     layer_rule: Optional[str] = None                            # probe runs: "last" or the layer's name
     planted: Optional[dict] = None                              # synthetic stores: what was planted
     builtin: Optional[Builtin] = None
+    hparams: Optional[pd.DataFrame] = None                      # --hparams: the runs, long, with those columns
+    hparam_names: list = dataclasses.field(default_factory=list)
 
     @property
     def long(self) -> pd.DataFrame:
@@ -127,17 +138,40 @@ def _names(value) -> Optional[list]:
 
 def read_source(source=None, *, loader: str = "auto", us: Optional[str] = None, ds=None, scale: str = "auto",
                 layer: Optional[str] = "last", partial: bool = False, n_test=None, n_test_us=None,
-                min_us: Optional[float] = None, exclude=None, **table_options) -> Source:
+                min_us: Optional[float] = None, exclude=None, hparams=None, **table_options) -> Source:
     """See :func:`_read`. Then every row gets the test-set sizes n_test and n_test_us (analysis.test_sizes:
     a column of the input, else ``n_test`` / ``n_test_us``, else a builtin's documented sizes), and the
     models a reader decided do not belong are left out, with a note: those with US accuracy below
     ``min_us``, and those named in ``exclude`` (model ids; an unknown id is an error). The default, as in
-    the paper, keeps every model."""
+    the paper, keeps every model.
+
+    hparams: hyper-parameter columns (list or comma-separated) for App. C/D's analysis: the runs that differ
+    in them go to ``Source.hparams`` (see :func:`_hparam_runs`)."""
     src = _read(source, loader=loader, us=us, ds=ds, scale=scale, layer=layer, partial=partial, **table_options)
     src.table.long = attach_test_sizes(src.table.long, src.table.us_name, n_test=n_test, n_test_us=n_test_us,
                                        documented=src.kind == "builtin")
     _leave_out(src, min_us, exclude)
+    names = _names(hparams)
+    if names:
+        src.hparams, src.hparam_names = _hparam_runs(src, names, scale)
     return src
+
+
+def _hparam_runs(src: Source, names: list, scale) -> tuple[pd.DataFrame, list]:
+    """The runs that differ in the hyper-parameters ``names``, as a long table with those columns: for
+    CLIP_benchmark every run of its lr x epochs grid (its loader's hyper="all"; the study's points keep the
+    best run per setting), for any other input the rows of the table itself (each model with its own values,
+    e.g. scaling-laws-openclip's pre-training lr). Models and DS tasks are those of the study."""
+    if src.loader == "clip_benchmark":
+        runs = T.load_clip_benchmark(src.table.source, hyper="all", scale=scale).long
+    else:
+        runs = src.table.long
+    fixed = {"model", "ds_task", "ds", "us", "shots", "n_test", "n_test_us"}
+    known = [c for c in runs.columns if c not in fixed]
+    cols = T.match_names(names, known, what="column", where=src.citation, param="hparams",
+                         label="hyper-parameter column(s)")
+    runs = runs[runs["model"].isin(set(src.long["model"])) & runs["ds_task"].isin(set(src.table.ds_tasks))]
+    return runs[["model", "ds_task", "ds", "us", "shots", *cols]].reset_index(drop=True), cols
 
 
 def _leave_out(src: Source, min_us, exclude) -> None:

@@ -22,9 +22,10 @@ import pandas as pd
 from ..errors import InputError, PlateaulabError
 from .bootstrap import BootstrapResult, bootstrap_fit
 from .correlations import spearman_matrices
+from .coverage import coverage
 from .groups import Group, iter_groups, shots_order
 from .hull import upper_hull
-from .hyperparams import hparam_study
+from .hyperparams import hparam_study, hparam_summary
 from .influence import influence_flag, vertex_influence
 from .layers import layer_profile
 from .noise import NoiseResult, noise_bootstrap
@@ -114,6 +115,8 @@ class StudyResult:
     layer_shots: Optional[float] = None                         # A9: the shot count of the layer profile
     scaleup: Optional[ScaleUp] = None                           # A6
     hparams: Optional[pd.DataFrame] = None                      # A10: analysis.hyperparams.hparam_study
+    hparam_summary: Optional[pd.DataFrame] = None               # A10: per (hyper-parameter, shots)
+    coverage: Optional[pd.DataFrame] = None                     # A1-A10: in the report, or what the input lacks
     main_shots: Optional[float] = None
     sensitivity_asked: bool = True
     absent: dict = dataclasses.field(default_factory=dict)      # analysis id -> what the input lacks
@@ -270,6 +273,8 @@ def analyse(source: Source, *, n_boot: int = DEFAULT_BOOTSTRAP, seed: int = 0, s
     if source.layers is not None:
         res.layer_table = _layers(res)
     res.hparams = _hparams(res)
+    res.hparam_summary = hparam_summary(res.hparams) if res.hparams is not None else None
+    res.coverage = coverage(res, min_models=MIN_MODELS, min_sensitivity=MIN_SENSITIVITY_MODELS)
     res.timings["total"] = time.perf_counter() - t0
     return res
 

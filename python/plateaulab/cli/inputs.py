@@ -59,10 +59,19 @@ def add_input_arguments(p, *, optional_input: bool = False) -> None:
                    help="test-set size behind each US accuracy (default: --n-test, or a builtin's documented size)")
 
 
+def add_hparam_argument(p) -> None:
+    """--hparams: the hyper-parameter columns of App. C/D's analysis (study only)."""
+    p.add_argument("--hparams", default=None, metavar="COL[,COL...]",
+                   help="hyper-parameter columns (e.g. lr,epochs for builtin:clip-benchmark, lr for "
+                        "builtin:scaling-laws-openclip): the report compares the value best for each DS task "
+                        "with the value best for US (App. C, D)")
+
+
 def input_options(args) -> dict:
     """read_source's options beyond the input, loader, us, ds, scale and layer."""
     options = {k: v for k, v in (("id", args.id), ("shots_col", args.shots_col), ("format", args.format),
-                                 ("nan", args.nan), ("duplicates", args.duplicates)) if v is not None}
+                                 ("nan", args.nan), ("duplicates", args.duplicates),
+                                 ("hparams", getattr(args, "hparams", None))) if v is not None}
     options.update(n_test=args.n_test, n_test_us=args.n_test_us, min_us=args.min_us, exclude=args.exclude)
     return options
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .inputs import add_fit_arguments, add_input_arguments, input_options
+from .inputs import add_fit_arguments, add_hparam_argument, add_input_arguments, input_options
 
 
 def register(subparsers) -> None:
@@ -16,6 +16,7 @@ def register(subparsers) -> None:
                     "(mlfoundations/open_clip, docs/openclip_results.csv, commit 29b90b8d).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_input_arguments(p, optional_input=True)
+    add_hparam_argument(p)
     p.add_argument("-o", "--output", required=True, metavar="REPORT_DIR", help="directory for the report")
     add_fit_arguments(p, bootstrap_default=300)
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and the sensitivity draws")
@@ -25,6 +26,9 @@ def register(subparsers) -> None:
     p.add_argument("--overlay", default=None, metavar="TASK",
                    help="DS task whose hull is drawn over the others (Figure 5); default: the task ranked most "
                         "like US")
+    p.add_argument("--layer-tol", type=float, default=0.01, metavar="EPS",
+                   help="runs with several layers: a layer counts as good as a checkpoint's best when its accuracy "
+                        "is within EPS (0-1) of it (Figure 6 and the earliest-layer table)")
     p.add_argument("--no-sensitivity", action="store_true", help="skip the sample-size sensitivity (Figure 3)")
     p.add_argument("--trials", type=int, default=10, help="trials per sample size in the sensitivity analysis")
     p.add_argument("--quiet", action="store_true", help="print only the report's path")
@@ -58,7 +62,8 @@ def run(args) -> int:
         path = run_study(args.input, args.output, us=args.us, ds=args.ds, n_boot=args.bootstrap, seed=args.seed,
                          axis_scale=args.axis_scale, input_scale=args.input_scale, overlay=args.overlay,
                          sensitivity=not args.no_sensitivity, sensitivity_trials=args.trials, loader=args.loader,
-                         layer=args.layer, ci_source=args.ci_source, tail=args.tail, progress=progress,
+                         layer=args.layer, ci_source=args.ci_source, tail=args.tail, layer_tol=args.layer_tol,
+                         progress=progress,
                          on_result=on_result, **input_options(args))
     finally:
         if bar is not None:
@@ -76,7 +81,8 @@ def _print_summary(res, out) -> None:
 
     from ..report.text import identified_count
 
-    rows = json.loads((out / "tables" / "summary.json").read_text())
+    summary = out / "tables" / "summary.json"        # absent when no task was fitted (a layer-only report)
+    rows = json.loads(summary.read_text()) if summary.exists() else []
     print(identified_count(res.groups))
     for row in rows:
         print(f"{row['label']}: {row['summary']}")

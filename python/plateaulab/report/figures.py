@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from ..analysis.groups import shots_order  # noqa: E402
-from .text import saturation_text, shots_tick, status  # noqa: E402
+from .text import SCALE_NAMES, saturation_text, shots_text, shots_tick, status  # noqa: E402
 
 COLORS = {"points": "#6b8fb5", "hull": "#1f3b63", "fit_hull": "#c0392b", "fit_all": "#3d8a7a",
           "band": "#e6a19a", "sat": "#c0392b", "overlay": "#d62728", "unidentified": "#8c8c8c"}
@@ -163,38 +163,58 @@ def _y_limits(ax, r, y_pts, scale: str) -> None:
     ax.set_ylim(ylo - pad, yhi + pad)
 
 
+def _saturation_panel(ax, r, scale: str, planted: dict | None = None) -> None:
+    """One panel of Figure 1: points, hull, band, both fits, the saturation line (and the planted one)."""
+    x_pts, y_pts = _scale(r.us, scale), _scale(r.ds, scale)
+    grid = _curve_grid(r, scale)
+    if r.band is not None and r.fit_hull.identifiable.get("saturation", False):
+        bg, blo, bhi = r.band
+        keep = (bg >= grid[0] - 1e-12) & (bg <= grid[-1] + 1e-12)
+        ax.fill_between(_scale(bg[keep], scale), _scale(blo[keep], scale), _scale(bhi[keep], scale),
+                        color=COLORS["band"], alpha=0.45, lw=0, label="95% band of the hull fit")
+    ax.scatter(x_pts, y_pts, s=9, color=COLORS["points"], alpha=0.7, lw=0, label="models")
+    _draw_hull(ax, r, scale)
+    if r.fit_all is not None and np.isfinite(r.fit_all.k):
+        ax.plot(_scale(grid, scale), _scale(r.fit_all.predict(grid), scale), "-.", color=COLORS["fit_all"],
+                lw=1.0, alpha=0.8, label="eq. (1) fit on all points")
+    _draw_fit(ax, r, grid, scale)
+    if planted and r.task in planted:
+        ax.axhline(_scale(np.array([planted[r.task]]), scale)[0], color="#2ca02c", ls="-.", lw=1.2,
+                   label="planted saturation")
+    ax.grid(alpha=0.25, lw=0.5)
+    if scale == "linear":
+        ax.set_xlim(grid[0], 1.0)
+    _y_limits(ax, r, y_pts, scale)
+
+
 def saturation_grid(groups, us_name: str, scale: str = "linear", planted: dict | None = None):
     """Figure 1: per (DS task, shots) the points, the upper hull (the fitted rising part solid, the tail
     dotted), eq. (1) fitted on the hull (grey dashed when the data do not identify the saturation) and on all
     points, the band of the primary interval and the saturation line 1 - e_IR."""
     fig, axes, panels = _panel_axes(groups, width=3.3, height=3.1, extra_top=0.9)
     for ax, r in zip(panels, groups):
-        x_pts, y_pts = _scale(r.us, scale), _scale(r.ds, scale)
-        grid = _curve_grid(r, scale)
-        if r.band is not None and r.fit_hull.identifiable.get("saturation", False):
-            bg, blo, bhi = r.band
-            keep = (bg >= grid[0] - 1e-12) & (bg <= grid[-1] + 1e-12)
-            ax.fill_between(_scale(bg[keep], scale), _scale(blo[keep], scale), _scale(bhi[keep], scale),
-                            color=COLORS["band"], alpha=0.45, lw=0, label="95% band of the hull fit")
-        ax.scatter(x_pts, y_pts, s=9, color=COLORS["points"], alpha=0.7, lw=0, label="models")
-        _draw_hull(ax, r, scale)
-        if r.fit_all is not None and np.isfinite(r.fit_all.k):
-            ax.plot(_scale(grid, scale), _scale(r.fit_all.predict(grid), scale), "-.", color=COLORS["fit_all"],
-                    lw=1.0, alpha=0.8, label="eq. (1) fit on all points")
-        _draw_fit(ax, r, grid, scale)
-        if planted and r.task in planted:
-            ax.axhline(_scale(np.array([planted[r.task]]), scale)[0], color="#2ca02c", ls="-.", lw=1.2,
-                       label="planted saturation")
+        _saturation_panel(ax, r, scale, planted)
         ax.set_title(_panel_title(r), fontsize=8.5,
                      color="black" if r.fit_hull.identifiable.get("saturation", False) else "#6b6b6b")
-        ax.grid(alpha=0.25, lw=0.5)
-        if scale == "linear":
-            ax.set_xlim(grid[0], 1.0)
-        _y_limits(ax, r, y_pts, scale)
     _shared_legend(fig, panels)
     _label_panels(fig, axes, panels, us_name, scale)
     top = 1.0 - 0.75 / fig.get_figheight()
     fig.tight_layout(rect=(0.0, 0.0, 1.0, top))
+    return fig
+
+
+def axis_scales_figure(r, us_name: str):
+    """Figure F.2: one task's Figure-1 panel on linear, logit and -log(1 - p) axes side by side."""
+    fig, axes = plt.subplots(1, 3, figsize=(11.5, 3.9), squeeze=False)
+    for ax, scale in zip(axes[0], ("linear", "logit", "neglog1m")):
+        _saturation_panel(ax, r, scale)
+        ax.set_title(f"{_wrap(r.label, 40)}: {SCALE_NAMES[scale]} axes", fontsize=9)
+    _shared_legend(fig, list(axes[0]))
+    _label_panels(fig, axes, list(axes[0]), us_name, "linear")
+    for ax, scale in zip(axes[0], ("linear", "logit", "neglog1m")):
+        ax.set_xlabel(SCALE_LABEL[scale].format(f"US accuracy ({us_name})"), fontsize=8.5)
+        ax.set_ylabel(SCALE_LABEL[scale].format("DS accuracy"), fontsize=9)
+    fig.tight_layout(rect=(0.0, 0.0, 1.0, 1.0 - 0.55 / fig.get_figheight()))
     return fig
 
 
@@ -334,38 +354,183 @@ def hull_overlay_grid(groups, ref: str, us_name: str, scale: str = "linear"):
     return fig
 
 
-def layer_plot(layers: pd.DataFrame, us_name: str, best: pd.DataFrame | None = None):
+def layer_plot(layers: pd.DataFrame, us_name: str, best: pd.DataFrame | None = None, tol: float = 0.01):
     """Figure 6: few-shot DS accuracy from each layer's representation, one line per checkpoint coloured
-    by US accuracy; stars mark each checkpoint's earliest layer within tolerance of its best."""
+    by US accuracy; stars mark each checkpoint's earliest layer within ``tol`` of its best."""
     datasets = list(dict.fromkeys(layers["dataset"]))
     n = len(datasets)
     rows, cols = _grid_shape(n, max_cols=4)
     fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols + 1.0, 3.0 * rows + 0.4), squeeze=False)
     for ax in axes.flat[n:]:
         ax.set_visible(False)
-    norm = matplotlib.colors.Normalize(vmin=float(layers["us"].min()), vmax=float(layers["us"].max()))
+    lo, hi = float(layers["us"].min()), float(layers["us"].max())
+    norm = matplotlib.colors.Normalize(vmin=lo - (0.01 if hi == lo else 0), vmax=hi + (0.01 if hi == lo else 0))
     cmap = plt.get_cmap("viridis")
     for ax, d in zip(axes.flat, datasets):
         g = layers[layers["dataset"] == d]
         for ck, cg in g.groupby("checkpoint"):
             cg = cg.sort_values("layer_index")
-            ax.plot(cg["layer_index"], cg["accuracy"], "-", color=cmap(norm(cg["us"].iloc[0])), lw=1.0, alpha=0.8)
+            ax.plot(cg["layer_index"], cg["accuracy"], "-o", color=cmap(norm(cg["us"].iloc[0])), lw=1.0, ms=2.5,
+                    alpha=0.8)
         if best is not None and not best.empty and "dataset" in best.columns:
             b = best[best["dataset"] == d]
-            ax.scatter(b["layer_index"], b["accuracy"], marker="*", s=40, color="#d62728", zorder=3,
-                       label="earliest layer within tolerance of best")
+            ax.scatter(b["layer_index"], b["accuracy"], marker="*", s=60, color="#d62728", zorder=3,
+                       label=f"earliest layer within {tol:g} of the checkpoint's best")
         ax.set_title(_wrap(str(d), 34))
-        ax.set_xlabel("layer index")
+        ax.set_xlabel("layer index (0 = first probed layer)")
         ax.set_ylabel("DS accuracy")
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.grid(alpha=0.3, lw=0.5)
-    fig.tight_layout(rect=(0, 0, 0.9, 1))
-    cax = fig.add_axes((0.92, 0.15, 0.015, 0.7))
+    top = 1.0 - 0.45 / fig.get_figheight()
+    fig.tight_layout(rect=(0, 0, 0.9, top))
+    cax = fig.add_axes((0.92, 0.15, 0.015, 0.7 * top))
     fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), cax=cax, label=f"US accuracy ({us_name})")
-    if best is not None and not best.empty:
-        h, lab = axes.flat[0].get_legend_handles_labels()
-        if h:
-            axes.flat[0].legend(h[:1], lab[:1], loc="lower right", fontsize=7)
+    h, lab = axes.flat[0].get_legend_handles_labels()
+    if h:
+        fig.legend(h[:1], lab[:1], loc="upper center", frameon=False, bbox_to_anchor=(0.45, 1.0))
+    return fig
+
+
+def _level_colours(lines: pd.DataFrame) -> dict:
+    """{level: colour}: an axis's levels from smallest to largest along plasma (dark blue to yellow-orange)."""
+    levels = lines.drop_duplicates("level").sort_values(["value", "level"])["level"].tolist()
+    cmap = plt.get_cmap("plasma")
+    return {lv: cmap(0.88 * i / max(1, len(levels) - 1)) for i, lv in enumerate(levels)}
+
+
+def _scaleup_panel(ax, r, lines: pd.DataFrame, colours: dict) -> None:
+    """One task, one axis: grey models on no line of the axis, each line joined, points coloured by the
+    axis's level, and eq. (1) fitted on all points (pooled over the axes)."""
+    pos = {str(m): i for i, m in enumerate(r.models)}
+    grey = [i for m, i in pos.items() if m not in set(lines["model"])]
+    if grey:
+        ax.scatter(r.us[grey], r.ds[grey], s=12, color="#c4c4c4", lw=0, label="on no line of this axis")
+    for _, line in lines.groupby("line"):
+        idx = [pos[m] for m in line["model"] if m in pos]
+        ax.plot(r.us[idx], r.ds[idx], "-", color="#6b6b6b", lw=0.7, alpha=0.7)
+    for level, colour in colours.items():
+        idx = [pos[m] for m in lines.loc[lines["level"] == level, "model"].unique() if m in pos]
+        ax.scatter(r.us[idx], r.ds[idx], s=20, color=colour, edgecolor="white", lw=0.4, zorder=3, label=level)
+    lo, hi = float(np.min(r.us)), float(np.max(r.us))
+    pad = 0.04 * (hi - lo) + 1e-3
+    if r.fit_all is not None and np.isfinite(r.fit_all.k):
+        grid = np.linspace(lo - pad, hi + pad, 100)
+        ax.plot(grid, r.fit_all.predict(grid), "-.", color=COLORS["fit_all"], lw=1.3,
+                label="eq. (1) on all points (pooled)")
+    ax.set_xlim(lo - pad, hi + pad)
+    ax.grid(alpha=0.25, lw=0.5)
+
+
+def scaleup_grid(groups, scaleup, us_name: str):
+    """Figure 4: per task a row of panels, one per scale axis (model size, data size, samples seen), on the
+    same DS-vs-US axes: every line of the axis (models whose other axes are fixed) joined, points coloured by
+    the axis's level, grey the models on no line of it, and the pooled fit."""
+    axes_ = scaleup.axes
+    n_rows, n_cols = len(groups), len(axes_)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(3.3 * n_cols, 2.9 * n_rows + 1.4), squeeze=False)
+    colours = {a.name: _level_colours(scaleup.lines[scaleup.lines["axis"] == a.name]) for a in axes_}
+    for row, r in enumerate(groups):
+        for j, a in enumerate(axes_):
+            ax = axes[row, j]
+            _scaleup_panel(ax, r, scaleup.lines[scaleup.lines["axis"] == a.name], colours[a.name])
+            ax.set_title(f"{_wrap(r.label, 40)}\nvarying {a.name}", fontsize=8.5)
+            ax.set_xlabel(f"US accuracy ({us_name})", fontsize=8)
+            if j == 0:
+                ax.set_ylabel("DS accuracy", fontsize=8.5)
+    fig.tight_layout(rect=(0, 0, 1, 1.0 - 1.1 / fig.get_figheight()))
+    for j in range(n_cols):
+        handles, labels = axes[0, j].get_legend_handles_labels()
+        keep = [i for i, lab in enumerate(labels) if not lab.startswith("eq. (1)")]
+        axes[0, j].legend([handles[i] for i in keep], [labels[i] for i in keep], loc="lower center",
+                          bbox_to_anchor=(0.5, 1.2), ncol=3, fontsize=7.5, frameon=False, columnspacing=0.8,
+                          handletextpad=0.2, title=f"varying {axes_[j].name}", title_fontsize=8.5)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fits = [i for i, lab in enumerate(labels) if lab.startswith("eq. (1)")]
+    if fits:
+        fig.legend([handles[fits[0]]], [labels[fits[0]]], loc="upper center", frameon=False, fontsize=8.5,
+                   bbox_to_anchor=(0.5, 1.0))
+    return fig
+
+
+def _hparam_layout(table: pd.DataFrame, grid: dict | None):
+    """Hyper-parameters, shot counts (sorted, "full" last; [None] without shots) and each hyper-parameter's
+    values in increasing order (``grid``: {name: every value run}, else the optima), for Figures D.3, D.4."""
+    hps = list(dict.fromkeys(table["hparam"]))
+    shots = sorted(table["shots"].dropna().unique(), key=shots_order) if table["shots"].notna().any() else [None]
+    values = {}
+    for h in hps:
+        g = table[table["hparam"] == h]
+        seen = set(g["best_param"]) | set(g["us_best_param"]) | set((grid or {}).get(h, []))
+        values[h] = sorted({float(v) for v in seen if pd.notna(v)})
+    return hps, shots, values
+
+
+def _shots_rows(g: pd.DataFrame, shots) -> pd.DataFrame:
+    return g[g["shots"].isna()] if shots is None else g[g["shots"] == shots]
+
+
+def _shots_label(shots) -> str:
+    return "all runs" if shots is None else shots_text(shots)
+
+
+def hparam_optimum_plot(table: pd.DataFrame, us_name: str, grid: dict | None = None):
+    """Figure D.3: per hyper-parameter, the value with the best mean accuracy for each DS task (dots) and for
+    US (top row, and a dotted line), one colour per shot count."""
+    hps, shots, values = _hparam_layout(table, grid)
+    tasks = ["US"] + list(dict.fromkeys(t for t in table["target"] if t != "US"))
+    fig, axes = plt.subplots(1, len(hps), figsize=(5.6 * len(hps), 0.27 * len(tasks) + 2.0), squeeze=False)
+    cmap = plt.get_cmap("tab10")
+    for ax, h in zip(axes[0], hps):
+        pos = {v: i for i, v in enumerate(values[h])}
+        for si, sh in enumerate(shots):
+            g = _shots_rows(table[table["hparam"] == h], sh)
+            if g.empty:
+                continue
+            off = (si - (len(shots) - 1) / 2) * 0.22
+            ax.scatter([pos[float(v)] for v in g["best_param"]], [tasks.index(t) + off for t in g["target"]], s=28,
+                       color=cmap(si), zorder=3, label=_shots_label(sh))
+            ax.axvline(pos[float(g["us_best_param"].iloc[0])] + off / 5, color=cmap(si), ls=":", lw=1.4)
+        ax.set_yticks(range(len(tasks)), [f"US ({us_name})" if t == "US" else _wrap(str(t), 40) for t in tasks],
+                      fontsize=8)
+        ax.set_ylim(len(tasks) - 0.5, -0.5)
+        ax.set_xticks(range(len(values[h])), [f"{float(v):g}" for v in values[h]])
+        ax.set_xlim(-0.6, len(values[h]) - 0.4)
+        ax.set_xlabel(f"{h} with the best mean accuracy")
+        ax.set_title(f"Best {h} per task; dotted: best for US")
+        ax.grid(axis="x", alpha=0.3, lw=0.5)
+    fig.tight_layout(rect=(0, 0.06 if len(shots) > 1 else 0, 1, 1))
+    if len(shots) > 1:
+        fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="lower center", ncol=len(shots), frameon=False)
+    return fig
+
+
+def hparam_rank_plot(table: pd.DataFrame, us_name: str, grid: dict | None = None):
+    """Figure D.4: per hyper-parameter, each DS task's best value against the Spearman correlation of its
+    accuracy with US accuracy over the runs; dotted: the value best for US."""
+    hps, shots, values = _hparam_layout(table, grid)
+    fig, axes = plt.subplots(1, len(hps), figsize=(5.4 * len(hps), 3.9), squeeze=False)
+    cmap = plt.get_cmap("tab10")
+    for ax, h in zip(axes[0], hps):
+        pos = {v: i for i, v in enumerate(values[h])}
+        for si, sh in enumerate(shots):
+            g = _shots_rows(table[table["hparam"] == h], sh)
+            ds = g[g["target"] != "US"]
+            if ds.empty:
+                continue
+            off = (si - (len(shots) - 1) / 2) * 0.06
+            ax.scatter(ds["spearman_with_us"], [pos[float(v)] + off for v in ds["best_param"]], s=26, color=cmap(si),
+                       alpha=0.85, zorder=3, label=_shots_label(sh))
+            ax.axhline(pos[float(g["us_best_param"].iloc[0])] + off / 3, color=cmap(si), ls=":", lw=1.4)
+        ax.set_yticks(range(len(values[h])), [f"{float(v):g}" for v in values[h]])
+        ax.set_ylim(-0.6, len(values[h]) - 0.4)
+        ax.set_xlim(-1.02, 1.02)
+        ax.set_xlabel("Spearman correlation of DS and US accuracy over runs", fontsize=8.5)
+        ax.set_ylabel(f"best {h} for the DS task")
+        ax.set_title(f"Best {h} against the US/DS rank correlation")
+        ax.grid(alpha=0.3, lw=0.5)
+    fig.tight_layout(rect=(0, 0.07 if len(shots) > 1 else 0, 1, 1))
+    if len(shots) > 1:
+        fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="lower center", ncol=len(shots), frameon=False)
     return fig
 
 

@@ -15,7 +15,8 @@ import pandas as pd
 from . import figures as F
 from . import html as H
 from . import tables as T
-from .text import SCALE_NAMES, identified_count, ranked, shots_text, shots_tick, summary_sentence
+from .text import (SCALE_NAMES, absent_line, hparam_sentence, identified_count, ranked, scaleup_sentence, shots_text,
+                   shots_tick, summary_sentence)
 
 
 @dataclasses.dataclass
@@ -62,8 +63,24 @@ def not_analysed(page: Page) -> list[str]:
             + [f'<li class="warn"><b>{H.esc(k)}</b>: {H.esc(v)}</li>' for k, v in skipped.items()] + ["</ul>"])
 
 
+def coverage(page: Page) -> list[str]:
+    table = page.res.coverage
+    if table is None:
+        return []
+    page.art.table("coverage", table)
+    absent = table[~table["in_report"]]
+    if absent.empty:
+        return []
+    return (["<h2>Analyses not in this report</h2>",
+             "<p>Of the paper's analyses (A1-A10 of the protocol), these need something this input does not have; "
+             "<code>tables/coverage.csv</code> lists all ten.</p><ul>"]
+            + [f"<li>{H.esc(absent_line(row))}</li>" for _, row in absent.iterrows()] + ["</ul>"])
+
+
 def summary(page: Page) -> list[str]:
     groups = page.res.groups
+    if not groups:
+        return []
     out = ["<h2>Summary per task</h2>",
            f"<p><b>{H.esc(identified_count(groups))}</b> A saturation counts as identified when its profile "
            "interval stays inside [0, 1] (docs/ANALYSIS.md); the others are listed after the ranking with the "
@@ -86,6 +103,8 @@ def summary(page: Page) -> list[str]:
 
 
 def saturation_figure(page: Page) -> list[str]:
+    if not page.res.groups:
+        return []
     png = page.art.figure("fig1_saturation_grid", F.saturation_grid(page.res.groups, page.source.table.us_name,
                                                                     page.axis_scale, page.planted))
     caption = ("Each panel: the models (dots); their upper convex hull, solid up to its highest vertex (the part the fit "
@@ -98,7 +117,23 @@ def saturation_figure(page: Page) -> list[str]:
     return ["<h2>DS accuracy against US accuracy (Figure 1)</h2>", H.figure(png, caption, "Figure 1 grid")]
 
 
+def axis_scales(page: Page) -> list[str]:
+    groups = page.res.groups
+    if not groups:
+        return []
+    ident = [g for g in groups if g.fit_hull.identifiable.get("saturation", False)] or groups
+    r = next((g for g in ident if g.task == page.res.overlay_ref), ident[0])
+    png = page.art.figure("figF2_axis_scales", F.axis_scales_figure(r, page.source.table.us_name))
+    caption = (f"{H.esc(r.label)}'s panel of Figure 1 on three axis scales (App. E): the fits are the same, made on "
+               "0-1 accuracies; logit and -log(1 - p) stretch the ends of the range, where saturation shows. Under "
+               "-log(1 - p) a pure power law without e_IR is a straight line. <code>--axis-scale</code> redraws "
+               "Figures 1 and 5 on either.")
+    return ["<h2>Axis scales (Figure F.2)</h2>", H.figure(png, caption, "Figure F.2 axis scales")]
+
+
 def parameters(page: Page) -> list[str]:
+    if not page.res.groups:
+        return []
     params = T.parameter_table(page.res.groups)
     page.art.table("parameters", params)
     fits_all = T.fits_all_table(page.res.groups)
@@ -136,21 +171,46 @@ def influence(page: Page) -> list[str]:
             H.table(view, text_cols=("ds_task", "most influential model"), digits=3)]
 
 
-def prediction_power(page: Page) -> list[str]:
-    power = T.power_table(page.res.groups)
-    if power.empty:
+def scaleup(page: Page) -> list[str]:
+    res, up = page.res, page.res.scaleup
+    if up is None:
         return []
-    page.art.table("prediction_power", power)
-    view = power[[c for c in ("ds_task", "shots", "n_points", "std_residual", "std_mean", "ratio") if c in power]].copy()
-    if "n_points" in view:
-        view["n_points"] = view["n_points"].astype(int)
-    if "shots" in view:
-        view["shots"] = view["shots"].map(lambda v: "" if pd.isna(v) else f"{v:g}")
-    return ["<h2>How well US accuracy predicts DS accuracy (Table F.3)</h2>",
-            "<p>std_residual: standard deviation of DS accuracy minus eq. (1) fitted on all points; std_mean: "
-            "standard deviation around the mean DS accuracy (predicting the mean); ratio = std_residual / "
-            "std_mean. A small ratio means US accuracy alone predicts DS accuracy well.</p>",
-            H.table(view, text_cols=("ds_task",), digits=4)]
+    page.art.table("scaleup_lines", up.lines)
+    by_label = {r.label: r for r in res.groups}
+    shown = [by_label[k] for k in up.shown if k in by_label]
+    us_name = page.source.table.us_name
+    png = page.art.figure("fig4_scaleup", F.scaleup_grid(shown, up, us_name))
+    full = [r for r in res.groups if r.fit_all is not None]
+    per_axis = up.lines.groupby("axis", sort=False).agg(lines=("line", "nunique"), models=("model", "nunique"))
+    counts = "; ".join(f"{a}: {int(v['lines'])} lines of {int(v['models'])} models" for a, v in per_axis.iterrows())
+    caption = (f"{len(shown)} of {len(full)} tasks, chosen to span Table F.3's ratio from the best predicted to the "
+               "worst (Table F.3 below covers every task; Figure 1 shows every task's points). Each column varies one axis: a line joins models whose other axes are the same ("
+               f"{H.esc(counts)}), points are coloured by the varied axis's level, grey models lie on no line of "
+               "that axis, and the green dash-dot curve is eq. (1) fitted on all the task's models (pooled over the "
+               "axes). The model axis is ordered by compute per sample (GMACs).")
+    return ["<h2>Controlled scale-up (Figure 4)</h2>",
+            "<p>Abnar et al. (Section 3) find that increasing model size, data size or compute moves a model along "
+            "the same DS-vs-US curve: given US accuracy, these axes tell nothing more about DS accuracy. Below, "
+            "that is looked at per axis (Figure 4), and tested in Table F.3's last columns.</p>",
+            H.figure(png, caption, "Figure 4 controlled scale-up")]
+
+
+def prediction_power(page: Page) -> list[str]:
+    res = page.res
+    table = T.tableF3(res)
+    if table.empty:
+        return []
+    page.art.table("tableF3_prediction_power", table)
+    axes = res.scaleup.axes if res.scaleup is not None else []
+    out = ["<h2>How well US accuracy predicts DS accuracy (Table F.3)</h2>",
+           "<p>std_residual: standard deviation of DS accuracy minus eq. (1) fitted on all points (the pooled fit); "
+           "std_mean: standard deviation around the mean DS accuracy (predicting the mean); ratio = std_residual / "
+           "std_mean. A small ratio means US accuracy alone predicts DS accuracy well.</p>"]
+    if axes:
+        out.append("<p>Residual vs an axis: Spearman correlation, over the models, of the residual with the axis "
+                   "(model GMACs, data size, samples seen), and its permutation p-value (2,000 permutations; * p &lt; "
+                   f"0.05). {H.esc(scaleup_sentence(table, axes))}</p>")
+    return out + [H.table(T.display_tableF3(table, axes), text_cols=("ds_task",), digits=4)]
 
 
 def sensitivity(page: Page) -> list[str]:
@@ -228,20 +288,54 @@ def layers(page: Page) -> list[str]:
     page.art.table("layer_accuracy", lay)
     if res.layer_table is not None:
         page.art.table("layer_profile", res.layer_table)
-    shown = lay if res.main_shots is None else lay[lay["shots"] == res.main_shots]
+    shown = lay if res.layer_shots is None else lay[lay["shots"] == res.layer_shots]
+    tol = res.layer_tol
     png = page.art.figure("fig6_layers", F.layer_plot(shown, page.source.table.us_name,
-                                                      T.earliest_layers(res.layer_table)))
+                                                      T.earliest_layers(res.layer_table), tol))
     out = ["<h2>Accuracy per layer (Figure 6)</h2>",
            H.figure(png, "Few-shot accuracy of a probe on each layer's features"
-                    + (f" ({shots_text(res.main_shots)})" if res.main_shots is not None else "")
-                    + ". One line per checkpoint, coloured by US accuracy.", "Figure 6 layers")]
-    summary_ = T.layer_summary(res.layer_table)
-    if summary_ is not None:
+                    + (f" ({shots_text(res.layer_shots)})" if res.layer_shots is not None else "")
+                    + f". One line per checkpoint, coloured by US accuracy; stars: the earliest layer within {tol:g} "
+                    "(accuracy) of the checkpoint's best layer.", "Figure 6 layers")]
+    early = T.earliest_table(res.layer_table)
+    if early is not None:
+        page.art.table("layer_earliest", early)
+        summary_ = T.layer_summary(res.layer_table)
         page.art.table("layer_summary", summary_)
-        out += ["<p>Per DS task: the mean best layer and the mean earliest layer within 0.01 of the best (over "
-                "checkpoints), and the share of checkpoints whose last layer is not needed.</p>",
+        out += [f"<p>Per DS task: the mean best layer and the mean earliest layer within &epsilon; = {tol:g} of the "
+                "best (over checkpoints; <code>--layer-tol</code> sets &epsilon;), and the share of checkpoints whose "
+                "last layer is not needed. Per checkpoint in <code>tables/layer_earliest.csv</code>"
+                + (", and below" if len(early) <= 24 else "") + ".</p>",
                 H.table(summary_, text_cols=("dataset",))]
+        if len(early) <= 24:
+            out.append(H.table(early, text_cols=("dataset", "checkpoint", "best layer", "earliest near-best layer")))
     return out
+
+
+def hparams(page: Page) -> list[str]:
+    table, summary_ = page.res.hparams, page.res.hparam_summary
+    if table is None:
+        return []
+    page.art.table("hparams", table)
+    page.art.table("hparams_summary", summary_)
+    us_name = page.source.table.us_name
+    runs = page.source.hparams
+    grid = {h: runs[h].dropna().unique().tolist() for h in page.source.hparam_names}
+    d3 = page.art.figure("figD3_hparam_optimum", F.hparam_optimum_plot(table, us_name, grid))
+    d4 = page.art.figure("figD4_hparam_vs_rank", F.hparam_rank_plot(table, us_name, grid))
+    names = ", ".join(page.source.hparam_names)
+    return ([f"<h2>Hyper-parameters on which US and DS disagree (App. C, D): {H.esc(names)}</h2>",
+            "<p>For each declared hyper-parameter, the value with the best mean accuracy over the runs that have it, "
+            f"for US ({H.esc(us_name)}) and for each DS task; the DS accuracy lost by taking the US optimum; and the "
+            "task's optimum against the Spearman correlation of its accuracy with US accuracy over the runs (the "
+            "paper finds that tasks ranking models like US want US-like values). All rows in "
+            "<code>tables/hparams.csv</code>.</p><ul>"]
+            + [f"<li>{H.esc(hparam_sentence(row))}</li>" for _, row in summary_.iterrows()]
+            + ["</ul>",
+               H.figure(d3, "Figure D.3: dots, the best value for each task; dotted lines, the best for US; one colour "
+                            "per shot count.", "Figure D.3 optimum per task"),
+               H.figure(d4, "Figure D.4: each task's best value against its US/DS rank correlation; dotted: the US "
+                            "optimum.", "Figure D.4 optimum vs rank correlation")])
 
 
 def files(page: Page) -> list[str]:
@@ -260,5 +354,5 @@ def files(page: Page) -> list[str]:
 
 
 #: The page, top to bottom.
-SECTIONS = (header, not_analysed, summary, saturation_figure, parameters, influence, prediction_power, sensitivity,
-            shots, spearman, overlay, layers, files)
+SECTIONS = (header, not_analysed, coverage, summary, saturation_figure, axis_scales, parameters, influence, scaleup,
+            prediction_power, sensitivity, shots, spearman, overlay, layers, hparams, files)

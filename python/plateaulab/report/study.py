@@ -23,18 +23,19 @@ def run_study(source=None, out_dir="study_report", *, us=None, ds=None, n_boot: 
               seed: int = 0, axis_scale: str = "linear", input_scale: str = "auto", overlay: str | None = None,
               sensitivity: bool = True, sensitivity_trials: int = 10, formats=("png", "svg"),
               loader: str = "auto", layer: str | None = None, ci_source: str = "both", tail: bool = False,
-              progress=None, on_result=None, **input_options) -> Path:
+              layer_tol: float = 0.01, progress=None, on_result=None, **input_options) -> Path:
     """Run the whole study and write ``out_dir`` (report.html, fits.json, figures/, tables/). Returns the
     path of report.html. ``progress(label, done, total)`` is called after each group's fit; ``on_result(result)``
     receives the :class:`~plateaulab.analysis.study.StudyResult` before the report is written.
     input_options go to :func:`~plateaulab.analysis.sources.read_source` (n_test, n_test_us, min_us,
-    exclude, and the table options)."""
+    exclude, hparams, and the table options). layer_tol: A9's tolerance (accuracy, 0-1)."""
     if axis_scale not in AXIS_SCALES:
         raise InputError(f"{{param}} {axis_scale!r} is not one of {', '.join(AXIS_SCALES)}", param="axis_scale")
     src = read_source(source, loader=loader, us=us, ds=ds, scale=input_scale, layer=layer, partial=True,
                       **input_options)
     res = analyse(src, n_boot=n_boot, seed=seed, sensitivity=sensitivity, sensitivity_trials=sensitivity_trials,
-                  overlay=overlay, ci_source=ci_source, tail=tail, progress=progress)
+                  overlay=overlay, ci_source=ci_source, tail=tail, layer_tol=layer_tol,
+                  progress=progress)
     if on_result is not None:
         on_result(res)
     return write_report(res, Path(out_dir), axis_scale=axis_scale, formats=formats)

@@ -185,3 +185,60 @@ def earliest_layers(table: pd.DataFrame | None) -> pd.DataFrame | None:
     if table is None or table.empty:
         return None
     return table[table["is_earliest"]]
+
+
+def earliest_table(table: pd.DataFrame | None) -> pd.DataFrame | None:
+    """Per (dataset, checkpoint): the best layer and its accuracy, the earliest layer within the tolerance
+    of it and its accuracy (A9's table), layers by name (when the input names them) and index."""
+    if table is None or table.empty:
+        return None
+    keys = ["dataset", "checkpoint"]
+    named = "layer" in table.columns
+    cols = (["layer"] if named else []) + ["layer_index", "accuracy"]
+
+    def pick(rows, label, index_label, acc_label):
+        names = {"layer": label, "layer_index": index_label, "accuracy": acc_label}
+        return rows[keys + cols].rename(columns=names)
+
+    out = pick(table[table["layer_index"] == table["best_layer"]], "best layer", "best index", "best accuracy")
+    out = out.merge(pick(table[table["is_earliest"]], "earliest near-best layer", "earliest index", "its accuracy"),
+                    on=keys)
+    out.insert(2, "layers", out["checkpoint"].map(table.groupby("checkpoint")["layer_index"].nunique()))
+    return out.reset_index(drop=True)
+
+
+def tableF3(res) -> pd.DataFrame:
+    """Table F.3: per group the prediction power of eq. (1) fitted on all points; with a scale-up (A6), per
+    axis the Spearman correlation of the residual with the axis and its permutation p-value."""
+    power = power_table(res.groups)
+    up = getattr(res, "scaleup", None)
+    if power.empty or up is None or up.residuals.empty:
+        return power
+    wide = up.residuals.pivot_table(index=["ds_task", "shots"], columns="axis", values=["spearman", "p_value"],
+                                    dropna=False, sort=False)
+    wide.columns = [f"{'resid_spearman' if stat == 'spearman' else 'resid_p'}_{axis.replace(' ', '_')}"
+                    for stat, axis in wide.columns]
+    wide = wide.reset_index()
+    key = ["ds_task"] + (["shots"] if "shots" in power else [])
+    wide = wide.drop(columns=[c for c in ("shots",) if c not in key])
+    order = [f"resid_{s}_{a.name.replace(' ', '_')}" for a in up.axes for s in ("spearman", "p")]
+    return power.merge(wide[key + [c for c in order if c in wide]], on=key, how="left")
+
+
+def display_tableF3(table: pd.DataFrame, axes) -> pd.DataFrame:
+    """Table F.3 as shown: the prediction power, then per scale axis 'rho (p)' of the residual."""
+    cols = [c for c in ("ds_task", "shots", "n_points", "std_residual", "std_mean", "ratio") if c in table]
+    view = table[cols].copy()
+    if "n_points" in view:
+        view["n_points"] = view["n_points"].astype(int)
+    if "shots" in view:
+        view["shots"] = view["shots"].map(lambda v: "" if pd.isna(v) else f"{v:g}")
+    for a in axes or []:
+        key = a.name.replace(" ", "_")
+        rho, p = table.get(f"resid_spearman_{key}"), table.get(f"resid_p_{key}")
+        if rho is None:
+            continue
+        view[f"residual vs {a.name}: rho (p)"] = [
+            "" if not np.isfinite(r) else f"{r:+.2f} ({q:.3f})" + (" *" if q < 0.05 else "")
+            for r, q in zip(rho.to_numpy(float), p.to_numpy(float))]
+    return view

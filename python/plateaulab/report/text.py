@@ -8,7 +8,7 @@ import numpy as np
 from ..analysis.groups import shots_order, shots_text
 
 __all__ = ["flags", "saturation_text", "summary_sentence", "ranked", "status", "identified_count", "SCALE_NAMES",
-           "shots_text", "shots_tick"]
+           "shots_text", "shots_tick", "scaleup_sentence", "hparam_sentence", "absent_line"]
 
 SCALE_NAMES = {"linear": "linear", "logit": "logit", "neglog1m": "-log(1 - p)"}
 
@@ -92,3 +92,43 @@ def ranked(groups: list) -> list:
     ident = [r for r in groups if r.fit_hull.identifiable.get("saturation", False)]
     rest = [r for r in groups if not r.fit_hull.identifiable.get("saturation", False)]
     return sorted(ident, key=lambda r: (-r.fit_hull.saturation, r.task)) + rest
+
+
+def scaleup_sentence(table, axes) -> str:
+    """Table F.3's finding in words: the ratio's range, and how many (task, axis) residual correlations are
+    significant at 5% against the number expected by chance."""
+    ratio = table["ratio"].dropna()
+    text = (f"Across {len(ratio)} tasks the residual of eq. (1) has {ratio.median():.2f} times the spread of DS "
+            f"accuracy around its mean (median; {ratio.min():.2f} to {ratio.max():.2f}).")
+    ps = [table[f"resid_p_{a.name.replace(' ', '_')}"].dropna() for a in axes
+          if f"resid_p_{a.name.replace(' ', '_')}" in table]
+    n = sum(len(p) for p in ps)
+    if n:
+        k = sum(int((p < 0.05).sum()) for p in ps)
+        text += (f" Given US accuracy, the residual correlates with a scale axis at p < 0.05 in {k} of {n} "
+                 f"(task, axis) pairs; {0.05 * n:.1f} would by chance if the axes carried no information beyond "
+                 "US accuracy.")
+    return text
+
+
+def hparam_sentence(row) -> str:
+    """One line of the A10 summary: the US optimum, how many DS tasks share it, what taking it costs."""
+    where = f"{row['hparam']}" + ("" if row["shots"] is None or row["shots"] != row["shots"]
+                                  else f" ({shots_text(row['shots'])})")
+    text = (f"{where}: best for US is {float(row['us_best']):g}; {row['n_agree']} of {row['n_tasks']} DS tasks "
+            f"share it")
+    if row["n_agree"] < row["n_tasks"]:
+        text += (f"; taking the US optimum costs {row['mean_loss']:.3f} DS accuracy on average, at most "
+                 f"{row['max_loss']:.3f} ({row['max_loss_task']})")
+    rho = row["spearman_optimum_vs_rank"]
+    if rho == rho:
+        text += f"; Spearman over tasks of the optimum with the US/DS rank correlation: {rho:+.2f}"
+    if not row["crossed"]:
+        text += (". Not crossed with the models (each model has its own value), so the means compare different "
+                 "models: confounded")
+    return text + "."
+
+
+def absent_line(row) -> str:
+    """'A6 controlled scale-up (Fig. 4): not in this report because the input lacks ...'."""
+    return f"{row['id']} {row['analysis']} ({row['paper']}): not in this report because {row['why']}."
