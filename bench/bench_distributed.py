@@ -1,9 +1,9 @@
 """Dask path of `plateaulab probe` (issue 13): 1 against 2 single-threaded workers, and the Dask
 overhead per block against a plain run, on the reference workload's block size.
 
-Workload (defaults): 2 checkpoints x 12 layers x 1 dataset (24 blocks) of bench/bench_probe.py's
-reference block: D = 768, C = 100, 5,000 train rows (50 per class), 10,000 test rows, fp16; shots
-1, 5, 10, 25; 3 seeds; 8 l2 values (288 probes per block). Each configuration runs in a fresh
+Workload (defaults): 2 checkpoints x 12 layers x 1 dataset (24 blocks) of the reference workload's
+block (`plateaulab bench --preset reference`, plateaulab.benchmark): D = 768, C = 100, 5,000 train rows (50 per class), 10,000 test rows, fp16; shots
+1, 5, 10, 25; 3 seeds; 8 l2 values (96 probes per block). Each configuration runs in a fresh
 process with BLAS (OpenBLAS/OpenMP/MKL) at one thread, so that one worker is one core:
 
   plain-1t     probe_store in one process, one BLAS thread         (the per-block reference)
@@ -35,9 +35,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_probe import build_store  # noqa: E402
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
 CONFIGS = {
@@ -79,6 +76,7 @@ def run_config(name: str, store: Path, workdir: Path, l2: list[float]) -> dict:
     start = s.get("seconds_cluster_start", 0.0)
     res.update(name=name, load=os.getloadavg(), run=s["seconds"] - start, start=start,
                consolidate=s.get("seconds_consolidate"))
+    res["setup"] = s.get("seconds_worker_setup")
     if s.get("seconds_busy_per_worker"):
         res["busy"] = sorted(s["seconds_busy_per_worker"].values())
     else:
@@ -95,20 +93,25 @@ def main(argv=None) -> int:
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "plateaulab-bench-dist")
     ap.add_argument("--out", type=Path, help="append the figures as JSON lines here")
     a = ap.parse_args(argv)
+    import dataclasses
+
     import numpy as np
 
     import distributed
 
     import plateaulab
+    from plateaulab.benchmark.synthetic import build_store
+    from plateaulab.benchmark.workloads import L2_GRID, PRESETS
 
     a.workdir.mkdir(parents=True, exist_ok=True)
-    store = build_store(a.workdir / "store", a.checkpoints, a.layers, 768, 100, 50, 10_000)
-    l2 = [float(v) for v in np.geomspace(2 ** 4, 2 ** 18, 8)]
+    wl = dataclasses.replace(PRESETS["reference"], checkpoints=a.checkpoints, layers=a.layers)
+    store, _, _ = build_store(wl, a.workdir / "store")
+    l2 = list(L2_GRID)
     print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {platform.machine()}, {os.cpu_count()} CPUs; "
           f"Python {platform.python_version()}, numpy {np.__version__}, distributed {distributed.__version__}, "
           f"plateaulab {plateaulab.__version__}; load before {os.getloadavg()}")
     print(f"# {a.checkpoints * a.layers} blocks: D=768, C=100, 5,000 train / 10,000 test rows, shots 1/5/10/25 x 3 "
-          "seeds x 8 l2 = 288 probes per block; cpu backend")
+          "seeds x 8 l2 = 96 probes per block; cpu backend")
     results = []
     for r in range(a.rounds):
         for name in a.only:
@@ -118,6 +121,7 @@ def main(argv=None) -> int:
             idle = [round(res["run"] - b, 2) for b in res["busy"]]
             print(f"{name:11s} round {r}: wall {res['wall']:6.1f} s = start {res['start']:4.1f} + run {res['run']:6.1f} "
                   f"(consolidate {res['consolidate']}) ; busy/worker {res['busy']} ; idle/worker {idle} ; "
+                  f"worker setup {res['setup']} ; "
                   f"s/block {res['run'] / res['blocks']:.3f} ; load {tuple(round(v, 2) for v in res['load'])}",
                   flush=True)
             if a.out:

@@ -224,3 +224,15 @@ def test_extraction_shards_started_together_fill_one_store(tmp_path):
     for k, (out, _) in enumerate(outs):   # ck0, ck2 are shard 0 of 2; ck1, ck3 shard 1
         assert out.startswith(f"shard {k}/2: extracted 2 (checkpoint, dataset) pairs of 4 layers into"), out
     same_stores(tmp_path / "st", tmp_path / "plain")
+
+
+def test_a_file_system_without_flock_is_named(tmp_path, monkeypatch, store):
+    import errno
+    import fcntl
+
+    def no_flock(f, op):
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    with pytest.raises(RunError, match=r"does not support flock .*Lustre: mount with -o flock"):
+        probe_store(store.path, tmp_path / "run", shard="0/2", **KW)

@@ -18,6 +18,7 @@ Linux emulates ``flock`` with whole-file POSIX locks through the lock manager (s
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -56,8 +57,12 @@ def try_lock(path: Path, exclusive: bool = True, record: bool = True):
     except BlockingIOError:
         f.close()
         return None
-    except OSError:
+    except OSError as exc:
         f.close()
+        if exc.errno in (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+            raise RunError(f"cannot lock {path}: the file system does not support flock ({exc.strerror}); runs, "
+                           "shards and extraction into a shared store need it (Lustre: mount with -o flock; "
+                           "NFS: lockd, not local_lock; see docs/SCALE.md)") from None
         raise
     if exclusive and record:
         f.seek(0)
