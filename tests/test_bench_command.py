@@ -158,6 +158,8 @@ def test_a_disagreement_fails_the_command(capsys, tmp_path, monkeypatch):
     (["--backend", "tpu"], "--backend"),
     (["--repeat", "0"], "--repeat"),
     (["--dim", "0"], "--dim"),
+    (["--baseline-blocks", "0"], "--baseline-blocks"),
+    (["--seeds", "0"], "--seeds"),
 ])
 def test_refused_options_name_their_flag(capsys, tmp_path, args, flag):
     rc, _, err = _bench(capsys, *args, "--workdir", str(tmp_path))

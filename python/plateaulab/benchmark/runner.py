@@ -96,17 +96,6 @@ class _Phases:
             self.log(msg)
 
 
-def _workdir(workdir) -> tuple[Path, bool]:
-    if workdir is None:
-        return Path(tempfile.mkdtemp(prefix="plateaulab-bench-")), True
-    root = Path(workdir)
-    if root.exists() and not root.is_dir():
-        raise InputError(f"{{param}} {str(root)!r} is a file; give a folder", param="workdir")
-    created = not root.exists()
-    root.mkdir(parents=True, exist_ok=True)
-    return root, created
-
-
 def _models(st, wl: Workload, backends: dict) -> tuple[dict, dict]:
     """Per dataset: (dataset, tasks); per backend: FLOPs and feature bytes of the whole store."""
     from .. import protocol as P
@@ -176,6 +165,143 @@ class _Scores:
         self.correct, self.ties, self.n_test = correct, ties, n_test
 
 
+class _Workspace:
+    """The folder stores and runs go to, and what this run made there: removed on exit unless ``keep``
+    (a temporary or newly made folder as a whole; in a given folder only the store and runs)."""
+
+    def __init__(self, wl: Workload, workdir, keep: bool):
+        self.keep = keep
+        if workdir is None:
+            self.root, self.created = Path(tempfile.mkdtemp(prefix="plateaulab-bench-")), True
+        else:
+            self.root = Path(workdir)
+            if self.root.exists() and not self.root.is_dir():
+                raise InputError(f"{{param}} {str(self.root)!r} is a file; give a folder", param="workdir")
+            self.created = not self.root.exists()
+            self.root.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256(json.dumps(wl.store_spec(), sort_keys=True).encode()).hexdigest()[:10]
+        self.store = self.root / "bench-stores" / f"{wl.preset}-{digest}"
+        self.runs = self.root / "bench-runs"
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.keep:
+            return
+        if self.created:
+            shutil.rmtree(self.root, ignore_errors=True)
+            return
+        shutil.rmtree(self.store, ignore_errors=True)
+        shutil.rmtree(self.runs, ignore_errors=True)
+        try:
+            self.store.parent.rmdir()            # only when no other store is left there
+        except OSError:
+            pass
+
+
+class _Session:
+    """Steps 2-4 of the module docstring on one generated store; what they measured stays on it."""
+
+    def __init__(self, wl: Workload, st, run: dict, phases: _Phases, ws: _Workspace):
+        self.wl, self.st, self.run, self.phases, self.ws = wl, st, run, phases, ws
+        self.l2s = list(wl.l2s)
+        self.blocks = probe_order(st, wl)
+        self.per_ds, self.models = _models(st, wl, run)
+        self.subset = [b for d in wl.datasets for b in [x for x in self.blocks if x[1] == d.name][:wl.baseline_blocks]]
+        self.engine_walls = {name: [] for name in run}
+        self.engine_scores = {name: [] for name in run}
+        self.counts = {"loop_f64": {}, "cupy_port": {}}
+        self.baselines = {"loop_f64": {"what": "big_vision's fewshot_lsr, per probe, numpy float64 (CPU)",
+                                       "seconds": []}}
+        why = available_baselines()["naive_port"] if "cuda" in run else "needs a GPU (runs with the cuda backend)"
+        if why == "available":
+            import cupy
+
+            self.baselines["cupy_port"] = {"what": "straightforward CuPy port, float32, batched eigh per shot count",
+                                           "seconds": [], "xp": cupy}
+        else:
+            self.baselines["cupy_port"] = {"what": "straightforward CuPy port", "status": f"not available: {why}"}
+
+    def block_args(self, block_id):
+        ck, dsn, layer = block_id
+        b = self.st.block(ck, dsn, layer)
+        ds, tasks = self.per_ds[dsn]
+        return (b.train, ds.y_train, b.test, ds.y_test, tasks, self.l2s, ds.num_classes)
+
+    def _probe_store(self, name: str, run_dir: Path, **kw) -> float:
+        from ..run import probe_store
+
+        shutil.rmtree(run_dir, ignore_errors=True)
+        t0 = time.perf_counter()
+        res = probe_store(self.st, run_dir, shots=list(self.wl.shots), seeds=list(self.wl.seeds), l2=self.l2s,
+                          backend=name, quiet=not self.phases.show, **kw)
+        wall = time.perf_counter() - t0
+        self.last_probes = res.probes_done_now
+        return wall
+
+    def warm_up(self) -> None:
+        """Each backend through probe_store on the first block of each dataset, and the CuPy port on
+        the same blocks: compilation, handles, pools and lazy imports stay out of the timing."""
+        first = [next(b for b in self.blocks if b[1] == d.name) for d in self.wl.datasets]
+        for name in self.run:
+            self._probe_store(name, self.ws.runs / f"warm-up-{name}", checkpoints=[first[0][0]], layers=[first[0][2]])
+            shutil.rmtree(self.ws.runs / f"warm-up-{name}", ignore_errors=True)
+        if "xp" in self.baselines["cupy_port"]:
+            for block_id in first:
+                naive_port_block(self.baselines["cupy_port"]["xp"], *self.block_args(block_id), dtype=np.float32)
+
+    def ceilings(self) -> tuple[dict, dict]:
+        """({device-precision: ceilings}, {backend: its key}): measured once per device and precision."""
+        gemm_shape, gram_shape = _shapes(self.per_ds, self.wl)
+        self.shapes = {"scoring_gemm": gemm_shape, "gram": gram_shape}
+        out, of = {}, {}
+        for name in self.run:
+            device = "cuda" if name == "cuda" else "cpu"
+            dtype = "float64" if name == "numpy" else "float32"
+            key = f"{device}-{dtype}"
+            if key not in out:
+                self.phases.say(f"ceilings: {device}, {dtype} GEMM at {' x '.join(map(str, gemm_shape))}")
+                out[key] = _ceilings.measure(device, gemm_shape, gram_shape, dtype)
+            of[name] = key
+        return out, of
+
+    def engine(self, name: str, r: int) -> None:
+        run_dir = self.ws.runs / f"{name}-{r}"
+        wall = self._probe_store(name, run_dir)
+        if self.last_probes != self.wl.probes:
+            raise RuntimeError(f"the {name} run did {self.last_probes} probes; the workload has {self.wl.probes}")
+        self.engine_walls[name].append(wall)
+        self.engine_scores[name].append(_engine_counts(run_dir, self.subset, self.per_ds, self.l2s))
+        if not self.ws.keep:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        self.phases.say(f"repeat {r + 1}/{self.wl.repeat}: {name} {self.wl.blocks} blocks in {wall:.1f} s")
+
+    def baseline(self, key: str, r: int) -> None:
+        spec, seconds = self.baselines[key], 0.0
+        with self.phases.bar(len(self.subset), f"{key} {r + 1}/{self.wl.repeat}") as bar:
+            for block_id in self.subset:
+                t0 = time.perf_counter()
+                a = self.block_args(block_id)            # the block's read is part of the loop's time
+                if key == "loop_f64":
+                    got = bigvision_loop_block(*a, np.float64)
+                else:
+                    got = naive_port_block(spec["xp"], *a, dtype=np.float32)
+                seconds += time.perf_counter() - t0
+                self.counts[key].setdefault(block_id, got)
+                bar.update(1)
+        spec["seconds"].append(seconds)
+        self.phases.say(f"repeat {r + 1}/{self.wl.repeat}: {key} {len(self.subset)} block(s) in {seconds:.1f} s")
+
+    def repeats(self) -> None:
+        """Engines first on even repeats, baselines first on odd ones."""
+        steps = [(self.engine, n) for n in self.run] + [(self.baseline, k) for k, v in self.baselines.items()
+                                                        if "seconds" in v]
+        for r in range(self.wl.repeat):
+            for step, name in (steps if r % 2 == 0 else steps[::-1]):
+                step(name, r)
+
+
 def run_benchmark(wl: Workload, *, backends=None, workdir=None, keep: bool = False, progress: bool | None = None,
                   log=None) -> dict:
     """Run the benchmark of ``wl`` (module docstring) and return its result (the JSON contract of
@@ -183,168 +309,75 @@ def run_benchmark(wl: Workload, *, backends=None, workdir=None, keep: bool = Fal
 
     backends: names (default: every available engine). workdir: where stores and runs go (default:
     a new temporary folder); what this run generated there is removed unless ``keep``. progress:
-    bars and phase lines on stderr (default: for the long presets)."""
-    from ..run import probe_store
-
+    bars and phase lines on stderr (default: for the long presets); ``log`` receives the lines."""
     t_all = time.perf_counter()
     run, skipped = resolve_backends(backends)
     phases = _Phases(wl.long if progress is None else progress, log)
-    root, created_root = _workdir(workdir)
-    digest = hashlib.sha256(json.dumps(wl.store_spec(), sort_keys=True).encode()).hexdigest()[:10]
-    store_dir = root / "bench-stores" / f"{wl.preset}-{digest}"
-    runs_dir = root / "bench-runs"
     load_before = load_average()
-    try:
+    with _Workspace(wl, workdir, keep) as ws:
         with phases.bar(wl.blocks, "store") as bar:
-            st, build_s, written = build_store(wl, store_dir, on_block=lambda: bar.update(1))
+            st, build_s, written = build_store(wl, ws.store, on_block=lambda: bar.update(1))
         phases.say(f"store: {wl.blocks} blocks ({wl.store_bytes() / 1e9:.2f} GB) "
                    + (f"written in {build_s:.1f} s" if written else "reused"))
-        blocks = probe_order(st, wl)
-        per_ds, models = _models(st, wl, run)
-        subset = [b for d in wl.datasets for b in [x for x in blocks if x[1] == d.name][:wl.baseline_blocks]]
-        l2s = list(wl.l2s)
-
-        def block_args(block_id):
-            ck, dsn, layer = block_id
-            b = st.block(ck, dsn, layer)
-            ds, tasks = per_ds[dsn]
-            return (b.train, ds.y_train, b.test, ds.y_test, tasks, l2s, ds.num_classes)
-
-        port_reason = available_baselines()["naive_port"] if "cuda" in run else "needs a GPU (runs with the cuda backend)"
-        baselines = {"loop_f64": {"what": "big_vision's fewshot_lsr, per probe, numpy float64 (CPU)",
-                                  "seconds": []}}
-        if port_reason == "available":
-            import cupy
-
-            baselines["cupy_port"] = {"what": "straightforward CuPy port, float32, batched eigh per shot count",
-                                      "seconds": [], "xp": cupy}
-        else:
-            baselines["cupy_port"] = {"what": "straightforward CuPy port", "status": f"not available: {port_reason}"}
-
-        # 2. warm-up, untimed
-        first = [next(b for b in blocks if b[1] == d.name) for d in wl.datasets]
-        for name, be in run.items():
-            for block_id in first:
-                be.probe_block(*block_args(block_id))
-        if "xp" in baselines["cupy_port"]:
-            for block_id in first:
-                naive_port_block(baselines["cupy_port"]["xp"], *block_args(block_id), dtype=np.float32)
-
-        # 3. ceilings, once per (device, precision)
-        gemm_shape, gram_shape = _shapes(per_ds, wl)
-        ceilings, ceiling_of = {}, {}
-        for name in run:
-            device = "cuda" if name == "cuda" else "cpu"
-            dtype = "float64" if name == "numpy" else "float32"
-            key = f"{device}-{dtype}"
-            if key not in ceilings:
-                phases.say(f"ceilings: {device}, {dtype} GEMM at {gemm_shape[0]} x {gemm_shape[1]} x {gemm_shape[2]}")
-                ceilings[key] = _ceilings.measure(device, gemm_shape, gram_shape, dtype)
-            ceiling_of[name] = key
-
-        # 4. repeats, interleaved
-        engine_runs = {name: [] for name in run}
-        engine_scores = {name: [] for name in run}
-        loop_counts, port_counts = {}, {}
-
-        def run_engine(name, r):
-            run_dir = runs_dir / f"{name}-{r}"
-            shutil.rmtree(run_dir, ignore_errors=True)
-            t0 = time.perf_counter()
-            res = probe_store(st, run_dir, shots=list(wl.shots), seeds=list(wl.seeds), l2=l2s, backend=name,
-                              quiet=not phases.show)
-            wall = time.perf_counter() - t0
-            if res.probes_done_now != wl.probes:
-                raise RuntimeError(f"the {name} run did {res.probes_done_now} probes; the workload has {wl.probes}")
-            engine_runs[name].append(wall)
-            engine_scores[name].append(_engine_counts(run_dir, subset, per_ds, l2s))
-            if not keep:
-                shutil.rmtree(run_dir, ignore_errors=True)
-            phases.say(f"repeat {r + 1}/{wl.repeat}: {name} {wl.blocks} blocks in {wall:.1f} s")
-
-        def run_baseline(key, r):
-            spec = baselines[key]
-            seconds = 0.0
-            with phases.bar(len(subset), f"{key} {r + 1}/{wl.repeat}") as bar:
-                for block_id in subset:
-                    t0 = time.perf_counter()
-                    a = block_args(block_id)
-                    if key == "loop_f64":
-                        got = bigvision_loop_block(*a, np.float64)
-                    else:
-                        got = naive_port_block(spec["xp"], *a, dtype=np.float32)
-                    seconds += time.perf_counter() - t0
-                    (loop_counts if key == "loop_f64" else port_counts).setdefault(block_id, got)
-                    bar.update(1)
-            spec["seconds"].append(seconds)
-            phases.say(f"repeat {r + 1}/{wl.repeat}: {key} {len(subset)} block(s) in {seconds:.1f} s")
-
-        base_keys = [k for k, v in baselines.items() if "seconds" in v]
-        for r in range(wl.repeat):
-            steps = [("e", n) for n in run] + [("b", k) for k in base_keys]
-            for kind, name in (steps if r % 2 == 0 else steps[::-1]):
-                run_engine(name, r) if kind == "e" else run_baseline(name, r)
+        s = _Session(wl, st, run, phases, ws)
+        s.warm_up()
+        ceilings, ceiling_of = s.ceilings()
+        s.repeats()
         load_after = load_average()
-    finally:
-        if not keep:
-            if created_root:
-                shutil.rmtree(root, ignore_errors=True)
-            else:
-                shutil.rmtree(store_dir, ignore_errors=True)
-                shutil.rmtree(runs_dir, ignore_errors=True)
-                try:
-                    store_dir.parent.rmdir()            # only when no other store is left there
-                except OSError:
-                    pass
-
-    # 5. figures
-    probes_sub = sum(len(per_ds[b[1]][1]) * len(l2s) for b in subset)
-    base_out = {}
-    for key, spec in baselines.items():
-        if "seconds" not in spec:
-            base_out[key] = {"what": spec["what"], "status": spec["status"]}
-            continue
-        rates = [probes_sub / s for s in spec["seconds"]]
-        base_out[key] = {"what": spec["what"], "status": "ran", "blocks": len(subset), "probes": probes_sub,
-                         "seconds": spec["seconds"], "probes_per_s": _stats(rates)["median"],
-                         "probes_per_s_range": [min(rates), max(rates)], "rates": rates}
-    results = []
-    for name, be in run.items():
-        m = models[name]
-        ceil = ceilings[ceiling_of[name]]
-        walls = engine_runs[name]
-        reps = []
-        for r, wall in enumerate(walls):
-            rep = {"wall_s": wall, "probes_per_s": wl.probes / wall, "blocks_per_s": wl.blocks / wall,
-                   "gb_per_s": m["feature_bytes"] / wall / 1e9, "gflop_per_s": m["flops"]["total"] / wall / 1e9}
-            for key, b in base_out.items():
-                if b["status"] == "ran":
-                    rep[f"{key}_probes_per_s"] = b["rates"][r]
-                    rep[f"ratio_vs_{key}"] = rep["probes_per_s"] / b["rates"][r]
-            reps.append(rep)
-        med = {k: _stats([rep[k] for rep in reps]) for k in reps[0]}
-        entry = {"backend": name, "device": be.device(), "status": "ran", "blocks": wl.blocks, "probes": wl.probes,
-                 "wall_s": med["wall_s"]["median"], "probes_per_s": med["probes_per_s"]["median"],
-                 "blocks_per_s": med["blocks_per_s"]["median"], "gb_per_s": med["gb_per_s"]["median"],
-                 "gflop_per_s": med["gflop_per_s"]["median"],
-                 "gflop_per_s_fp32": m["flops"]["fp32"] / med["wall_s"]["median"] / 1e9,
-                 "gflop_per_s_fp64": m["flops"]["fp64"] / med["wall_s"]["median"] / 1e9,
-                 "ratio_vs_loop": med.get("ratio_vs_loop_f64", {}).get("median"),
-                 "ratio_vs_cupy_port": med.get("ratio_vs_cupy_port", {}).get("median"),
-                 "flops": m["flops"], "factorisation": m["factorisation"], "solve_max_l": m["solve_max_l"],
-                 "feature_bytes": m["feature_bytes"], "ceilings": ceiling_of[name],
-                 "spread": {k: [v["min"], v["max"]] for k, v in med.items()}, "repeats": reps}
-        entry.update(_percentages(entry, ceil, m["flops"]))
-        entry["agreement"] = _agreement(engine_scores[name], loop_counts, port_counts, l2s)
-        results.append(entry)
-    for b in base_out.values():
-        b.pop("rates", None)
+    base_out = _baseline_figures(s)
+    results = [_backend_figures(s, name, be, ceilings[ceiling_of[name]], ceiling_of[name], base_out)
+               for name, be in run.items()]
     return {"machine": {**machine_info(run), "load_average": {"before": load_before, "after": load_after}},
-            "workload": wl.to_dict(), "results": results, "skipped": skipped, "baselines": base_out,
-            "baseline_blocks": [list(b) for b in subset], "ceilings": ceilings,
-            "shapes": {"scoring_gemm": gemm_shape, "gram": gram_shape}, "flop_model": FLOP_MODEL,
-            "store": {"seconds_built": build_s, "bytes_written": written, "kept": str(root) if keep else None},
+            "workload": wl.to_dict(), "results": results, "skipped": skipped,
+            "baselines": {k: {kk: vv for kk, vv in v.items() if kk != "rates"} for k, v in base_out.items()},
+            "baseline_blocks": [list(b) for b in s.subset], "ceilings": ceilings, "shapes": s.shapes,
+            "flop_model": FLOP_MODEL,
+            "store": {"seconds_built": build_s, "bytes_written": written, "kept": str(ws.root) if keep else None},
             "seconds_total": time.perf_counter() - t_all}
+
+
+def _baseline_figures(s: _Session) -> dict:
+    probes = sum(len(s.per_ds[b[1]][1]) * len(s.l2s) for b in s.subset)
+    out = {}
+    for key, spec in s.baselines.items():
+        if "seconds" not in spec:
+            out[key] = {"what": spec["what"], "status": spec["status"]}
+            continue
+        rates = [probes / sec for sec in spec["seconds"]]
+        out[key] = {"what": spec["what"], "status": "ran", "blocks": len(s.subset), "probes": probes,
+                    "seconds": spec["seconds"], "probes_per_s": float(np.median(rates)),
+                    "probes_per_s_range": [min(rates), max(rates)], "rates": rates}
+    return out
+
+
+def _backend_figures(s: _Session, name: str, be, ceil: dict, ceil_key: str, base_out: dict) -> dict:
+    """One entry of ``results``: per-repeat figures, their medians and min-max, the percentages of the
+    ceilings and the agreement with the baselines."""
+    wl, m = s.wl, s.models[name]
+    reps = []
+    for r, wall in enumerate(s.engine_walls[name]):
+        rep = {"wall_s": wall, "probes_per_s": wl.probes / wall, "blocks_per_s": wl.blocks / wall,
+               "gb_per_s": m["feature_bytes"] / wall / 1e9, "gflop_per_s": m["flops"]["total"] / wall / 1e9}
+        for key, b in base_out.items():
+            if b["status"] == "ran":
+                rep[f"{key}_probes_per_s"] = b["rates"][r]
+                rep[f"ratio_vs_{key}"] = rep["probes_per_s"] / b["rates"][r]
+        reps.append(rep)
+    med = {k: _stats([rep[k] for rep in reps]) for k in reps[0]}
+    wall = med["wall_s"]["median"]
+    entry = {"backend": name, "device": be.device(), "status": "ran", "blocks": wl.blocks, "probes": wl.probes,
+             "wall_s": wall, "probes_per_s": med["probes_per_s"]["median"],
+             "blocks_per_s": med["blocks_per_s"]["median"], "gb_per_s": med["gb_per_s"]["median"],
+             "gflop_per_s": med["gflop_per_s"]["median"],
+             "gflop_per_s_fp32": m["flops"]["fp32"] / wall / 1e9, "gflop_per_s_fp64": m["flops"]["fp64"] / wall / 1e9,
+             "ratio_vs_loop": med.get("ratio_vs_loop_f64", {}).get("median"),
+             "ratio_vs_cupy_port": med.get("ratio_vs_cupy_port", {}).get("median"),
+             "flops": m["flops"], "factorisation": m["factorisation"], "solve_max_l": m["solve_max_l"],
+             "feature_bytes": m["feature_bytes"], "ceilings": ceil_key,
+             "spread": {k: [v["min"], v["max"]] for k, v in med.items()}, "repeats": reps}
+    entry.update(_percentages(entry, ceil, m["flops"]))
+    entry["agreement"] = _agreement(s.engine_scores[name], s.counts["loop_f64"], s.counts["cupy_port"], s.l2s)
+    return entry
 
 
 def _percentages(entry: dict, ceil: dict, flops: dict) -> dict:

@@ -193,13 +193,14 @@ def make_workload(preset: str = "quick", *, dim=None, classes=None, test=None, s
     overridden = tuple(k for k, v in given.items() if v is not None)
     return replace(
         wl, datasets=tuple(datasets), overridden=overridden,
-        title=wl.title + (f" (overridden: {', '.join(overridden)})" if overridden else ""), shots=shots_t, seeds=seeds_t, l2s=l2_t, dtype=dtype_s,
+        title=wl.title + (f" [overridden: {', '.join(overridden)}]" if overridden else ""),
+        shots=shots_t, seeds=seeds_t, l2s=l2_t, dtype=dtype_s,
         dim=wl.dim if dim is None else _positive("dim", dim),
         checkpoints=wl.checkpoints if checkpoints is None else _positive("checkpoints", checkpoints),
         layers=wl.layers if layers is None else _positive("layers", layers),
         repeat=wl.repeat if repeat is None else _positive("repeat", repeat),
         baseline_blocks=wl.baseline_blocks if baseline_blocks is None else _positive("baseline_blocks",
-                                                                                     baseline_blocks, 0))
+                                                                                     baseline_blocks))
 
 
 __all__ = ["DatasetSpec", "Workload", "PRESETS", "L2_GRID", "PAPER_DATASETS", "make_workload"]
