@@ -58,8 +58,12 @@ t0 = time.perf_counter()
 run = probe_store(args["store"], args["run"], shots=[1, 5, 10, 25], seeds=3, l2=args["l2"], backend="cpu",
                   quiet=True, workers=args.get("workers"))
 wall = time.perf_counter() - t0
+import resource
+me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
 m = json.loads((Path(args["run"]) / "manifest.json").read_text())
-print(json.dumps({"wall": wall, "session": m["sessions"][-1], "blocks": run.blocks_done_now}))
+print(json.dumps({"wall": wall, "session": m["sessions"][-1], "blocks": run.blocks_done_now,
+                  "cpu_client": me.ru_utime + me.ru_stime, "cpu_workers": kids.ru_utime + kids.ru_stime,
+                  "minflt": me.ru_minflt + kids.ru_minflt}))
 """
 
 
@@ -75,7 +79,8 @@ def run_config(name: str, store: Path, workdir: Path, l2: list[float]) -> dict:
     s = res["session"]
     start = s.get("seconds_cluster_start", 0.0)
     res.update(name=name, load=os.getloadavg(), run=s["seconds"] - start, start=start,
-               consolidate=s.get("seconds_consolidate"))
+               consolidate=s.get("seconds_consolidate"), cpu=res["cpu_client"] + res["cpu_workers"],
+               probe_cpu=s.get("seconds_cpu"))
     res["setup"] = s.get("seconds_worker_setup")
     if s.get("seconds_busy_per_worker"):
         res["busy"] = sorted(s["seconds_busy_per_worker"].values())
@@ -122,7 +127,10 @@ def main(argv=None) -> int:
             print(f"{name:11s} round {r}: wall {res['wall']:6.1f} s = start {res['start']:4.1f} + run {res['run']:6.1f} "
                   f"(consolidate {res['consolidate']}) ; busy/worker {res['busy']} ; idle/worker {idle} ; "
                   f"worker setup {res['setup']} ; "
-                  f"s/block {res['run'] / res['blocks']:.3f} ; load {tuple(round(v, 2) for v in res['load'])}",
+                  f"s/block {res['run'] / res['blocks']:.3f} ; probing CPU s/block {res['probe_cpu'] / res['blocks']:.3f} ; "
+                  f"all CPU s/block {res['cpu'] / res['blocks']:.3f} "
+                  f"(client {res['cpu_client']:.1f} s, workers {res['cpu_workers']:.1f} s) ; "
+                  f"page faults/block {res['minflt'] / res['blocks']:.0f} ; load {tuple(round(v, 2) for v in res['load'])}",
                   flush=True)
             if a.out:
                 with open(a.out, "a") as f:
@@ -141,8 +149,15 @@ def main(argv=None) -> int:
     if med("plain-1t", "run") and med("dask-1w", "run"):
         per_block = med("plain-1t", "run") / n
         over = (med("dask-1w", "run") - med("plain-1t", "run")) / n
-        print(f"Dask overhead per block (1 worker vs plain, one thread each): {over * 1000:.1f} ms = "
+        print(f"Dask overhead per block (1 worker vs plain, one thread each), wall: {over * 1000:.1f} ms = "
               f"{100 * over / per_block:.2f} % of a block's {per_block:.3f} s")
+        cpu_block = med("plain-1t", "probe_cpu") / n
+        cpu_over = (med("dask-1w", "probe_cpu") - med("plain-1t", "probe_cpu")) / n
+        print(f"  in CPU time while probing (plain: the run's loop; Dask: the worker's units): {cpu_over * 1000:.1f} ms "
+              f"= {100 * cpu_over / cpu_block:.2f} % of a block's {cpu_block:.3f} CPU s")
+        tot_over = (med("dask-1w", "cpu") - med("plain-1t", "cpu")) / n
+        print(f"  in CPU time of all processes over their lifetimes (start-up of the cluster included): "
+              f"{tot_over * 1000:.1f} ms per block")
     print(f"# load after {os.getloadavg()}")
     return 0
 

@@ -129,7 +129,8 @@ def test_worker_killed_mid_run_on_an_existing_cluster(tmp_path, store, plain):
         with Client(address, timeout=30) as c:
             c.wait_for_workers(2, timeout=60)
         client = start(probe_cmd(store, run, "--scheduler", address))
-        wait_for(lambda: n_parts(run) >= 4 or client.poll() is not None, 90, "four parts")
+        # Six parts: both workers have written some (they share the units from the start).
+        wait_for(lambda: n_parts(run) >= 6 or client.poll() is not None, 90, "six parts")
         assert client.poll() is None, "the run finished before a worker could be killed; make the store bigger"
         victim = workers[0]
         victim_pids = group_pids(victim.pid)

@@ -202,7 +202,8 @@ def probe_store(store, run_dir, *, datasets=None, checkpoints=None, layers="all"
             warnings.warn(f"{stats.unverified} block(s) record no checksum in block.json and were probed unverified; "
                           "re-extract them (new blocks record XXH3-64) to have them checked", stacklevel=2)
         session.update(session_end(t_start, stats.blocks, stats.probes, stats.t_io, stats.t_compute,
-                                   "complete" if complete else "stopped"), unverified_blocks=stats.unverified)
+                                   "complete" if complete else "stopped"), unverified_blocks=stats.unverified,
+                       seconds_cpu=round(stats.cpu, 3))
         if shard is None:
             manifest["complete"] = complete
             manifest["blocks"] = len(plan)

@@ -111,8 +111,9 @@ def probe_unit(job: dict, blocks: list) -> dict:
         # A user's error (a bad block, a full disk), not a worker's: returned, not raised, so that
         # Dask neither logs it as a failed computation with a traceback nor treats it as a fault.
         return {"worker": worker.address, "done": stats.done if stats else [], "skipped": 0, "setup": setup,
-                "error": exc}
-    return {"worker": worker.address, "done": stats.done, "skipped": stats.skipped, "setup": setup, "error": None}
+                "error": exc, "cpu": stats.cpu if stats else 0.0}
+    return {"worker": worker.address, "done": stats.done, "skipped": stats.skipped, "setup": setup, "error": None,
+            "cpu": stats.cpu}
 
 
 _EXTRACTORS: dict = {}

@@ -150,7 +150,10 @@ def gpu_spec_cluster(devices: list[str], **kw):
 #: adaptive mmap threshold: every large temporary of a block (float32 splits, weights, logit chunks)
 #: is then mapped and unmapped afresh, ~4x the page faults of a plain run and ~0.15 s more per
 #: reference block (bench/RESULTS.md, issue 13). The workers started here keep glibc's default.
-NANNY_ENV_UNSET = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
+#: The statistical profiler of a Dask worker samples every thread's stack every 10 ms; a probe worker
+#: has nothing to gain from it (bench/RESULTS.md, issue 13).
+NANNY_ENV_UNSET = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+                   "distributed.worker.profile.enabled": False}
 
 
 def start_local_cluster(n: int, backend: str):
@@ -317,6 +320,7 @@ def run_probe(client, ctx, todo, run_dir: Path, bar, stats, session: dict) -> No
             if res["error"] is not None:
                 raise res["error"]
             skipped += res["skipped"]
+            stats.cpu += res.get("cpu", 0.0)
             setup[res["worker"]] = setup.get(res["worker"], 0.0) + res["setup"]
     except (OSError, CancelledError) as exc:
         # The scheduler went away (or cancelled the run's tasks): what the workers wrote is kept.

@@ -52,6 +52,7 @@ class Stats:
     t_compute: float = 0.0
     unverified: int = 0
     skipped: int = 0          # blocks whose current part was found already written (a retried task)
+    cpu: float = 0.0          # CPU seconds of the probing process(es) while they probed these blocks
     done: list = field(default_factory=list)   # [(checkpoint, dataset, layer, probes, t_io, t_compute, verified)]
 
 
@@ -76,6 +77,7 @@ def probe_blocks(ctx: RunContext, blocks: list[PlannedBlock], run_dir, on_block=
     use_val = cfg.select == "val"
     reader = BlockReader(ctx.store, ctx.ds_cache, ctx.task_cache, use_val, getattr(be, "stage", None),
                          ctx.prefetch, verify=ctx.verify, labels_fp=ctx.labels_fp)
+    cpu0 = time.process_time()
     try:
         for b, got, waited in reader.iterate(blocks):
             ds = ctx.ds_cache[b.dataset]
@@ -99,5 +101,6 @@ def probe_blocks(ctx: RunContext, blocks: list[PlannedBlock], run_dir, on_block=
                 on_block(b, record)
     finally:
         reader.close()
+        stats.cpu += time.process_time() - cpu0
     return stats
 
