@@ -133,3 +133,46 @@ def test_minilm_layers_probe(minilm_store, tmp_path):
     # More shots never hurt on average (a sanity check of the features' label alignment).
     by_shots = res[res.layer_index == 5].groupby("shots").accuracy.mean()
     assert by_shots.loc[25] >= by_shots.loc[1], by_shots
+
+
+def test_minilm_run_report_has_the_layer_figure_and_table(minilm_store, tmp_path):
+    """The study of a run of one real checkpoint: no task can be fitted (one model), but Figure 6 and the table
+    of the earliest layer within epsilon of the best are drawn. The study reads a run's US accuracy from the
+    checkpoint metadata; this checkpoint has none, so it is measured here the way ImageNet plays US for CLIP: a
+    10-shot probe of the last layer on another labelled task (which of the ten templates a sentence uses)."""
+    import shutil
+
+    import pandas as pd
+
+    from plateaulab.report.study import run_study
+    from plateaulab.run import probe_store
+
+    st, _ = minilm_store
+    shutil.copytree(st.path, tmp_path / "store")
+    store = FeatureStore.open(tmp_path / "store")
+    model_dir = gt.get_model_path()
+    rng = np.random.default_rng(1)
+    phrases = [p for ps in TOPICS.values() for p in ps]
+    pick = [rng.permutation(len(phrases))[:30] for _ in TEMPLATES]
+    sentences = [[t.format(phrases[i]) for i in idx] for t, idx in zip(TEMPLATES, pick)]
+    tr = [s for ss in sentences for s in ss[:20]]
+    te = [s for ss in sentences for s in ss[20:]]
+    ytr, yte = np.repeat(np.arange(len(TEMPLATES)), 20), np.repeat(np.arange(len(TEMPLATES)), 10)
+    extract_checkpoints([model_dir / "model.safetensors"], store.path, "templates", architecture=f"hf:{model_dir}",
+                        train=(tokenize(model_dir, tr), ytr), test=(tokenize(model_dir, te), yte), dtype="float32",
+                        batch_size=64, progress=False)
+    us_run = probe_store(store, tmp_path / "us_run", datasets=["templates"], layers="last", shots=(10,), seeds=2,
+                         backend="numpy", quiet=True)
+    us = float(us_run.results()["accuracy"].mean())
+    store.set_checkpoint_meta("model", upstream_accuracy=us)
+    probe_store(store, tmp_path / "run", datasets=["topics"], shots=(10,), seeds=2, backend="numpy", quiet=True)
+    html = run_study(tmp_path / "run", tmp_path / "rep", n_boot=0, sensitivity=False, formats=("png",)).read_text()
+    assert (tmp_path / "rep" / "figures" / "fig6_layers.png").exists() and "Accuracy per layer (Figure 6)" in html
+    early = pd.read_csv(tmp_path / "rep" / "tables" / "layer_earliest.csv")
+    assert len(early) == 1 and early["layers"].iloc[0] == 6
+    row = early.iloc[0]
+    assert row["best layer"].startswith("encoder.layer.") and row["earliest index"] <= row["best index"]
+    assert row["its accuracy"] >= row["best accuracy"] - 0.01 - 1e-12
+    profile = pd.read_csv(tmp_path / "rep" / "tables" / "layer_profile.csv")
+    assert profile["accuracy"].max() == pytest.approx(row["best accuracy"])
+    assert "A1 DS-vs-US scatter with the upper convex hull (Fig. 1); A2" in html and "not in this report" in html

@@ -315,3 +315,24 @@ def test_table_with_unusable_columns_reports_the_usable_ones(tmp_path):
     assert set(missing.index) == {"thin_task", "constant_task", "empty_task"}
     assert "constant" in missing["constant_task"] and str(path) in missing["constant_task"]
     assert "constant_task" in html and "empty_task" in html
+
+
+def test_report_lists_the_analyses_it_does_not_hold(default_report):
+    """Every analysis A1-A10 is in the report or named, with what the input lacks (open_clip's table has one
+    zero-shot column per task, no scale axes, no layers and no hyper-parameters)."""
+    coverage = pd.read_csv(default_report / "tables" / "coverage.csv").set_index("id")
+    assert list(coverage.index) == [f"A{i}" for i in range(1, 11)]
+    absent = coverage[~coverage["in_report"]]
+    assert list(absent.index) == ["A3", "A6", "A9", "A10"]
+    assert coverage.loc[coverage["in_report"], "why"].isna().all()
+    html = (default_report / "report.html").read_text()
+    assert "Analyses not in this report</h2>" in html
+    for key, words in {"A3": "several shot counts", "A6": "differ in one scale axis only", "A9": "several layers",
+                       "A10": "--hparams"}.items():
+        assert "the input lacks" in absent.loc[key, "why"] and words in absent.loc[key, "why"]
+        assert f"{key} {coverage.loc[key, 'analysis']} ({coverage.loc[key, 'paper']}): not in this report because " \
+               f"{absent.loc[key, 'why']}" in html.replace("&#x27;", "'")
+    # what the report holds is drawn: Figure F.2 (A5) and the sections of A1, A2, A4, A7, A8
+    assert (default_report / "figures" / "figF2_axis_scales.png").stat().st_size > 10_000
+    for heading in ("Figure 1", "Figure F.2", "Table F.3", "Figure 3", "Figure 5", "Figures F.20, F.21"):
+        assert heading in html

@@ -354,13 +354,24 @@ def hull_overlay_grid(groups, ref: str, us_name: str, scale: str = "linear"):
     return fig
 
 
+def _layer_ticks(ax, g: pd.DataFrame) -> None:
+    """Layer names as ticks when every index has one name (up to 12 layers), else integer indices."""
+    names = g.groupby("layer_index")["layer"].unique() if "layer" in g else None
+    if names is not None and len(names) <= 12 and all(len(v) == 1 for v in names):
+        ax.set_xticks(list(names.index), [str(v[0]) for v in names], rotation=30, ha="right", fontsize=7.5)
+        ax.set_xlabel("layer")
+    else:
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.set_xlabel("layer index (0 = first probed layer)")
+
+
 def layer_plot(layers: pd.DataFrame, us_name: str, best: pd.DataFrame | None = None, tol: float = 0.01):
     """Figure 6: few-shot DS accuracy from each layer's representation, one line per checkpoint coloured
     by US accuracy; stars mark each checkpoint's earliest layer within ``tol`` of its best."""
     datasets = list(dict.fromkeys(layers["dataset"]))
     n = len(datasets)
     rows, cols = _grid_shape(n, max_cols=4)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols + 1.0, 3.0 * rows + 0.4), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols + 1.0, 3.2 * rows + 0.4), squeeze=False)
     for ax in axes.flat[n:]:
         ax.set_visible(False)
     lo, hi = float(layers["us"].min()), float(layers["us"].max())
@@ -377,14 +388,16 @@ def layer_plot(layers: pd.DataFrame, us_name: str, best: pd.DataFrame | None = N
             ax.scatter(b["layer_index"], b["accuracy"], marker="*", s=60, color="#d62728", zorder=3,
                        label=f"earliest layer within {tol:g} of the checkpoint's best")
         ax.set_title(_wrap(str(d), 34))
-        ax.set_xlabel("layer index (0 = first probed layer)")
         ax.set_ylabel("DS accuracy")
-        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        _layer_ticks(ax, g)
         ax.grid(alpha=0.3, lw=0.5)
     top = 1.0 - 0.45 / fig.get_figheight()
-    fig.tight_layout(rect=(0, 0, 0.9, top))
-    cax = fig.add_axes((0.92, 0.15, 0.015, 0.7 * top))
-    fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), cax=cax, label=f"US accuracy ({us_name})")
+    if hi > lo:
+        fig.tight_layout(rect=(0, 0, 0.9, top))
+        cax = fig.add_axes((0.92, 0.15, 0.015, 0.7 * top))
+        fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), cax=cax, label=f"US accuracy ({us_name})")
+    else:     # one US value (one checkpoint): a colour scale would have no range
+        fig.tight_layout(rect=(0, 0, 1, top))
     h, lab = axes.flat[0].get_legend_handles_labels()
     if h:
         fig.legend(h[:1], lab[:1], loc="upper center", frameon=False, bbox_to_anchor=(0.45, 1.0))

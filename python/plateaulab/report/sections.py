@@ -31,6 +31,10 @@ class Page:
         return self.res.source
 
 
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def header(page: Page) -> list[str]:
     from .. import __version__
 
@@ -40,7 +44,7 @@ def header(page: Page) -> list[str]:
     out = ["<h1>Does better upstream accuracy still buy downstream accuracy?</h1>",
            f'<p class="meta">plateaulab {H.esc(__version__)} study, {H.esc(now)}. '
            f"Input: {H.esc(src.citation)}. Upstream (x axis): <b>{H.esc(src.table.us_name)}</b>. "
-           f"{src.long['model'].nunique()} models, {len(res.tasks)} downstream tasks"
+           f"{_count(src.long['model'].nunique(), 'model')}, {_count(len(src.table.ds_tasks), 'downstream task')}"
            + (f", shots: {', '.join(shots_tick(s) for s in shots)}" if shots else "")
            + f". Bootstrap: {res.n_boot} replicates (seed {res.seed}). "
            f"Axis scale: {SCALE_NAMES[page.axis_scale]}. Analysis time {res.timings.get('total', 0):.1f} s.</p>",
@@ -71,10 +75,11 @@ def coverage(page: Page) -> list[str]:
     absent = table[~table["in_report"]]
     if absent.empty:
         return []
+    lines = [absent_line(g) for _, g in absent.groupby("why", sort=False)]
     return (["<h2>Analyses not in this report</h2>",
              "<p>Of the paper's analyses (A1-A10 of the protocol), these need something this input does not have; "
              "<code>tables/coverage.csv</code> lists all ten.</p><ul>"]
-            + [f"<li>{H.esc(absent_line(row))}</li>" for _, row in absent.iterrows()] + ["</ul>"])
+            + [f"<li>{H.esc(line)}</li>" for line in lines] + ["</ul>"])
 
 
 def summary(page: Page) -> list[str]:

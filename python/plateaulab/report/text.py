@@ -100,14 +100,20 @@ def scaleup_sentence(table, axes) -> str:
     ratio = table["ratio"].dropna()
     text = (f"Across {len(ratio)} tasks the residual of eq. (1) has {ratio.median():.2f} times the spread of DS "
             f"accuracy around its mean (median; {ratio.min():.2f} to {ratio.max():.2f}).")
-    ps = [table[f"resid_p_{a.name.replace(' ', '_')}"].dropna() for a in axes
-          if f"resid_p_{a.name.replace(' ', '_')}" in table]
-    n = sum(len(p) for p in ps)
+    parts, n, k = [], 0, 0
+    for a in axes:
+        key = a.name.replace(" ", "_")
+        if f"resid_p_{key}" not in table:
+            continue
+        p, rho = table[f"resid_p_{key}"], table[f"resid_spearman_{key}"]
+        sig = (p < 0.05) & p.notna()
+        n, k = n + int(p.notna().sum()), k + int(sig.sum())
+        parts.append(f"{a.name} {int(sig.sum())} of {int(p.notna().sum())} ({int((sig & (rho > 0)).sum())} positive)")
     if n:
-        k = sum(int((p < 0.05).sum()) for p in ps)
         text += (f" Given US accuracy, the residual correlates with a scale axis at p < 0.05 in {k} of {n} "
-                 f"(task, axis) pairs; {0.05 * n:.1f} would by chance if the axes carried no information beyond "
-                 "US accuracy.")
+                 f"(task, axis) pairs ({'; '.join(parts)}); about {0.05 * n:.0f} would by chance if the axes carried "
+                 "no information beyond US accuracy. Positive: larger values of the axis give more DS accuracy than "
+                 "eq. (1) predicts from US accuracy.")
     return text
 
 
@@ -129,6 +135,8 @@ def hparam_sentence(row) -> str:
     return text + "."
 
 
-def absent_line(row) -> str:
-    """'A6 controlled scale-up (Fig. 4): not in this report because the input lacks ...'."""
-    return f"{row['id']} {row['analysis']} ({row['paper']}): not in this report because {row['why']}."
+def absent_line(rows) -> str:
+    """'A6 controlled scale-up (Fig. 4): not in this report because the input lacks ...', for the rows of
+    tables/coverage.csv that share one reason (several analyses: 'A1 ... (Fig. 1); A2 ...: not ...')."""
+    what = "; ".join(f"{r['id']} {r['analysis']} ({r['paper']})" for _, r in rows.iterrows())
+    return f"{what}: not in this report because {rows['why'].iloc[0]}."
