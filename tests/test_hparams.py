@@ -114,3 +114,21 @@ def test_study_with_hparams_has_the_a10_section(tmp_path, capsys):
     capsys.readouterr()
     assert main(["study", "builtin:clip-benchmark", "--hparams", "nope", "-o", str(tmp_path / "r2")]) == 2
     assert "--hparams names unknown hyper-parameter column(s) 'nope'" in capsys.readouterr().err
+
+
+def test_generic_long_table_of_runs(raw, tmp_path):
+    """A table of runs in the generic long layout (model, dataset, lr, epochs, accuracy; US a dataset): the
+    study's points average each model's runs (--duplicates mean), A10 reads every run again, told apart by
+    the declared columns, and finds what the CLIP_benchmark loader finds."""
+    rows = raw[(raw["fewshot_k"] == -1) & raw["dataset"].isin([US, "vtab/pets", "vtab/pcam", "cifar100"])]
+    rows[["model", "dataset", "lr", "epochs", "lp_acc1"]].rename(columns={"lp_acc1": "accuracy"}).to_csv(
+        tmp_path / "runs.csv", index=False)
+    src = read_source(tmp_path / "runs.csv", us=US, duplicates="mean", hparams="LR,epochs")
+    assert len(src.long) == 12 * 3 and len(src.hparams) == 12 * 9 * 3
+    ours, _ = hparam_study(src.hparams, src.hparam_names, src.table.ds_tasks)
+    builtin = read_source("builtin:clip-benchmark", hparams="lr,epochs", ds="vtab/pets,vtab/pcam,cifar100")
+    theirs, _ = hparam_study(builtin.hparams, builtin.hparam_names, builtin.table.ds_tasks)
+    theirs = theirs[theirs["shots"] == -1]
+    key = ["hparam", "target"]
+    cols = ["best_param", "us_best_param", "loss_from_us_choice", "spearman_with_us"]
+    pd.testing.assert_frame_equal(ours.set_index(key)[cols].sort_index(), theirs.set_index(key)[cols].sort_index())

@@ -153,17 +153,24 @@ def read_source(source=None, *, loader: str = "auto", us: Optional[str] = None, 
     _leave_out(src, min_us, exclude)
     names = _names(hparams)
     if names:
-        src.hparams, src.hparam_names = _hparam_runs(src, names, scale)
+        src.hparams, src.hparam_names = _hparam_runs(src, names, source, us, ds, scale, table_options)
     return src
 
 
-def _hparam_runs(src: Source, names: list, scale) -> tuple[pd.DataFrame, list]:
+def _hparam_runs(src: Source, names: list, source, us, ds, scale, options: dict) -> tuple[pd.DataFrame, list]:
     """The runs that differ in the hyper-parameters ``names``, as a long table with those columns: for
     CLIP_benchmark every run of its lr x epochs grid (its loader's hyper="all"; the study's points keep the
-    best run per setting), for any other input the rows of the table itself (each model with its own values,
-    e.g. scaling-laws-openclip's pre-training lr). Models and DS tasks are those of the study."""
+    best run per setting); for a long table whose repeated rows per model were merged by ``duplicates``, the
+    table read again with those columns telling runs apart (load_table's ``distinct``); for any other input
+    the rows of the table itself (each model with its own values, e.g. scaling-laws-openclip's pre-training
+    lr). Models and DS tasks are those of the study."""
     if src.loader == "clip_benchmark":
         runs = T.load_clip_benchmark(src.table.source, hyper="all", scale=scale).long
+    elif src.loader == "table" and src.table.n_duplicate_rows:
+        cols = T.match_names(names, list(T.read_frame(source, options.get("format"))[0].columns), what="column",
+                             where=src.citation, param="hparams", label="hyper-parameter column(s)")
+        opts = {k: v for k, v in options.items() if k != "duplicates"}
+        runs = T.load_table(source, us=us, ds=ds, scale=scale, layout="long", distinct=cols, **opts).long
     else:
         runs = src.table.long
     fixed = {"model", "ds_task", "ds", "us", "shots", "n_test", "n_test_us"}
