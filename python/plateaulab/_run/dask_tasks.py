@@ -105,7 +105,7 @@ def probe_unit(job: dict, blocks: list) -> dict:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")     # the client reports unverified blocks from the counts
-            stats = Stats()
+            stats = Stats(done=[])
             probe_blocks(ctx, blocks, run_dir, on_block, skip_done=True, stats=stats)
     except PlateaulabError as exc:
         # A user's error (a bad block, a full disk), not a worker's: returned, not raised, so that

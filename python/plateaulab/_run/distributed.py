@@ -267,6 +267,7 @@ def run_probe(client, ctx, todo, run_dir: Path, bar, stats, session: dict) -> No
     from concurrent.futures import CancelledError
 
     from distributed import as_completed
+    from distributed.comm.core import CommClosedError
     from distributed.scheduler import KilledWorker
 
     from .dask_tasks import probe_unit
@@ -274,7 +275,7 @@ def run_probe(client, ctx, todo, run_dir: Path, bar, stats, session: dict) -> No
     workers = cluster_info(client)
     units = make_units(todo, len(workers))
     topic = f"plateaulab-probe-{uuid.uuid4().hex[:12]}"
-    seen: dict = {}
+    seen: set = set()
     per_worker: dict = {}
     busy: dict = {}
     lock = threading.Lock()
@@ -284,7 +285,7 @@ def run_probe(client, ctx, todo, run_dir: Path, bar, stats, session: dict) -> No
         with lock:
             if key in seen:
                 return
-            seen[key] = record
+            seen.add(key)
             per_worker[worker] = per_worker.get(worker, 0) + 1
             busy[worker] = busy.get(worker, 0.0) + record[4] + record[5]
             stats.blocks += 1
@@ -292,7 +293,6 @@ def run_probe(client, ctx, todo, run_dir: Path, bar, stats, session: dict) -> No
             stats.t_io += record[4]
             stats.t_compute += record[5]
             stats.unverified += not record[6]
-            stats.done.append(record)
             bar.update(record[3])
 
     def on_event(event):
@@ -322,11 +322,12 @@ def run_probe(client, ctx, todo, run_dir: Path, bar, stats, session: dict) -> No
             skipped += res["skipped"]
             stats.cpu += res.get("cpu", 0.0)
             setup[res["worker"]] = setup.get(res["worker"], 0.0) + res["setup"]
-    except (OSError, CancelledError) as exc:
+    except (CommClosedError, CancelledError) as exc:
         # The scheduler went away (or cancelled the run's tasks): what the workers wrote is kept.
         with contextlib.suppress(Exception):
             client.cancel(futures, force=True)
-        raise RunError(f"lost the Dask cluster {session.get('scheduler', '')} mid-run ({type(exc).__name__}: {' '.join(str(exc).split())}); "
+        why = " ".join(str(exc).split())
+        raise RunError(f"lost the Dask cluster {session.get('scheduler', '')} mid-run ({type(exc).__name__}: {why}); "
                        "every block finished so far is kept: repeat the command to resume") from None
     except BaseException:
         with contextlib.suppress(Exception):

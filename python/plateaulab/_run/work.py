@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .. import protocol as P
 from .parts import part_path, part_problem, rows_for_block, write_part
@@ -53,7 +53,9 @@ class Stats:
     unverified: int = 0
     skipped: int = 0          # blocks whose current part was found already written (a retried task)
     cpu: float = 0.0          # CPU seconds of the probing process(es) while they probed these blocks
-    done: list = field(default_factory=list)   # [(checkpoint, dataset, layer, probes, t_io, t_compute, verified)]
+    # [(checkpoint, dataset, layer, probes, t_io, t_compute, verified)] of each block written, when a
+    # list is given (a Dask task's few blocks); None keeps no per-block records (a run of 600,000 blocks).
+    done: list | None = None
 
 
 def probe_blocks(ctx: RunContext, blocks: list[PlannedBlock], run_dir, on_block=None, *, skip_done: bool = False,
@@ -96,7 +98,8 @@ def probe_blocks(ctx: RunContext, blocks: list[PlannedBlock], run_dir, on_block=
             stats.t_io += t_io
             stats.t_compute += t2 - t1
             stats.unverified += not got.verified
-            stats.done.append(record)
+            if stats.done is not None:
+                stats.done.append(record)
             if on_block is not None:
                 on_block(b, record)
     finally:
