@@ -108,7 +108,7 @@ def scaleup_sentence(table, axes) -> str:
         p, rho = table[f"resid_p_{key}"], table[f"resid_spearman_{key}"]
         sig = (p < 0.05) & p.notna()
         n, k = n + int(p.notna().sum()), k + int(sig.sum())
-        parts.append(f"{a.name} {int(sig.sum())} of {int(p.notna().sum())} ({int((sig & (rho > 0)).sum())} positive)")
+        parts.append(f"{a.name} {int(sig.sum())} of {int(p.notna().sum())}, {int((sig & (rho > 0)).sum())} positive")
     if n:
         text += (f" Given US accuracy, the residual correlates with a scale axis at p < 0.05 in {k} of {n} "
                  f"(task, axis) pairs ({'; '.join(parts)}); about {0.05 * n:.0f} would by chance if the axes carried "
