@@ -75,8 +75,8 @@ BUILTINS = {b.name: b for b in (
             "commit 652b1e74 (no licence file; the published results of Cherti et al., \"Reproducible scaling laws "
             "for contrastive language-image learning\", CVPR 2023): zero-shot accuracies of 32 CLIP models",
             _CLIP_NOTE + " A controlled scale-up: ViT-B/32, B/16 and L/14 trained on LAION-80M, 400M and 2B for 3B, "
-            "13B and 34B samples seen (27 runs; learning rate and batch size vary between them), plus H/14 and g/14 on LAION-2B and OpenAI's "
-            "B/32, B/16 and L/14 (CLIP-WIT, 13B samples). Accuracies are zero-shot."),
+            "13B and 34B samples seen (27 runs; learning rate and batch size vary between them), plus H/14 and "
+            "g/14 on LAION-2B and OpenAI's B/32, B/16 and L/14 (CLIP-WIT, 13B samples). Accuracies are zero-shot."),
 )}
 
 #: loader name -> function(path, scale=...) -> AccuracyTable, for the published tables' own formats.

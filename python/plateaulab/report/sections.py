@@ -189,7 +189,8 @@ def scaleup(page: Page) -> list[str]:
     per_axis = up.lines.groupby("axis", sort=False).agg(lines=("line", "nunique"), models=("model", "nunique"))
     counts = "; ".join(f"{a}: {int(v['lines'])} lines of {int(v['models'])} models" for a, v in per_axis.iterrows())
     caption = (f"{len(shown)} of {len(full)} tasks, chosen to span Table F.3's ratio from the best predicted to the "
-               "worst (Table F.3 below covers every task; Figure 1 shows every task's points). Each column varies one axis: a line joins models whose other axes are the same ("
+               "worst (Table F.3 below covers every task; Figure 1 shows every task's points). Each column varies "
+               "one axis: a line joins models whose other axes are the same ("
                f"{H.esc(counts)}), points are coloured by the varied axis's level, grey models lie on no line of "
                "that axis, and the green dash-dot curve is eq. (1) fitted on all the task's models (pooled over the "
                "axes). The model axis is ordered by compute per sample (GMACs).")
