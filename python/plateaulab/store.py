@@ -138,6 +138,19 @@ def check_labels(y, name: str, split: str, num_classes: int | None = None) -> np
     return arr
 
 
+def check_classes_trained(name: str, y_train: np.ndarray, num_classes: int, class_names=None,
+                          fix: str = "fix num_classes in dataset.json or the labels") -> None:
+    """Refuse a dataset with a class that has no train example: no few-shot set can be drawn for it, at
+    any shot count, so every probe of the dataset would fail."""
+    counts = np.bincount(y_train, minlength=num_classes)
+    empty = np.flatnonzero(counts == 0)
+    if empty.size:
+        shown = ", ".join(str(int(c)) + (f" ({class_names[c]!r})" if class_names else "") for c in empty[:5])
+        more = f" and {empty.size - 5} more" if empty.size > 5 else ""
+        raise StoreError(f"dataset {name!r}: {empty.size} of its {num_classes} classes have no train example "
+                         f"(class {shown}{more}); a few-shot probe needs train examples of every class: {fix}")
+
+
 def check_rows(where: str, split: str, n_rows: int, n_labels: int, dataset: str) -> None:
     """The one check that a split's feature rows match its labels (writing, reading, checking)."""
     if n_rows != n_labels:
@@ -263,6 +276,8 @@ class FeatureStore:
                 raise StoreError(
                     f"dataset {name!r}: {len(class_names)} class names given for {num_classes} classes"
                 )
+        check_classes_trained(name, y_train, num_classes, class_names,
+                              fix="pass the labels of every class's train examples (or a smaller num_classes)")
         if (d / "dataset.json").exists():
             os.unlink(d / "dataset.json")  # marks the dataset incomplete while it is rewritten
         for split, y in (("train", y_train), ("test", y_test), ("val", y_val)):
@@ -307,6 +322,8 @@ class FeatureStore:
                 raise StoreError(
                     f"{what}: {f} has {ys[split].size} labels but dataset.json says n_{split} = {expected}"
                 )
+        check_classes_trained(name, ys["train"], info.num_classes, info.class_names,
+                              fix=f"fix num_classes in {d / 'dataset.json'} or the labels in {d / 'y_train.npy'}")
         return Dataset(name=name, num_classes=info.num_classes, y_train=ys["train"], y_test=ys["test"],
                        y_val=ys["val"], class_names=info.class_names)
 
@@ -324,8 +341,15 @@ class FeatureStore:
         try:
             as_json = json.loads(json.dumps(current, default=_json_default, allow_nan=False))
         except (TypeError, ValueError) as exc:
-            raise StoreError(f"checkpoint {checkpoint!r}: metadata is not JSON ({exc}); "
-                             "store numbers, strings, lists and dicts") from None
+            bad = []
+            for key, value in current.items():
+                try:
+                    json.dumps(value, default=_json_default, allow_nan=False)
+                except (TypeError, ValueError):
+                    bad.append(key)
+            keys = f"key {bad[0]!r} ({current[bad[0]]!r}) " if bad else ""
+            raise StoreError(f"checkpoint {checkpoint!r}: metadata {keys}is not JSON ({exc}); "
+                             "store numbers (finite: no NaN or infinity), strings, lists and dicts") from None
         schema.validate("meta.json", as_json, d / "meta.json", f"checkpoint {checkpoint!r}")
         atomic_write_json(d / "meta.json", as_json)
         return as_json
@@ -335,9 +359,15 @@ class FeatureStore:
         d = self._checkpoint_dir(checkpoint)
         if not d.is_dir():
             raise StoreError(f"unknown checkpoint {checkpoint!r} in store {self.path}")
-        if not (d / "meta.json").exists():
+        if not (d / "meta.json").exists() and not (d / "meta.json").is_symlink():
             return {}
-        return _validate("meta.json", d / "meta.json", f"checkpoint {checkpoint!r}").model_dump()
+        meta = _validate("meta.json", d / "meta.json", f"checkpoint {checkpoint!r}").model_dump()
+        if "checkpoint" in meta and meta["checkpoint"] != checkpoint:
+            # Runs copy meta.json into checkpoints.parquet, keyed by the column 'checkpoint'.
+            raise StoreError(f"checkpoint {checkpoint!r}: {d / 'meta.json'}: key 'checkpoint' is "
+                             f"{meta['checkpoint']!r} but the directory holds checkpoint {checkpoint!r}; runs join "
+                             "metadata on that key, so remove it or make it the checkpoint's name")
+        return meta
 
     def checkpoints(self) -> list[str]:
         return sorted(list_entries(self.path / "checkpoints", "checkpoint", f"store {self.path}"))
@@ -404,9 +434,18 @@ class FeatureStore:
         info["layer"] = layer
         return info
 
+    def _pair_root(self, checkpoint: str, dataset: str) -> Path:
+        """The directory of a (checkpoint, dataset)'s layers; a file (or dangling symlink) in place of the
+        checkpoint's ``features`` directory is an error, not a checkpoint without features."""
+        features = self._checkpoint_dir(checkpoint) / "features"
+        if not features.is_dir() and (features.exists() or features.is_symlink()):
+            _, problems = scan_entries(features, "dataset", f"checkpoint {checkpoint!r}")
+            raise StoreError(problems[0])
+        return self._features_dir(checkpoint, dataset)
+
     def block_infos(self, checkpoint: str, dataset: str) -> list[dict]:
         """Validated block.json of every complete layer of (checkpoint, dataset), in layer order."""
-        root = self._features_dir(checkpoint, dataset)
+        root = self._pair_root(checkpoint, dataset)
         where = f"checkpoint {checkpoint!r}, dataset {dataset!r}"
         entries = list_entries(root, "layer", where, marker="block.json")
         infos = [self._block_info(p, checkpoint, dataset, layer) for layer, p in entries.items()]
@@ -415,7 +454,7 @@ class FeatureStore:
 
     def incomplete_layers(self, checkpoint: str, dataset: str) -> list[str]:
         """Layers of (checkpoint, dataset) whose directory has no block.json (a write that did not finish)."""
-        root = self._features_dir(checkpoint, dataset)
+        root = self._pair_root(checkpoint, dataset)
         entries = list_entries(root, "layer", f"checkpoint {checkpoint!r}, dataset {dataset!r}")
         return sorted(layer for layer, p in entries.items() if not (p / "block.json").exists())
 

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import secrets
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -117,26 +118,76 @@ def remove_temp_files(root: Path) -> list[Path]:
     return removed
 
 
+#: Largest metadata file read (bytes). A store's JSON files are a few kB; this bound keeps a file that
+#: is not one (``/dev/zero`` behind a symlink, a multi-GB dump) from exhausting memory.
+MAX_JSON_BYTES = 64 << 20
+
+
+def regular_file(path: Path, what: str, kind: str = "file", error=StoreError) -> os.stat_result:
+    """``os.stat`` of ``path``, refusing anything but a regular file (a directory, a FIFO, which would
+    block the reader forever, a device such as /dev/zero, a dangling symlink), naming it."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        link = f" (a symlink to {os.readlink(path)!r}, which does not exist)" if os.path.islink(path) else ""
+        raise error(f"{what}: missing {kind} {path}{link}") from None
+    except OSError as exc:
+        raise error(f"{what}: cannot read {path} ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(st.st_mode):
+        found = ("a directory" if stat.S_ISDIR(st.st_mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(st.st_mode)
+                 else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
+                 else "a socket" if stat.S_ISSOCK(st.st_mode) else "not a regular file")
+        raise error(f"{what}: {path} is {found}, not a regular file; replace it with the {kind} "
+                    "(see docs/STORE_FORMAT.md)")
+    return st
+
+
+def parse_json_bytes(data: bytes, path, what: str, error=StoreError):
+    """``json.loads`` with the errors a hostile or broken file can cause named as ``error``."""
+    try:
+        return json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise error(f"{what}: {path} is not valid JSON ({exc}); rewrite it or remove the entry") from None
+    except RecursionError:
+        raise error(f"{what}: {path} nests JSON arrays or objects too deeply to be read; it is not a "
+                    "metadata file this format writes: rewrite it") from None
+
+
 def read_json(path: Path, what: str):
     """The parsed JSON of ``path`` (any JSON value; the schema checks its shape)."""
+    path = Path(path)
+    st = regular_file(path, what, "file")
+    if st.st_size > MAX_JSON_BYTES:
+        raise StoreError(f"{what}: {path} is {st.st_size:,} bytes, more than the {MAX_JSON_BYTES >> 20} MiB a "
+                         "metadata file may hold; it is not a metadata file this format writes: rewrite it")
     try:
         with open(path, "rb") as f:
-            return json.loads(f.read())
+            data = f.read(MAX_JSON_BYTES + 1)
     except FileNotFoundError:
         raise StoreError(f"{what}: missing file {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise StoreError(f"{what}: {path} is not valid JSON ({exc}); rewrite it or remove the entry") from None
     except OSError as exc:
         raise StoreError(f"{what}: cannot read {path} ({exc.strerror or exc})") from None
+    if len(data) > MAX_JSON_BYTES:
+        raise StoreError(f"{what}: {path} holds more than the {MAX_JSON_BYTES >> 20} MiB a metadata file may "
+                         "hold; rewrite it")
+    return parse_json_bytes(data, path, what)
 
 
 def load_npy(path: Path, what: str, mmap: bool = True) -> np.ndarray:
     """Open an .npy file, memory-mapped by default, with errors that name the file."""
+    regular_file(Path(path), what, "array file")
     try:
-        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except FileNotFoundError:
         raise StoreError(f"{what}: missing array file {path}") from None
-    except (ValueError, OSError, EOFError) as exc:
+    except (ValueError, OSError, EOFError, MemoryError) as exc:
         raise StoreError(
             f"{what}: array file {path} is truncated or corrupt ({exc}); re-extract this block"
         ) from None
+    if not isinstance(arr, np.ndarray):   # np.load opens a .npz (zip) archive whatever the file is called
+        close = getattr(arr, "close", None)
+        if close is not None:
+            close()
+        raise StoreError(f"{what}: array file {path} is a .npz archive ({type(arr).__name__}), not a .npy array; "
+                         "write each array with numpy.save, or re-extract this block")
+    return arr

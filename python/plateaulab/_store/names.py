@@ -13,6 +13,7 @@ systems allow 255 bytes per path component; the rest is kept for the ``.parquet`
 
 from __future__ import annotations
 
+import os
 import unicodedata
 from pathlib import Path
 from urllib.parse import quote, unquote
@@ -59,12 +60,28 @@ def scan_entries(root: Path, what: str, where: str, marker: str | None = None):
     entries: dict[str, Path] = {}
     problems: list[str] = []
     if not root.is_dir():
+        if root.is_symlink() or root.exists():   # a file, or a dangling symlink, where a directory belongs
+            problems.append(f"{where}: {root} is {_not_a_directory(root)}, where the directory of its "
+                            f"{what}s belongs; remove it or put the directory back")
         return entries, problems
     for p in sorted(root.iterdir()):
-        if p.name.startswith(".") or not p.is_dir() or (marker is not None and not (p / marker).exists()):
+        if p.name.startswith("."):
+            continue
+        if not p.is_dir():
+            # Nothing but directories lives here: a file or a dangling symlink in place of an entry would
+            # otherwise drop that entry without a word.
+            problems.append(f"{where}: {p} is {_not_a_directory(p)}, not a {what} directory; a store holds only "
+                            f"{what} directories here: remove it, or restore the {what}")
+            continue
+        if marker is not None and not (p / marker).exists():
             continue
         name = decode_name(p.name)
         canonical = quote(name, safe="")
+        invalid = _refusal(name, what)
+        if invalid is not None and canonical != p.name:
+            problems.append(f"{where}: directory {p} decodes to {what} name {name!r}, which a store cannot hold "
+                            f"({invalid}); rename it")
+            continue
         if canonical != p.name:
             twin = root / canonical
             if twin.is_dir():
@@ -76,6 +93,21 @@ def scan_entries(root: Path, what: str, where: str, marker: str | None = None):
             continue
         entries[name] = p
     return entries, problems
+
+
+def _not_a_directory(p: Path) -> str:
+    if p.is_symlink() and not p.exists():
+        return f"a symlink to {os.readlink(p)!r}, which does not exist"
+    return "a file" if p.is_file() else "not a directory"
+
+
+def _refusal(name: str, what: str):
+    """Why ``encode_name`` refuses ``name`` (its message after the name), or None."""
+    try:
+        encode_name(name, what)
+    except StoreError as exc:
+        return str(exc).split(": ", 1)[-1]
+    return None
 
 
 def list_entries(root: Path, what: str, where: str, marker: str | None = None) -> dict[str, Path]:

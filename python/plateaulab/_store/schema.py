@@ -28,7 +28,11 @@ from ..errors import StoreError
 FORMAT_NAME = "plateaulab-feature-store"
 FORMAT_VERSION = 1
 
-Count = Annotated[StrictInt, Field(ge=1)]
+#: Every count and index is stored as int64 in a run's parquet files: larger integers are refused here,
+#: naming the key, instead of overflowing when the run writes them.
+INT64_MAX = 2 ** 63 - 1
+Count = Annotated[StrictInt, Field(ge=1, le=INT64_MAX)]
+Index = Annotated[StrictInt, Field(ge=0, le=INT64_MAX)]
 Split = Literal["train", "test", "val"]
 
 
@@ -38,12 +42,12 @@ class _File(BaseModel):
 
 class StoreFile(_File):
     format: Literal["plateaulab-feature-store"]
-    version: Annotated[StrictInt, Field(ge=1)]
+    version: Count
 
 
 class DatasetFile(_File):
     name: StrictStr | None = None
-    num_classes: Annotated[StrictInt, Field(ge=2)]
+    num_classes: Annotated[StrictInt, Field(ge=2, le=INT64_MAX)]
     class_names: list[StrictStr] | None = None
     n_train: Count
     n_test: Count
@@ -53,6 +57,10 @@ class DatasetFile(_File):
     def _class_names_match(self):
         if self.class_names is not None and len(self.class_names) != self.num_classes:
             raise ValueError(f"{len(self.class_names)} class_names for num_classes = {self.num_classes}")
+        if self.num_classes > self.n_train:
+            # Checked before the labels are read: a few-shot probe needs a train example of every class.
+            raise _KeyError("num_classes", f"at most n_train = {self.n_train} (every class needs a train example)",
+                            self.num_classes)
         return self
 
 
@@ -67,8 +75,8 @@ class BlockFile(_File):
     checkpoint: StrictStr | None = None
     dataset: StrictStr | None = None
     layer: StrictStr | None = None
-    layer_index: Annotated[StrictInt, Field(ge=0)] = 0
-    dim: Annotated[StrictInt, Field(ge=1)]
+    layer_index: Index = 0
+    dim: Count
     dtype: Literal["float16", "float32"]
     rows: Rows
     crc32: dict[Split, Annotated[StrictInt, Field(ge=0, le=2 ** 32 - 1)]] | None = None
@@ -113,7 +121,24 @@ class MetaFile(BaseModel):
         for key, (ok, expected) in checks.items():
             if key in data and data[key] is not None and not ok(data[key]):
                 raise _KeyError(key, expected, data[key])
+        for key, value in data.items():
+            big = _wide_int(value)
+            if big is not None:
+                raise _KeyError(key, "integers within 64 bits (runs copy metadata to checkpoints.parquet, whose "
+                                "integers are int64); store it as a float or a string", big)
         return data
+
+
+def _wide_int(value):
+    """The first integer in ``value`` (nested lists and dicts included) outside the int64 range, or None."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value if not -2 ** 63 <= value <= INT64_MAX else None
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    for v in items:
+        big = _wide_int(v)
+        if big is not None:
+            return big
+    return None
 
 
 class _KeyError(ValueError):

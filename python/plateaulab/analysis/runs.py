@@ -88,6 +88,12 @@ def _load(path: Path):
         raise InputError(f"probe run {path}: results.parquet holds no rows; run `plateaulab probe` to completion")
     if "checkpoint" not in ckpts.columns:
         raise InputError(f"probe run {path}: checkpoints.parquet has no 'checkpoint' column")
+    names = ckpts["checkpoint"].astype(str)
+    if names.duplicated().any():
+        dup = list(dict.fromkeys(names[names.duplicated()]))
+        raise InputError(f"probe run {path}: checkpoints.parquet lists {len(dup)} checkpoint(s) on several rows "
+                         f"({', '.join(map(repr, dup[:5]))}{' ...' if len(dup) > 5 else ''}), so their metadata "
+                         "(upstream accuracy) is ambiguous; rerun `plateaulab probe` into this directory to rewrite it")
     return results, ckpts, manifest if isinstance(manifest, dict) else {}
 
 

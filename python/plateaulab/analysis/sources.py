@@ -205,6 +205,13 @@ def _leave_out(src: Source, min_us, exclude) -> None:
             src.notes.append(f"{len(below)} model(s) with US accuracy below {float(min_us):g} left out: "
                              f"{', '.join(below[:10])}" + (" ..." if len(below) > 10 else ""))
     if drop.any():
+        kept = long.loc[~drop, "model"].astype(str).unique()
+        if len(kept) < 2:
+            n_models = long["model"].nunique()
+            by_min = min_us is not None and bool((long["us"] < float(min_us)).any())
+            raise InputError(f"leaving out models by {{param}} leaves {len(kept)} of the {n_models} models of "
+                             f"{src.citation}" + (f" ({kept[0]!r})" if len(kept) else "")
+                             + "; a fit needs at least 2: leave out fewer", param="min_us" if by_min else "exclude")
         src.table.long = long[~drop].reset_index(drop=True)
         src.table.ds_tasks = [t for t in src.table.ds_tasks if t in set(src.table.long["ds_task"])]
 

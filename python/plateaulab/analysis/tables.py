@@ -76,6 +76,8 @@ def read_frame(source, fmt: Optional[str] = None) -> tuple[pd.DataFrame, str]:
     if path.is_dir():
         raise InputError(f"{str(path)!r} is a directory; a probe run or a timm results folder is read by "
                          "load_table or read_source, a table must be a file")
+    if not path.is_file():   # a FIFO would block the reader forever, a device (/dev/zero) never end
+        raise InputError(f"accuracy table {str(path)!r} is not a regular file; pass a table file")
     fmt = (fmt or path.suffix.lstrip(".")).lower()
     try:
         if fmt in ("csv", "tsv", "txt"):
@@ -85,10 +87,19 @@ def read_frame(source, fmt: Optional[str] = None) -> tuple[pd.DataFrame, str]:
         if fmt in ("jsonl", "ndjson"):
             return pd.read_json(path, lines=True), str(path)
         if fmt == "json":
-            with open(path) as fh:
-                return pd.DataFrame(json.load(fh)), str(path)
+            with open(path, "rb") as fh:
+                obj = json.load(fh)
+            if not isinstance(obj, (list, dict)):
+                raise InputError(f"cannot read {str(path)!r} as json: it holds the single value {str(obj)[:40]!r}; a table is a "
+                                 "list of records ({\"model\": ..., \"<task>\": ...}) or an object of columns")
+            return pd.DataFrame(obj), str(path)
     except (ValueError, OSError) as exc:
         raise InputError(f"cannot read {str(path)!r} as {fmt}: {exc}") from None
+    except RecursionError:
+        raise InputError(f"cannot read {str(path)!r} as {fmt}: it nests arrays or objects too deeply") from None
+    except TypeError as exc:   # records of mixed kinds ([{...}, 5, "x"]) that pandas cannot line up
+        raise InputError(f"cannot read {str(path)!r} as {fmt}: its records are not all objects of columns "
+                         f"({exc}); a table is a list of records or an object of columns") from None
     raise InputError(f"unknown table format {fmt!r} for {str(path)!r}; use csv, tsv, parquet, json or jsonl "
                      "(or pass {param}=)", param="format")
 
@@ -644,8 +655,12 @@ def _wide_to_long(df, src, id_cols, us, ds_list, shots_col, keep, scale, duplica
         left_out = _not_accuracy_columns(df, [c for c in cols if c not in reserved and c not in ds_cols])
     else:
         ds_cols = match_names(ds_list, cols, where=src, param="ds", label="DS column(s)")
+    named_us = ds_list is not None and us_col in ds_cols
     ds_cols = [c for c in ds_cols if c != us_col]
     if not ds_cols:
+        if named_us:
+            raise InputError(f"{{param}} names only {us_col!r}, the US column of {src}; a DS task is another "
+                             f"column (known columns: {_listing(cols)})", param="ds")
         raise InputError(f"no DS columns in {src}; name them with {{param}}", param="ds")
     models = _model_ids(df, id_cols, src)
     units = [_unit(str(us_col), f"US column {us_col!r}", df[us_col], models, src, "us")]
@@ -787,6 +802,10 @@ def _finish(long: pd.DataFrame, src: str, us_name: str, nan: str) -> AccuracyTab
         long = long.loc[~bad].reset_index(drop=True)
     if len(long) < 2:
         raise InputError(f"{src} has {len(long)} usable row(s) after dropping missing accuracies; need at least 2")
+    models = list(dict.fromkeys(long["model"].astype(str)))
+    if len(models) < 2:
+        raise InputError(f"{src} has usable accuracies of {len(models)} model ({models[0]!r}) only; relating DS to "
+                         "US accuracy needs at least 2 models")
     if long["us"].nunique() < 2:
         raise InputError(f"US column {us_name!r} of {src} is constant; there is no relation to analyse")
     tasks = list(dict.fromkeys(long["ds_task"]))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
 from ..errors import PlateaulabError
 
@@ -64,9 +65,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _short_warnings(command: str):
+    """A ``warnings.formatwarning`` that prints plateaulab's own warnings as one line each,
+    ``plateaulab COMMAND: warning: ...``, in the manner of its errors (not file:line and a source line);
+    other libraries' warnings keep Python's format."""
+    import os
+
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+    original = warnings.formatwarning
+
+    def format_warning(message, category, filename, lineno, line=None):
+        if str(filename).startswith(package) and issubclass(category, UserWarning):
+            return f"plateaulab {command}: warning: {message}\n"
+        return original(message, category, filename, lineno, line)
+    return format_warning
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    previous = warnings.formatwarning
+    # Only the format changes: whoever records warnings (pytest.warns, catch_warnings) still gets them.
+    warnings.formatwarning = _short_warnings(args.command)
+    try:
+        return _run(parser, args)
+    finally:
+        warnings.formatwarning = previous
+
+
+def _run(parser: argparse.ArgumentParser, args) -> int:
     try:
         return int(args.func(args) or 0)
     except PlateaulabError as exc:

@@ -142,30 +142,45 @@ def read_manifest(path, *, allow_import: bool = False) -> list[dict]:
     base = path.resolve().parent
     try:
         if path.suffix == ".csv":
-            with open(path, newline="") as f:
+            # utf-8-sig: a spreadsheet's byte-order mark would otherwise become part of the first column's name
+            with open(path, newline="", encoding="utf-8-sig") as f:
                 reader = csv.DictReader(f)
                 rows, lines = [], []
                 for r in reader:
                     if None in r:
                         raise InputError(f"checkpoint manifest {path}, line {reader.line_num}: more values than "
                                          f"the {len(reader.fieldnames)} columns of the header")
-                    rows.append({k: _parse_scalar(v) for k, v in r.items() if v not in (None, "")})
+                    # Names and paths stay text: a checkpoint named 007 is '007', not the number 7.
+                    rows.append({k: (v if k in _TEXT_COLUMNS else _parse_scalar(v)) for k, v in r.items()
+                                 if v not in (None, "")})
                     lines.append(reader.line_num)
         elif path.suffix == ".json":
-            rows = json.loads(path.read_text())
+            rows = json.loads(path.read_text(encoding="utf-8-sig"))
             lines = list(range(1, len(rows) + 1)) if isinstance(rows, list) else []
         else:
-            numbered = [(i, line) for i, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
+            text = path.read_text(encoding="utf-8-sig")
+            numbered = [(i, line) for i, line in enumerate(text.splitlines(), 1) if line.strip()]
             rows, lines = [json.loads(line) for _, line in numbered], [i for i, _ in numbered]
     except (json.JSONDecodeError, csv.Error, UnicodeDecodeError) as exc:
         raise InputError(f"cannot parse checkpoint manifest {path} ({exc})") from None
+    except RecursionError:
+        raise InputError(f"cannot parse checkpoint manifest {path}: it nests arrays or objects too deeply") from None
+    except OSError as exc:
+        raise InputError(f"cannot read checkpoint manifest {path} ({exc.strerror or exc})") from None
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
         raise InputError(f"checkpoint manifest {path} must be a list of objects (rows)")
+    if not rows:
+        raise InputError(f"checkpoint manifest {path} lists no checkpoints (a header row, then one row per "
+                         "checkpoint file: file, architecture, name, metadata)")
     unit = "item" if path.suffix == ".json" else "line"
     for r, line in zip(rows, lines):
         where = f"checkpoint manifest {path}, {unit} {line}"
         if "file" not in r:
-            raise InputError(f"{where}: no 'file' column")
+            raise InputError(f"{where}: no 'file' column (columns: {', '.join(map(repr, r)) or 'none'}); name each "
+                             "checkpoint's file in a column called 'file'")
+        if "name" in r and not isinstance(r["name"], str):
+            raise InputError(f"{where}: 'name' must be a string (the checkpoint's name in the store), got "
+                             f"{r['name']!r}")
         f = Path(str(r["file"]))
         r["file"] = str(f if f.is_absolute() else base / f)
         if "architecture" in r:
@@ -176,6 +191,10 @@ def read_manifest(path, *, allow_import: bool = False) -> list[dict]:
             if resolved.kind == "hf":
                 r["architecture"] = resolved.label  # hf:<the directory, resolved against the manifest's folder>
     return rows
+
+
+#: Manifest columns read as text, never as numbers.
+_TEXT_COLUMNS = ("file", "name", "architecture")
 
 
 def _parse_scalar(v: str):
@@ -201,6 +220,8 @@ def read_state_dict(path: Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"checkpoint file {path} does not exist; plateaulab never downloads weights")
+    if path.stat().st_size == 0:
+        raise InputError(f"checkpoint file {path} is empty (0 bytes); it was not written completely: save it again")
     if path.suffix == ".safetensors":
         st = deps.require("safetensors.torch", f"reading {path}")
         try:
@@ -214,7 +235,7 @@ def read_state_dict(path: Path) -> dict:
             sd = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - torch.load raises many types for a bad file
             raise InputError(
-                f"cannot read checkpoint file {path} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+                f"cannot read checkpoint file {path} ({type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}); "
                 "expected a state dict saved with torch.save (.pt/.pth/.bin) or a .safetensors file; "
                 "a pickled nn.Module must be re-saved as its state_dict()"
             ) from None

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, PlateaulabError
 from . import deps
 from .inputs import SplitSource
 from .layers import Layer, Layout, layer_tensor, pool
@@ -51,9 +51,22 @@ def resolve_device(device=None):
     torch = deps.torch()
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        first = (str(exc).splitlines() or [""])[0][:160]
+        raise InputError(f"{{param}} {device!r} is not a device torch knows ({first}); use 'cpu', 'cuda' or "
+                         "'cuda:N'", param="device") from None
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise InputError(f"{{param}} {device!r}: extraction runs on 'cpu', 'cuda' (or 'cuda:N') or 'mps', not on "
+                         f"{dev.type!r}", param="device")
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {device!r} was asked for but torch sees no CUDA GPU; use device='cpu'")
+        raise InputError(f"{{param}} {device!r} was asked for but torch sees no CUDA GPU; use 'cpu'", param="device")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise InputError(f"{{param}} {device!r}: torch sees {torch.cuda.device_count()} CUDA GPU(s) "
+                         f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})", param="device")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise InputError(f"{{param}} {device!r} was asked for but torch sees no MPS device; use 'cpu'", param="device")
     return dev
 
 
@@ -280,9 +293,15 @@ def run_split(model, layers: list[Layer], source: SplitSource, *, device, amp_dt
                     cap.mask = chunk.get("attention_mask") if isinstance(chunk, dict) else None
                     try:
                         _call(model, chunk)
-                    except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled, the rest re-raised
+                    except PlateaulabError:
+                        raise
+                    except Exception as exc:  # noqa: BLE001 - out-of-memory is handled; the rest is named
                         if not _is_oom(exc):
-                            raise
+                            first = (str(exc).splitlines() or [""])[0][:300]
+                            raise InputError(
+                                f"{where}: the model failed on the {source.split} inputs ({source.description}): "
+                                f"{type(exc).__name__}: {first}; check that the inputs fit the architecture "
+                                "(shape, dtype, the names of keyword inputs)") from None
                         del chunk
                         cap.pending = {}
                         if on_gpu:
