@@ -67,8 +67,39 @@ print(json.dumps({"wall": wall, "session": m["sessions"][-1], "blocks": run.bloc
 """
 
 
+# Dask's own cost per task: no-op tasks through the same local cluster, one at a time (the round
+# trip a unit pays: submit, schedule, run, report) and all at once (the scheduler's throughput).
+NOOP = r"""
+import json, time
+from distributed import Client
+from plateaulab._run.distributed import start_local_cluster
+def noop(i):
+    return i
+if __name__ == "__main__":
+    with start_local_cluster(1, "cpu") as cl, Client(cl) as c:
+        c.submit(noop, -1, pure=False).result()
+        t = time.perf_counter()
+        for i in range(100):
+            c.submit(noop, i, pure=False).result()
+        serial = (time.perf_counter() - t) / 100
+        t = time.perf_counter()
+        c.gather([c.submit(noop, i, pure=False) for i in range(1000)])
+        batch = (time.perf_counter() - t) / 1000
+    print(json.dumps({"roundtrip": serial, "throughput": batch}))
+"""
+
+
+def run_noop() -> dict:
+    out = subprocess.run([sys.executable, "-c", NOOP], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, **ONE_THREAD})
+    if out.returncode:
+        raise SystemExit(f"noop failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def run_config(name: str, store: Path, workdir: Path, l2: list[float]) -> dict:
     kw, env = CONFIGS[name]
+    load_before = os.getloadavg()
     run = Path(tempfile.mkdtemp(dir=workdir, prefix=f"run-{name}-"))
     args = {"store": str(store), "run": str(run / "r"), "l2": l2, **kw}
     out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(args)], env={**os.environ, **env},
@@ -78,7 +109,7 @@ def run_config(name: str, store: Path, workdir: Path, l2: list[float]) -> dict:
     res = json.loads(out.stdout.strip().splitlines()[-1])
     s = res["session"]
     start = s.get("seconds_cluster_start", 0.0)
-    res.update(name=name, load=os.getloadavg(), run=s["seconds"] - start, start=start,
+    res.update(name=name, load_before=load_before, load=os.getloadavg(), run=s["seconds"] - start, start=start,
                consolidate=s.get("seconds_consolidate"), cpu=res["cpu_client"] + res["cpu_workers"],
                probe_cpu=s.get("seconds_cpu"))
     res["setup"] = s.get("seconds_worker_setup")
@@ -117,6 +148,10 @@ def main(argv=None) -> int:
           f"plateaulab {plateaulab.__version__}; load before {os.getloadavg()}")
     print(f"# {a.checkpoints * a.layers} blocks: D=768, C=100, 5,000 train / 10,000 test rows, shots 1/5/10/25 x 3 "
           "seeds x 8 l2 = 96 probes per block; cpu backend")
+    noop = run_noop()
+    print(f"Dask per task, no-op tasks on one local worker: {noop['roundtrip'] * 1000:.2f} ms round trip one at a "
+          f"time; {noop['throughput'] * 1000:.2f} ms each when 1,000 are submitted together; load "
+          f"{tuple(round(v, 2) for v in os.getloadavg())}", flush=True)
     results = []
     for r in range(a.rounds):
         for name in a.only:
@@ -130,7 +165,9 @@ def main(argv=None) -> int:
                   f"s/block {res['run'] / res['blocks']:.3f} ; probing CPU s/block {res['probe_cpu'] / res['blocks']:.3f} ; "
                   f"all CPU s/block {res['cpu'] / res['blocks']:.3f} "
                   f"(client {res['cpu_client']:.1f} s, workers {res['cpu_workers']:.1f} s) ; "
-                  f"page faults/block {res['minflt'] / res['blocks']:.0f} ; load {tuple(round(v, 2) for v in res['load'])}",
+                  f"page faults/block {res['minflt'] / res['blocks']:.0f} ; units {res['session'].get('units')} ; load before "
+                  f"{round(res['load_before'][0], 2)} after {tuple(round(v, 2) for v in res['load'])} (this run's own "
+                  "processes included)",
                   flush=True)
             if a.out:
                 with open(a.out, "a") as f:

@@ -263,3 +263,18 @@ def test_without_dask_the_flags_say_what_to_install(tmp_path, small_store):
     assert out.returncode == 2
     assert "--workers runs on Dask, which is not installed: pip install 'plateaulab[cluster]'" in out.stderr, out.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_units_keep_plan_order_and_one_checkpoint_and_dataset_each():
+    from plateaulab._run.distributed import UNIT_MAX_BLOCKS, make_units
+    from plateaulab._run.plan import PlannedBlock
+
+    todo = [PlannedBlock(f"ck{c}", ds, f"l{i}", i) for c in range(3) for ds in ("a", "b") for i in range(20)]
+    for n_workers in (1, 2, 8, 64):
+        units = make_units(todo, n_workers)
+        assert [b for u in units for b in u] == todo
+        assert all(len({(b.checkpoint, b.dataset) for b in u}) == 1 for u in units)
+        assert max(len(u) for u in units) <= UNIT_MAX_BLOCKS
+        assert len(units) >= min(len(todo), 2 * n_workers)
+    assert [len(u) for u in make_units(todo[:12], 1)] == [6, 6]      # two units for one worker
+    assert len(make_units(todo, 2, max_blocks=1)) == len(todo)

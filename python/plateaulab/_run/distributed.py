@@ -245,9 +245,11 @@ def cluster_info(client) -> dict:
 
 # --------------------------------------------------------------------------- probe runs
 
-def make_units(todo, n_workers: int, max_blocks: int = UNIT_MAX_BLOCKS) -> list[list]:
+def make_units(todo, n_workers: int, max_blocks: int | None = None) -> list[list]:
     """The blocks to probe, in plan order, cut into units of consecutive blocks of one (checkpoint,
-    dataset), of at most ``max_blocks`` and small enough that every worker gets UNITS_PER_WORKER."""
+    dataset), of at most ``max_blocks`` (UNIT_MAX_BLOCKS) and small enough that every worker gets
+    UNITS_PER_WORKER."""
+    max_blocks = UNIT_MAX_BLOCKS if max_blocks is None else max_blocks
     size = max(1, min(max_blocks, math.ceil(len(todo) / max(1, UNITS_PER_WORKER * n_workers))))
     units, cur = [], []
     for b in todo:
