@@ -197,6 +197,14 @@ def test_an_escaped_dot_dot_directory_is_named_as_an_unholdable_name(store):
     assert not any("both decode" in p for p in problems)      # the parent directory is no twin
 
 
+def test_a_file_given_as_a_store_is_named_as_a_file(tmp_path):
+    (tmp_path / "x").write_text("x")
+    with pytest.raises(StoreError, match="it is a file, not a store directory"):
+        FeatureStore.open(tmp_path / "x")
+    with pytest.raises(StoreError, match="is a file, not a directory"):
+        FeatureStore.create(tmp_path / "x")
+
+
 # --------------------------------------------------------------------------- analysis inputs
 
 GOOD = pd.DataFrame({"model": [f"m{i}" for i in range(8)], "imagenet": np.linspace(0.5, 0.85, 8),
@@ -236,6 +244,46 @@ def test_a_run_whose_checkpoints_table_repeats_a_checkpoint_is_named(tmp_path, c
     pd.concat([ck, ck.assign(upstream_accuracy=0.99)]).to_parquet(run / "checkpoints.parquet")
     code, _, err = run_cli(capsys, "fit", run)
     assert code == 2 and "checkpoints.parquet lists 2 checkpoint(s) on several rows ('ckpt-00', 'ckpt-01')" in err
+
+
+TIMM_HEAD = "model,top1,top1_err,top5,top5_err,param_count,img_size,crop_pct,interpolation"
+
+
+def _timm_file(path, top1, sizes=None):
+    sizes = sizes or ["224"] * len(top1)
+    lines = [TIMM_HEAD] + [f"net{i},{a},0,99,1,\"1,013.01\",{sz},0.9,bicubic"
+                           for i, (a, sz) in enumerate(zip(top1, sizes))]
+    path.write_text("\n".join(lines) + "\n")
+
+
+TIMM = [
+    ("header only", lambda f: f.write_text(TIMM_HEAD + "\n"), ["results-sketch.csv holds no rows"]),
+    ("an empty img_size", lambda f: _timm_file(f, ["30", "35", "40", "45"], ["224", "224", "", "224"]),
+     ["results-sketch.csv: column 'img_size' is empty on 1 line(s) (line 4)"]),
+    ("fractions read as percent", lambda f: _timm_file(f, ["0.3", "0.35", "0.4", "0.45"]),
+     ["results-sketch.csv: every top1 value is at most 1", "--input-scale='sketch=unit'"]),
+    ("text in top1", lambda f: _timm_file(f, ["30", "bad", "40", "45"]), ["of timm results folder", "'bad'"]),
+]
+
+
+@pytest.mark.parametrize("what,make,words", TIMM, ids=[c[0] for c in TIMM])
+def test_a_malformed_timm_results_file_is_named(tmp_path, capsys, what, make, words):
+    folder = tmp_path / "results"
+    folder.mkdir()
+    _timm_file(folder / "results-imagenet.csv", ["60", "70", "80", "85"])
+    make(folder / "results-sketch.csv")
+    code, _, err = run_cli(capsys, "fit", folder)
+    assert code == 2 and all(w in err for w in words) and "<DataFrame>" not in err, err
+
+
+def test_a_timm_file_of_fractions_reads_when_its_scale_is_given(tmp_path, capsys):
+    folder = tmp_path / "results"
+    folder.mkdir()
+    _timm_file(folder / "results-imagenet.csv", ["60", "70", "80", "85"])
+    _timm_file(folder / "results-sketch.csv", ["0.3", "0.36", "0.41", "0.43"])
+    code, out, err = run_cli(capsys, "fit", folder, "--input-scale", "sketch=unit", "--json")
+    assert code == 0, err
+    assert json.loads(out)["fits"][0]["ds"] == "sketch"
 
 
 # --------------------------------------------------------------------------- extraction manifests (no torch needed)

@@ -222,6 +222,8 @@ class FeatureStore:
             if exist_ok:
                 return cls.open(path)
             raise StoreError(f"{path} already holds a feature store; open it with FeatureStore.open or pick a new path")
+        if path.exists() and not path.is_dir():
+            raise StoreError(f"{path} is a file, not a directory; a new store needs an empty or missing directory")
         if path.exists() and any(path.iterdir()):
             raise StoreError(f"{path} exists and is not empty; a new store needs an empty or missing directory")
         (path / "datasets").mkdir(parents=True, exist_ok=True)
@@ -233,6 +235,8 @@ class FeatureStore:
     def open(cls, path) -> "FeatureStore":
         path = Path(path)
         if not path.is_dir():
+            if path.exists():
+                raise StoreError(f"no feature store at {path}: it is a file, not a store directory")
             raise StoreError(f"no feature store at {path}: the directory does not exist")
         if not (path / "store.json").exists():
             raise StoreError(f"{path} is not a plateaulab feature store: store.json is missing")

@@ -100,14 +100,18 @@ def load_timm_results(path, *, us: Optional[str] = None, ds=None, metric: str = 
         raise InputError(f"{where} holds only {files[us_task].name}: a DS task needs another results-*.csv "
                          "file (results-imagenet-a.csv, results-sketch.csv, ...)")
     default, overrides = parse_scale(scale)
+    assumed = default == "auto"          # percent because timm writes percent, not because it was given
     default = "percent" if default == "auto" else default
     wanted = [us_task, *ds_tasks]
     per_file = {t: default for t in wanted}
+    given = set()
     for key, val in overrides.items():
         hit = _try_match(key, wanted, what="test set", where=where, param="scale")
         if hit is None:
             match_name(key, wanted, what="test set", where=where, param="scale", label="test set")
         per_file[hit] = default if val == "auto" else val
+        if val != "auto":
+            given.add(hit)
     parts = []
     for task in wanted:
         df, name = read_frame(files[task], "csv")
@@ -116,6 +120,20 @@ def load_timm_results(path, *, us: Optional[str] = None, ds=None, metric: str = 
         if missing:
             raise InputError(f"{name} does not look like a timm results file: it lacks column(s) "
                              f"{', '.join(missing)} (it has {', '.join(map(str, df.columns))})")
+        if df.empty:
+            raise InputError(f"{name} holds no rows (only a header); remove it or fill it with timm's results")
+        for c in ("model", "img_size"):
+            empty = df[cols[c]].isna() | (df[cols[c]].astype(str).str.strip() == "")
+            if empty.any():
+                lines = ", ".join(str(i + 2) for i in np.flatnonzero(empty.to_numpy())[:5])
+                raise InputError(f"{name}: column {c!r} is empty on {int(empty.sum())} line(s) (line {lines}); a "
+                                 "model is a (model, img_size) pair: fill them or drop those lines")
+        values = pd.to_numeric(df[cols[metric]], errors="coerce")
+        if (assumed and task not in given and per_file[task] == "percent" and values.notna().any()
+                and values.max() <= 1.0 and values.max() > 0):
+            raise InputError(f"{name}: every {metric} value is at most 1 (largest {values.max():g}); timm writes "
+                             f"percent, so these read as accuracies below 1%. If the file holds fractions, say so "
+                             f"with {{param}}='{task}=unit'", param="scale")
         part = pd.DataFrame({"model": df[cols["model"]], "img_size": df[cols["img_size"]], "test_set": task,
                              metric: df[cols[metric]]})
         for c in _KEPT:
@@ -129,8 +147,11 @@ def load_timm_results(path, *, us: Optional[str] = None, ds=None, metric: str = 
         parts.append(part)
     long = pd.concat(parts, ignore_index=True)
     keep = [c for c in (*_KEPT, "n_test", "n_test_us") if c in long.columns]
-    table = load_table(long, id=["model", "img_size"], us=us_task, dataset_col="test_set", acc_col=metric,
-                       layout="long", scale=per_file, duplicates=duplicates, nan=nan, keep=keep)
+    try:
+        table = load_table(long, id=["model", "img_size"], us=us_task, dataset_col="test_set", acc_col=metric,
+                           layout="long", scale=per_file, duplicates=duplicates, nan=nan, keep=keep)
+    except InputError as exc:   # the files were joined into one frame: name the folder, not "<DataFrame>"
+        raise InputError(exc.template.replace("<DataFrame>", where), param=exc.param) from None
     table.source = str(folder)
     table.notes = [f"timm results folder: US is {files[us_task].name} ({metric}); DS are "
                    f"{', '.join(files[t].name for t in ds_tasks)}; a model is a (model, img_size) pair."] \
