@@ -205,6 +205,13 @@ def test_a_file_given_as_a_store_is_named_as_a_file(tmp_path):
         FeatureStore.create(tmp_path / "x")
 
 
+def test_a_directory_in_checkpoints_that_is_no_checkpoint_is_a_problem(tmp_path, capsys, store):
+    # A probe run pointed into the store's checkpoints/ directory used to pass `store check` as a checkpoint.
+    assert run_cli(capsys, "probe", store.path, "-o", store.path / "checkpoints" / "run", *FLAGS)[0] in (0, 2)
+    problems = [str(p) for p in store.check()]
+    assert any("checkpoint 'run'" in p and "neither meta.json nor features/" in p for p in problems), problems
+
+
 # --------------------------------------------------------------------------- analysis inputs
 
 GOOD = pd.DataFrame({"model": [f"m{i}" for i in range(8)], "imagenet": np.linspace(0.5, 0.85, 8),

@@ -570,6 +570,13 @@ class FeatureStore:
                 self.checkpoint_meta(ck)
             except StoreError as exc:
                 problems.append(Problem(f"checkpoint {ck!r}", str(exc).removeprefix(f"checkpoint {ck!r}: ")))
+            if not any((cdir / f).exists() or (cdir / f).is_symlink() for f in ("meta.json", "features")):
+                # Every writer of a checkpoint writes its meta.json; this directory is something else
+                # (a probe run pointed into the store, a copy left behind).
+                found = sorted(p.name for p in cdir.iterdir())[:5]
+                problems.append(Problem(f"checkpoint {ck!r}", f"{cdir} holds neither meta.json nor features/ "
+                                        f"(it holds {', '.join(found) or 'nothing'}): it is not a checkpoint; "
+                                        "move it out of the store"))
             ds_dirs, name_problems = scan_entries(cdir / "features", "dataset", f"checkpoint {ck!r}")
             problems += [Problem(f"checkpoint {ck!r}", m.removeprefix(f"checkpoint {ck!r}: ")) for m in name_problems]
             for dsname, dsdir in ds_dirs.items():
