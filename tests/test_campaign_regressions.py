@@ -293,6 +293,53 @@ def test_a_timm_file_of_fractions_reads_when_its_scale_is_given(tmp_path, capsys
     assert json.loads(out)["fits"][0]["ds"] == "sketch"
 
 
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, base_store):
+    run = tmp_path_factory.mktemp("run") / "run"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert cli(["probe", str(base_store.path), "-o", str(run), *FLAGS]) == 0
+    return run
+
+
+def _results(change):
+    def f(run):
+        change(pd.read_parquet(run / "results.parquet")).to_parquet(run / "results.parquet")
+    return f
+
+
+def _checkpoints(change):
+    def f(run):
+        change(pd.read_parquet(run / "checkpoints.parquet")).to_parquet(run / "checkpoints.parquet")
+    return f
+
+
+RUNS = [
+    ("accuracy as text", _results(lambda r: r.assign(accuracy=r["accuracy"].astype(str))), ["column 'accuracy'"]),
+    ("accuracy in percent", _results(lambda r: r.assign(accuracy=r["accuracy"] * 50)), ["column 'accuracy'", "[0, 1]"]),
+    ("selected as text", _results(lambda r: r.assign(selected="no")), ["column 'selected'"]),
+    ("shots as text", _results(lambda r: r.assign(shots="many")), ["column 'shots'", "'many'"]),
+    ("negative n_test", _results(lambda r: r.assign(n_test=-5)), ["column 'n_test'"]),
+    ("negative upstream", _checkpoints(lambda c: c.assign(upstream_accuracy=[-0.5, 0.6])),
+     ["checkpoint 'ckpt-00' has upstream_accuracy = -0.5"]),
+    ("checkpoint ids as numbers", _checkpoints(lambda c: c.assign(checkpoint=[0, 1])),
+     ["'checkpoint' column holds int64"]),
+    ("no checkpoint has a US value", _checkpoints(lambda c: c.assign(checkpoint=["x", "y"])),
+     ["no checkpoint of results.parquet has a 'upstream_accuracy' value", "--us"]),
+    ("a manifest nested too deeply", lambda run: (run / "manifest.json").write_text("[" * 100_000 + "]" * 100_000),
+     ["manifest.json nests JSON too deeply"]),
+]
+
+
+@pytest.mark.parametrize("what,change,words", RUNS, ids=[c[0] for c in RUNS])
+def test_a_run_directory_changed_behind_the_probe_is_named(tmp_path, capsys, finished_run, what, change, words):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    change(run)
+    code, _, err = run_cli(capsys, "fit", run)
+    assert code == 2 and "Traceback" not in err and all(w in err for w in words), err
+
+
 # --------------------------------------------------------------------------- extraction manifests (no torch needed)
 
 @pytest.fixture

@@ -80,14 +80,22 @@ def _load(path: Path):
         raise InputError(f"probe run {path}: {exc.template}", param=exc.param) from None
     except (OSError, ValueError) as exc:
         raise InputError(f"probe run {path}: cannot read it ({exc})") from None
+    except RecursionError:
+        raise InputError(f"probe run {path}: manifest.json nests JSON too deeply to be a run manifest; rerun "
+                         "`plateaulab probe` into a new directory") from None
     results, ckpts = pd.DataFrame(results), pd.DataFrame(ckpts)
     lacking = sorted(set(_NEEDED) - set(results.columns))
     if lacking:
         raise InputError(f"probe run {path}: results.parquet lacks columns {lacking}")
     if results.empty:
         raise InputError(f"probe run {path}: results.parquet holds no rows; run `plateaulab probe` to completion")
+    _check_columns(path, results)
     if "checkpoint" not in ckpts.columns:
         raise InputError(f"probe run {path}: checkpoints.parquet has no 'checkpoint' column")
+    if not _is_text(ckpts["checkpoint"]):
+        raise InputError(f"probe run {path}: checkpoints.parquet's 'checkpoint' column holds "
+                         f"{ckpts['checkpoint'].dtype} values, not checkpoint names; rerun `plateaulab probe` into "
+                         "this directory to rewrite it")
     names = ckpts["checkpoint"].astype(str)
     if names.duplicated().any():
         dup = list(dict.fromkeys(names[names.duplicated()]))
@@ -95,6 +103,40 @@ def _load(path: Path):
                          f"({', '.join(map(repr, dup[:5]))}{' ...' if len(dup) > 5 else ''}), so their metadata "
                          "(upstream accuracy) is ambiguous; rerun `plateaulab probe` into this directory to rewrite it")
     return results, ckpts, manifest if isinstance(manifest, dict) else {}
+
+
+def _is_text(col: pd.Series) -> bool:
+    return (pd.api.types.is_string_dtype(col) or pd.api.types.is_object_dtype(col)) and \
+        bool(col.map(lambda v: isinstance(v, str)).all())
+
+
+#: results.parquet columns the analysis reads, with what each must hold: (test, expectation)
+_COLUMN_RULES = {
+    "checkpoint": (_is_text, "checkpoint names (text)"),
+    "dataset": (_is_text, "dataset names (text)"),
+    "layer": (_is_text, "layer names (text)"),
+    "accuracy": (lambda c: pd.api.types.is_numeric_dtype(c) and not pd.api.types.is_bool_dtype(c)
+                 and bool(((c >= 0) & (c <= 1)).all()), "accuracies: numbers in [0, 1]"),
+    "shots": (lambda c: pd.api.types.is_numeric_dtype(c) and not pd.api.types.is_bool_dtype(c)
+              and bool((c >= 1).all()), "shot counts: numbers >= 1"),
+    "layer_index": (lambda c: pd.api.types.is_integer_dtype(c) and bool((c >= 0).all()),
+                    "layer indices: integers >= 0"),
+    "selected": (pd.api.types.is_bool_dtype, "true/false (whether the row's l2 was selected)"),
+    "n_test": (lambda c: pd.api.types.is_numeric_dtype(c) and not pd.api.types.is_bool_dtype(c)
+               and bool(((c >= 1) | c.isna()).all()), "test-set sizes: numbers >= 1"),
+}
+
+
+def _check_columns(path: Path, results: pd.DataFrame) -> None:
+    """Refuse a results.parquet whose columns do not hold what `plateaulab probe` writes, naming the column
+    (a table edited or written by other code), instead of averaging text or fitting accuracies of 30."""
+    for col, (ok, expected) in _COLUMN_RULES.items():
+        if col in results.columns and not ok(results[col]):
+            values = results[col]
+            shown = ", ".join(repr(v) for v in list(dict.fromkeys(values.tolist()))[:3])
+            raise InputError(f"probe run {path}: results.parquet column {col!r} must hold {expected}; it holds "
+                             f"{values.dtype} values such as {shown}. It was not written by `plateaulab probe` "
+                             "as it is: rerun the probe into a new directory")
 
 
 def _us_values(path: Path, ckpts: pd.DataFrame, us: str, notes: list) -> pd.Series:
@@ -113,6 +155,12 @@ def _us_values(path: Path, ckpts: pd.DataFrame, us: str, notes: list) -> pd.Seri
                          f"{raw.iloc[i]!r}, which is not a number; fix its metadata (meta.json) and rerun the probe")
     if values.notna().sum() == 0:
         raise InputError(f"probe run {path}: metadata column {us!r} holds no numeric values")
+    if values.min() < 0 or not np.isfinite(values.dropna()).all():
+        i = int(np.flatnonzero(((values < 0) | ~np.isfinite(values.fillna(0))).to_numpy())[0])
+        value = raw.iloc[i].item() if hasattr(raw.iloc[i], "item") else raw.iloc[i]
+        raise InputError(f"probe run {path}: checkpoint {ckpts['checkpoint'].iloc[i]!r} has {us} = "
+                         f"{value!r}; an upstream accuracy lies in [0, 1] (or [0, 100] as percent): fix its "
+                         "metadata (meta.json) and rerun the probe")
     if values.max() > 1.0 + 1e-9:
         if values.max() > 100.0 or values.min() < 0:
             raise InputError(f"probe run {path}: upstream column {us!r} has values outside [0, 100] "
@@ -163,6 +211,11 @@ def read_run(path, *, us: str = DEFAULT_RUN_US, ds=None, layer: Optional[str] = 
         notes.append(f"{len(unknown)} checkpoint(s) in results.parquet are missing from checkpoints.parquet "
                      f"and are left out: {', '.join(unknown[:10])}")
     results = results.assign(us=results["checkpoint"].map(us_map))
+    if results["us"].isna().all():
+        raise InputError(f"probe run {path}: no checkpoint of results.parquet has a {us!r} value in "
+                         f"checkpoints.parquet (checkpoints: {', '.join(sorted(set(results['checkpoint']))[:5])}); "
+                         "store it with FeatureStore.set_checkpoint_meta and rerun the probe, or name another "
+                         "column with {param}", param="us")
     results = results[results["us"].notna()]
     if ds is not None:
         wanted = [d.strip() for d in ds.split(",")] if isinstance(ds, str) else [str(d) for d in ds]
