@@ -43,10 +43,11 @@ THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THRE
               "VECLIB_MAXIMUM_THREADS": "1", "NUMEXPR_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
 
 #: Largest unit of work, in blocks (all of one checkpoint and dataset: a ViT-B's 12 blocks + pre-logits).
-#: Chosen by measurement (bench/bench_distributed.py, bench/RESULTS.md): Dask costs a few ms per
-#: task, a reference block ~1 s of compute, so even one block per task is cheap on a CPU; groups keep
-#: the read-ahead across a checkpoint's blocks (which matters where a block takes milliseconds, on a
-#: GPU) and cost at most one block on a worker's death (finished parts are kept).
+#: Chosen by measurement (bench/bench_distributed.py, bench/RESULTS.md, issue 13): a Dask task costs
+#: ~12 ms against a reference block's ~2.7 s on one core, yet one-block units ran 8.8 % slower than
+#: 6-block ones on 2 workers, as each unit's first block is read without read-ahead. Larger units
+#: keep the read-ahead across a checkpoint's blocks (more so where a block takes milliseconds, on a
+#: GPU) and still cost at most one block on a worker's death (finished parts are kept).
 UNIT_MAX_BLOCKS = 13
 #: Seconds the client waits for parts that workers on other machines reported written to show up
 #: here (a network file system's directory caches; see parts.missing_parts).
