@@ -15,7 +15,7 @@ from distributed import get_worker
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from ..errors import PlateaulabError, RunError
-from .distributed import THREAD_ENV
+from .threads import THREAD_ENV
 
 
 class SingleThreaded(WorkerPlugin):
@@ -115,42 +115,3 @@ def probe_unit(job: dict, blocks: list) -> dict:
     return {"worker": worker.address, "done": stats.done, "skipped": stats.skipped, "setup": setup, "error": None,
             "cpu": stats.cpu}
 
-
-_EXTRACTORS: dict = {}
-
-
-def extract_pair(job: dict, spec, dataset: str, inputs) -> dict:
-    """Extract one (checkpoint, dataset) pair on this worker. The worker keeps one extractor per
-    dataset of the job (split sources, the architecture's skeleton), so a pair already complete is
-    skipped without reading its file once the skeleton exists; pairs of one process run one at a time."""
-    from dataclasses import asdict
-
-    try:
-        extractor, lock = _extractor(job, dataset, inputs)
-    except PlateaulabError as exc:
-        return {"pairs": [], "error": exc}
-    with lock:
-        try:
-            return {"pairs": [asdict(r) for r in extractor.extract(spec)], "error": None}
-        except PlateaulabError as exc:   # the user's error: returned, not logged by Dask as a failure
-            return {"pairs": [], "error": exc}
-
-
-def _extractor(job: dict, dataset: str, inputs):
-    from ..extract import _Checkpoints, _Run
-    from ..store import FeatureStore
-
-    key = (job["token"], dataset)
-    with _CONTEXTS_LOCK:
-        entry = _EXTRACTORS.get(key)
-        if entry is None:
-            for old in [k for k in _EXTRACTORS if k[0] != job["token"]]:
-                del _EXTRACTORS[old]              # an earlier extraction's: free its skeleton
-            try:
-                store = FeatureStore.open(job["store"])
-            except PlateaulabError as exc:
-                raise RunError(f"worker on {socket.gethostname()}: {exc} (the store must be on a file system shared "
-                               "by the client and every worker, at the same path)") from None
-            run = _Run(store, {dataset: inputs}, job["opt"])
-            entry = _EXTRACTORS[key] = (_Checkpoints(run, job["metadata"]), threading.Lock())
-    return entry

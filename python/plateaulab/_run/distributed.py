@@ -37,10 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import RunError
+from .threads import THREAD_ENV
 
-#: Environment of every worker process this module starts: one BLAS/OpenMP/numba thread each.
-THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-              "VECLIB_MAXIMUM_THREADS": "1", "NUMEXPR_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
 
 #: Largest unit of work, in blocks (all of one checkpoint and dataset: a ViT-B's 12 blocks + pre-logits).
 #: Chosen by measurement (bench/bench_distributed.py, bench/RESULTS.md, issue 13): a Dask task costs
@@ -357,10 +355,11 @@ def run_probe(client, ctx, todo, run_dir: Path, bar, stats, session: dict) -> No
 
 # --------------------------------------------------------------------------- extraction
 
-def run_extract(cluster: ClusterOptions, specs, store, inputs: dict, opt, metadata, device) -> "object":
-    """Extract every (checkpoint, dataset) pair of ``specs`` x ``inputs`` as one Dask task each; return
-    the ExtractionReport. Workers write the store's blocks (atomically, as a plain extraction does);
-    a pair whose worker dies is re-run elsewhere and writes only its missing blocks."""
+def run_extract(cluster: ClusterOptions, task, specs, store, inputs: dict, opt, metadata, device) -> list[dict]:
+    """Run ``task(job, spec, dataset, inputs)`` (the extract package's per-pair unit) as one Dask task
+    per (checkpoint, dataset) pair of ``specs`` x ``inputs``; return every pair's report (a dict), in
+    pair order. Workers write the store's blocks (atomically, as a plain extraction does); a pair
+    whose worker dies is re-run elsewhere and writes only its missing blocks."""
     import dataclasses
 
     from distributed import as_completed
@@ -368,21 +367,19 @@ def run_extract(cluster: ClusterOptions, specs, store, inputs: dict, opt, metada
     from tqdm.auto import tqdm
 
     from ..errors import InputError
-    from ..extract import ExtractionReport, PairReport
-    from .dask_tasks import extract_pair
 
     kind = "cuda" if str(device).startswith("cuda") else "cpu"
     if cluster.workers is not None and kind == "cuda":
         opt = dataclasses.replace(opt, device="cuda")   # each local worker sees its one GPU as cuda:0
     show = opt.progress
     opt = dataclasses.replace(opt, progress=False)      # one bar, here, for the whole extraction
-    report = ExtractionReport()
+    reports = []
     with connect(cluster, kind) as client:
         cluster_info(client)
         token = uuid.uuid4().hex[:12]
         job = {"token": token, "store": str(Path(store.path).resolve()), "opt": opt, "metadata": metadata}
         pairs = [(spec, name) for spec in specs for name in inputs]
-        futures = [client.submit(extract_pair, job, spec, name, inputs[name], pure=False,
+        futures = [client.submit(task, job, spec, name, inputs[name], pure=False,
                                  key=f"plateaulab-extract-{token}-{i:06d}") for i, (spec, name) in enumerate(pairs)]
         bar = tqdm(total=len(futures), unit="pair", desc=f"extract [{len(client.scheduler_info()['workers'])} workers]",
                    disable=not show, dynamic_ncols=True)
@@ -399,11 +396,10 @@ def run_extract(cluster: ClusterOptions, specs, store, inputs: dict, opt, metada
                 if got["error"] is not None:
                     raise got["error"]
                 for r in got["pairs"]:
-                    pr = PairReport(**r)
-                    report.pairs.append(pr)
-                    if pr.status == "extracted":
-                        rows += pr.rows
-                        secs += pr.seconds
+                    reports.append(r)
+                    if r["status"] == "extracted":
+                        rows += r["rows"]
+                        secs += r["seconds"]
                 bar.update(1)
                 if secs > 0:
                     bar.set_postfix_str(f"{rows / secs:.0f} images/s per worker")
@@ -414,5 +410,5 @@ def run_extract(cluster: ClusterOptions, specs, store, inputs: dict, opt, metada
         finally:
             bar.close()
     order = {(s.name, n): i for i, (s, n) in enumerate(pairs)}
-    report.pairs.sort(key=lambda p: order.get((p.checkpoint, p.dataset), len(order)))
-    return report
+    reports.sort(key=lambda r: order.get((r["checkpoint"], r["dataset"]), len(order)))
+    return reports

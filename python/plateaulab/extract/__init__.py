@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import threading
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -388,12 +389,48 @@ def extract_checkpoints(checkpoints, store, dataset: str | None = None, *, archi
     if cluster is not None:
         from .._run.distributed import run_extract
 
-        return run_extract(cluster, specs, st, inputs, opt, metadata, run.device)
+        pairs = run_extract(cluster, _pair_task, specs, st, inputs, opt, metadata, run.device)
+        return ExtractionReport([PairReport(**p) for p in pairs])
     extractor = _Checkpoints(run, metadata)
     report = ExtractionReport()
     for spec in specs:
         report.pairs += extractor.extract(spec)
     return report
+
+
+_EXTRACTORS: dict = {}
+_EXTRACTORS_LOCK = threading.Lock()
+
+
+def _pair_task(job: dict, spec, dataset: str, inputs) -> dict:
+    """One (checkpoint, dataset) pair as a Dask task (``--workers``/``--scheduler``). The worker process
+    keeps one extractor per dataset of the job (its split sources and the architecture's skeleton),
+    so a pair already complete is skipped without reading its file once the skeleton exists; the
+    pairs of one process run one at a time. A plateaulab error is returned, not raised, for the
+    client to raise: it is the user's error, not the worker's."""
+    from dataclasses import asdict
+
+    from ..errors import PlateaulabError
+
+    try:
+        key = (job["token"], dataset)
+        with _EXTRACTORS_LOCK:
+            entry = _EXTRACTORS.get(key)
+            if entry is None:
+                for old in [k for k in _EXTRACTORS if k[0] != job["token"]]:
+                    del _EXTRACTORS[old]              # an earlier extraction's: free its skeleton
+                try:
+                    st = FeatureStore.open(job["store"])
+                except PlateaulabError as exc:
+                    raise InputError(f"worker on {_HOST}: {exc} (the store must be on a file system shared by the "
+                                     "client and every worker, at the same path)") from None
+                entry = _EXTRACTORS[key] = (_Checkpoints(_Run(st, {dataset: inputs}, job["opt"]), job["metadata"]),
+                                            threading.Lock())
+        extractor, lock = entry
+        with lock:
+            return {"pairs": [asdict(r) for r in extractor.extract(spec)], "error": None}
+    except PlateaulabError as exc:
+        return {"pairs": [], "error": exc}
 
 
 class _Checkpoints:
