@@ -207,7 +207,10 @@ def test_a_file_given_as_a_store_is_named_as_a_file(tmp_path):
 
 def test_a_directory_in_checkpoints_that_is_no_checkpoint_is_a_problem(tmp_path, capsys, store):
     # A probe run pointed into the store's checkpoints/ directory used to pass `store check` as a checkpoint.
-    assert run_cli(capsys, "probe", store.path, "-o", store.path / "checkpoints" / "run", *FLAGS)[0] in (0, 2)
+    # probe now refuses such an output; a run directory put there by other means is still a store problem.
+    assert run_cli(capsys, "probe", store.path, "-o", store.path / "checkpoints" / "run", *FLAGS)[0] == 2
+    (store.path / "checkpoints" / "run").mkdir()
+    (store.path / "checkpoints" / "run" / "manifest.json").write_text("{}")
     problems = [str(p) for p in store.check()]
     assert any("checkpoint 'run'" in p and "neither meta.json nor features/" in p for p in problems), problems
 

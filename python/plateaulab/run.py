@@ -61,6 +61,17 @@ __all__ = ["ProbeConfig", "PlannedBlock", "ProbeRun", "RESULT_COLUMNS", "load_ru
            "probe_store", "result_schema"]
 
 
+def _check_run_dir(run_dir: Path, store: FeatureStore) -> None:
+    """Refuse a run directory that is a file, or that lies inside the store (it would read as a checkpoint)."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunError(f"{run_dir} exists and is not a directory; {{param}} must be a run directory (new or "
+                       "earlier)", param="run_dir")
+    target, root = run_dir.resolve(), store.path.resolve()
+    if target == root or root in target.parents:
+        raise RunError(f"run directory {run_dir} lies inside the feature store {store.path}; write the run "
+                       "elsewhere ({param})", param="run_dir")
+
+
 def _after_block(b: PlannedBlock, done_blocks: int) -> None:
     """Called after each block's part is written (``done_blocks`` so far in this session). Does
     nothing; the tests replace it to interrupt a run at a chosen block, as a crash would."""
@@ -126,6 +137,7 @@ def probe_store(store, run_dir, *, datasets=None, checkpoints=None, layers="all"
     cluster = _cluster_options(workers, scheduler, scheduler_file, backend)
     be = get_backend(backend)
     run_dir = Path(run_dir)
+    _check_run_dir(run_dir, store)
     # A shard plans (reads the block.json of) only its own checkpoints: N shards do not each read the
     # metadata of the whole store. Whether the whole run is complete is checked at the end.
     keep = None if shard is None else (lambda ck: in_shard(ck, shard))
@@ -135,7 +147,11 @@ def probe_store(store, run_dir, *, datasets=None, checkpoints=None, layers="all"
     probes_per = ctx.probes_per
     mine = plan
 
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunError(f"cannot create the run directory {run_dir} ({exc.strerror}); pick another {{param}}",
+                       param="run_dir") from None
     with run_lock(run_dir, shard):
         if shard is None:
             removed = remove_temp_files(run_dir)

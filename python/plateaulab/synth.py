@@ -92,6 +92,10 @@ def default_tasks(n_layers: int) -> list[SynthTask]:
     ]
 
 
+#: a synthetic store larger than this is refused before anything is written
+MAX_STORE_BYTES = 8 << 30
+
+
 @dataclass
 class SynthConfig:
     n_checkpoints: int = 24
@@ -106,11 +110,25 @@ class SynthConfig:
     tasks: list = field(default_factory=list)
     dtype: str = "float32"
 
+    def validate_sizes(self, n_tasks: int = 3, num_classes: int = 5) -> None:
+        """The counts and sizes, checked before anything is built (the tasks may not exist yet); the store's
+        size is estimated and refused beyond MAX_STORE_BYTES."""
+        for name, value, low in (("n_checkpoints", self.n_checkpoints, 3), ("n_layers", self.n_layers, 1),
+                                 ("dim", self.dim, 1), ("n_train_per_class", self.n_train_per_class, 1),
+                                 ("n_test_per_class", self.n_test_per_class, 1), ("num_classes", num_classes, 2)):
+            if int(value) < low:
+                why = " (a fit needs 3 models)" if name == "n_checkpoints" else ""
+                raise InputError(f"synth: {{param}} must be >= {low}{why}, got {value}", param=name)
+        rows = num_classes * (self.n_train_per_class + self.n_test_per_class)
+        size = self.n_checkpoints * self.n_layers * n_tasks * rows * self.dim * np.dtype(self.dtype).itemsize
+        if size > MAX_STORE_BYTES:
+            raise InputError(f"synth: {self.n_checkpoints} checkpoints x {self.n_layers} layers x {n_tasks} tasks x "
+                             f"{rows} rows x {self.dim} dims would write {size / 2**30:,.1f} GiB of features, more than "
+                             f"the {MAX_STORE_BYTES / 2**30:.0f} GiB a synthetic store may take; make {{param}} (or "
+                             "the layers, dims, examples) smaller", param="n_checkpoints")
+
     def validate(self) -> None:
-        if self.n_checkpoints < 3:
-            raise InputError(f"synth: n_checkpoints must be >= 3 (a fit needs 3 models), got {self.n_checkpoints}")
-        if self.n_layers < 1:
-            raise InputError(f"synth: n_layers must be >= 1, got {self.n_layers}")
+        self.validate_sizes(len(self.tasks) or 3, min((t.num_classes for t in self.tasks), default=5))
         lo, hi = self.e_us_range
         if not 0 < lo < hi < 1 - 1 / self.us_classes:
             raise InputError(f"synth: e_us_range must satisfy 0 < lo < hi < {1 - 1 / self.us_classes:.2f} "
@@ -118,8 +136,9 @@ class SynthConfig:
         if not 0 < self.u_min <= 1:
             raise InputError(f"synth: u_min must lie in (0, 1], got {self.u_min}")
         for t in self.tasks:
-            if not 0 <= t.e_ir < 1 - 1 / t.num_classes:
-                raise InputError(f"synth: task {t.name!r}: e_ir must lie in [0, {1 - 1 / t.num_classes:.2f}), got {t.e_ir}")
+            if not 0 <= t.e_ir < 1 - 1 / t.num_classes:   # NaN fails this too
+                raise InputError(f"synth: task {t.name!r}: {{param}} must lie in [0, {1 - 1 / t.num_classes:.2f}) (the "
+                                 f"chance error of {t.num_classes} classes), got {t.e_ir}", param="e_ir")
             if self.dim < t.num_classes:
                 raise InputError(f"synth: dim {self.dim} is smaller than task {t.name!r}'s {t.num_classes} classes")
             if t.layer_gain and len(t.layer_gain) != self.n_layers:

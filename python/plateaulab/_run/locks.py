@@ -51,7 +51,11 @@ def describe_holder(info: dict | None) -> str:
 def try_lock(path: Path, exclusive: bool = True, record: bool = True):
     """The open lock file of ``path`` locked at once, or None if another process holds it.
     An exclusive holder records who it is in the file (``record``)."""
-    f = open(path, "a+")
+    try:
+        f = open(path, "a+")
+    except OSError as exc:
+        raise RunError(f"cannot open the lock file {path} ({exc.strerror}); it must be a file this process can "
+                       "write: remove what is there, or check the directory's permissions") from None
     try:
         fcntl.flock(f, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -99,9 +99,12 @@ def open_manifest(run_dir: Path, cfg: ProbeConfig, *, may_restart: bool = True) 
     if path.exists():
         try:
             manifest = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise RunError(f"{path} is not valid JSON ({exc}); remove the run directory or pick another "
                            "{param}", param="run_dir") from None
+        except RecursionError:
+            raise RunError(f"{path} nests JSON too deeply to be a plateaulab run manifest; remove the run directory "
+                           "or pick another {param}", param="run_dir") from None
         if not isinstance(manifest, dict) or not isinstance(manifest.get("sessions"), list):
             raise RunError(f"{path} is not a plateaulab run manifest; remove the run directory or pick another "
                            "{param}", param="run_dir")

@@ -13,7 +13,7 @@ LOSS_CHOICES = ("l2", "huber", "log")
 
 def choice(name: str, value, allowed) -> str:
     if value not in allowed:
-        raise InputError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
+        raise InputError(f"{{param}} must be one of {', '.join(map(repr, allowed))}; got {value!r}", param=name)
     return value
 
 
@@ -62,10 +62,10 @@ def accuracy_pair(us_acc, ds_acc, *, where: str = "", min_points: int = 2,
 
 def bayes_error(us: np.ndarray, us_bayes_error: float, where: str = "") -> float:
     b = float(us_bayes_error)
-    if not (0.0 <= b < 1.0):
-        raise InputError(f"us_bayes_error must be in [0, 1); got {us_bayes_error!r}")
+    if not (0.0 <= b < 1.0):  # NaN fails this too
+        raise InputError(f"{{param}} must be in [0, 1); got {us_bayes_error!r}", param="us_bayes_error")
     if b > 0 and (1.0 - us - b).min() < 0.0:
-        raise InputError(f"us_bayes_error={b:g} exceeds the US error of some points "
+        raise InputError(f"{{param}}={b:g} exceeds the US error of some points "
                          f"(largest US accuracy {us.max():g}){' (' + where + ')' if where else ''}: "
-                         "e_US - Bayes error must be >= 0")
+                         "e_US - Bayes error must be >= 0", param="us_bayes_error")
     return b

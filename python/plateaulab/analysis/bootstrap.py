@@ -207,14 +207,14 @@ def bootstrap_fit(us_acc, ds_acc, n_boot: int = 1000, *, on: str = "hull", seed:
     n = us.size
     n_boot = int(n_boot)
     if n_boot < 1:
-        raise _validate.InputError(f"n_boot must be >= 1; got {n_boot}")
+        raise _validate.InputError(f"{{param}} must be >= 1; got {n_boot}", param="n_boot")
     m = n if m is None else int(m)
     if not 2 <= m <= n:
-        raise _validate.InputError(f"m (models drawn per replicate) must be in [2, n={n}]; got {m}")
+        raise _validate.InputError(f"{{param}} (models drawn per replicate) must be in [2, n={n}]; got {m}", param="m")
     if not 0.0 < ci < 1.0:
-        raise _validate.InputError(f"ci must be in (0, 1); got {ci!r}")
+        raise _validate.InputError(f"{{param}} must be in (0, 1); got {ci!r}", param="ci")
     if not 0 <= int(seed) < 2 ** 63:
-        raise _validate.InputError(f"seed must be a non-negative integer; got {seed!r}")
+        raise _validate.InputError(f"{{param}} must be a non-negative integer; got {seed!r}", param="seed")
     if loss == "log" and ds.max() >= 1.0:
         raise _validate.InputError("loss='log' needs DS accuracy < 1 everywhere (log of a zero DS error)")
     lo, hi = (float(a) for a in alpha_bounds)

@@ -39,6 +39,8 @@ from .powerlaw import fit_saturating_power_law
 __all__ = ["sample_size_sensitivity", "METRICS", "default_sizes", "TARGETS"]
 
 TARGETS = ("own", "all")
+#: fits one call may run (trials x sizes x modes): refused above this, with the estimate
+MAX_FITS = 2_000_000
 
 METRICS: dict = {
     "mse": lambda r: float(np.mean(r * r)),
@@ -83,28 +85,37 @@ def sample_size_sensitivity(us_acc, ds_acc, *, cut=None, cut_quantile: float = 0
     elif callable(metric):
         metric_fn, metric_name = metric, getattr(metric, "__name__", "custom")
     else:
-        raise InputError(f"metric must be one of {', '.join(METRICS)} or a callable; got {metric!r}")
+        raise InputError(f"{{param}} must be one of {', '.join(METRICS)} or a callable; got {metric!r}", param="metric")
     _validate.choice("target", target, TARGETS)
     trials = int(trials)
     if trials < 1:
         raise InputError(f"{{param}} must be >= 1; got {trials}", param="trials")
     if cut is None:
         if not 0.0 < cut_quantile < 1.0:
-            raise InputError(f"cut_quantile must be in (0, 1); got {cut_quantile!r}")
+            raise InputError(f"{{param}} must be in (0, 1); got {cut_quantile!r}", param="cut_quantile")
         cut = float(np.quantile(us, cut_quantile))
     cut = float(cut)
+    if not np.isfinite(cut):
+        raise InputError(f"{{param}} must be a finite US accuracy; got {cut!r}", param="cut")
     fit_idx = np.flatnonzero(us < cut)
     held = np.flatnonzero(us >= cut)
     if fit_idx.size < 2 or held.size < 1:
-        raise InputError(f"cut={cut:g} leaves {fit_idx.size} point(s) to fit (US < cut) and {held.size} held out "
-                         f"(US >= cut); need at least 2 and 1. US accuracy spans [{us.min():g}, {us.max():g}]")
+        raise InputError(f"{{param}}={cut:g} leaves {fit_idx.size} point(s) to fit (US < cut) and {held.size} held "
+                         f"out (US >= cut); need at least 2 and 1. US accuracy spans [{us.min():g}, {us.max():g}]",
+                         param="cut")
     n_fit = int(fit_idx.size)
     if sizes is None:
         sizes = default_sizes(n_fit)
     sizes = sorted(set(int(s) for s in sizes))
     bad = [s for s in sizes if not 2 <= s <= n_fit]
     if bad:
-        raise InputError(f"sample sizes must lie in [2, {n_fit}] (points with US < cut={cut:g}); got {bad}")
+        raise InputError(f"{{param}} (sample sizes) must lie in [2, {n_fit}] (points with US < cut={cut:g}); got {bad}",
+                         param="sizes")
+    n_fits = trials * len(sizes) * len(modes)
+    if n_fits > MAX_FITS:
+        raise InputError(f"{{param}} = {trials} trials x {len(sizes)} sizes x {len(modes)} modes would be {n_fits:.3g} "
+                         f"fits, about {n_fits * 2e-4 / 3600:.3g} hours at ~0.2 ms each; use at most "
+                         f"{MAX_FITS // max(len(sizes) * len(modes), 1)} trials here", param="trials")
 
     held_hull = held[rising_hull(us[held], ds[held])] if held.size else held
     targets = {"hull": held_hull if target == "own" else held, "all": held}

@@ -174,6 +174,8 @@ def analyse_group(group: Group, *, n_boot: int, seed: int, on: str = "hull", los
     """Every per-group analysis (``plateaulab fit`` runs it too): eq. (1) fitted with its profile and flags
     (``on``: the rising hull by default, or every point), the fit on all points, the intervals asked for
     (``ci_source``), the band of the primary one, the influence of each fitted vertex, and the record."""
+    if not 0.0 < ci < 1.0:
+        raise InputError(f"{{param}} must be in (0, 1); got {ci!r}", param="ci")
     us, ds = group.us, group.ds
     n_ds, n_us = _sizes(group.rows, "n_test"), _sizes(group.rows, "n_test_us")
     opts = dict(on=on, loss=loss, us_bayes_error=us_bayes_error, tail=tail)

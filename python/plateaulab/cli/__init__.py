@@ -24,6 +24,8 @@ PARAM_DESTS = {
     "n_boot": "bootstrap", "sensitivity_trials": "trials", "on_short": "skip_short_classes",
     "prefetch": "no_prefetch", "run_dir": "output", "out_dir": "output", "source": "input",
     "verify": "no_verify", "scale": "input_scale", "model_col": "id",
+    "n_checkpoints": "checkpoints", "n_layers": "layers", "n_train_per_class": "train_per_class",
+    "n_test_per_class": "test_per_class", "num_classes": "classes",
 }
 
 

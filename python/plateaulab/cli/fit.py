@@ -54,6 +54,13 @@ def run(args) -> int:
     out = jsonable({"table": table.source, "us": table.us_name, "scale_detected": table.scale_detected,
                     "n_dropped_nan": table.n_dropped_nan, "notes": src.notes, "fits": fits})
     if args.output and args.output.lower().endswith(".json"):
+        from pathlib import Path
+
+        from ..errors import InputError
+
+        if not Path(args.output).parent.is_dir():
+            raise InputError(f"-o {args.output!r}: the folder {str(Path(args.output).parent)!r} does not exist; "
+                             "create it first")
         with open(args.output, "w") as f:
             json.dump(out, f, indent=2)
         print(args.output)

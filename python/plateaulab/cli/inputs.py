@@ -104,6 +104,9 @@ def write_table(df, path) -> str:
 
     path = Path(path)
     suffix = path.suffix.lower()
+    if not path.parent.is_dir():
+        raise InputError(f"{{param}} {str(path)!r}: the folder {str(path.parent)!r} does not exist; create it first",
+                         param="output")
     if suffix == ".csv":
         df.to_csv(path, index=False)
     elif suffix == ".json":

@@ -36,6 +36,9 @@ def run(args) -> int:
         raise InputError(f"--e-ir must be a comma-separated list of numbers, got {args.e_ir!r}") from None
     if not e_irs:
         raise InputError("--e-ir needs at least one value")
+    SynthConfig(n_checkpoints=args.checkpoints, n_layers=args.layers, dim=args.dim,
+                n_train_per_class=args.train_per_class,
+                n_test_per_class=args.test_per_class).validate_sizes(len(e_irs), args.classes)
     base = default_tasks(args.layers)
     tasks = []
     for i, e in enumerate(e_irs):
