@@ -70,6 +70,11 @@ def test_json_contract(tiny_run):
         assert e["ceilings"] in r["ceilings"]
     ceil = next(iter(r["ceilings"].values()))
     assert ceil["gemm"]["gflops_best"] > 0 and ceil["memory"]["gbps_best"] > 0
+    assert len(ceil["gemm_per_repeat"]) == 2                  # the GEMM measured again beside each repeat
+    for e in r["results"]:
+        assert [rep["gemm_ceiling_gflop_per_s"] for rep in e["repeats"]] == ceil["gemm_per_repeat"]
+        assert e["pct_of_best_gemm_ceiling"] == pytest.approx(100 * e["gflop_per_s"] / ceil["gemm"]["gflops_best"])
+        assert ceil["gemm"]["gflops_best"] >= max(ceil["gemm_per_repeat"])
     assert ceil["gemm"]["shape"][1] == 32
     loop = r["baselines"]["loop_f64"]
     assert loop["status"] == "ran" and len(loop["seconds"]) == 2 and loop["blocks"] == 1

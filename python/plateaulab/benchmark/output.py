@@ -63,6 +63,9 @@ def _ceiling_lines(ceilings: dict) -> list[str]:
             h = c["h2d_pinned"]
             parts.append(f"pinned H2D {_num(h['pinned_gbps_best'])} GB/s" if "pinned_gbps_best" in h
                          else f"pinned H2D failed ({h.get('error')})")
+        again = c.get("gemm_per_repeat") or []
+        if again:
+            parts.insert(1, f"GEMM beside each repeat {', '.join(_num(v) for v in again)} GFLOP/s")
         out.append(f"ceilings ({key}, best of a few, measured now): " + "; ".join(parts))
     return out
 
@@ -103,7 +106,8 @@ def format_table(result: dict) -> str:
     lines += [fmt(head), fmt(["-" * wd for wd in widths]), *map(fmt, rows)]
     reps = result["results"][0]["repeats"] if result["results"] else []
     if len(reps) > 1:
-        lines.append(f"(median of {len(reps)} repeats, min-max in brackets; engine and baselines interleaved)")
+        lines.append(f"(median of {len(reps)} repeats, min-max in brackets; engine and baselines interleaved; "
+                     "% GEMM ceiling: of the GEMM measured beside each repeat)")
     for e in result["results"]:
         if e["ratio_vs_cupy_port"] is not None:
             lines.append(f"{e['backend']}: {_range(e, 'ratio_vs_cupy_port', e['ratio_vs_cupy_port'], 'x')} "
