@@ -29,7 +29,6 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "python"))
 
 
 def make_points(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

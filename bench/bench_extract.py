@@ -35,7 +35,6 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "python"))
 
 MODELS = {
     "vit_b16": "vit_base_patch16_224",

@@ -31,6 +31,15 @@ def test_nothing_reads_outside_the_repository():
     assert out.stdout == "", out.stdout
 
 
+def test_bench_imports_the_installed_package():
+    """bench/ runs against the installed package: putting the source tree's python/ on sys.path shadows
+    the installed plateaulab with one that has no compiled _core (CI's non-editable install failed so)."""
+    pattern = re.compile(r"sys\.path\.insert\(.*[\"']python[\"']")
+    offenders = [f"{f.relative_to(ROOT)}" for f in sorted((ROOT / "bench").glob("*.py"))
+                 if pattern.search(f.read_text())]
+    assert offenders == []
+
+
 def _imports() -> dict:
     """{module: set of plateaulab modules it imports (at any depth of the file, lazy imports included)}."""
     import ast
