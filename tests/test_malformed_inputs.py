@@ -465,6 +465,40 @@ def test_memory_estimate_is_checked_before_work_starts(tmp_path, capsys, monkeyp
     assert not (tmp_path / "run").exists()
 
 
+def test_memory_estimate_counts_each_local_worker(monkeypatch):
+    """--workers N: each worker process holds the train indices and two blocks, so the estimate is N
+    times a plain run's (plus the client's indices); a budget one process fits is refused for four."""
+    from types import SimpleNamespace
+
+    from plateaulab._run import plan
+    from plateaulab.protocol import ProtocolError
+
+    cfg = SimpleNamespace(seeds=list(range(10)), l2=[1.0, 2.0], shots=[1, 5], on_short="error")
+    blocks = [SimpleNamespace(dataset="d", dim=768)]
+    datasets = {"d": (100, np.full(100, 50))}
+    indices = 8 * 10 * (1 + 5) * 100
+    per_block = 2 * 10 * 2 * (4 * 769 * 100 + 200)
+    one = indices + 2 * per_block
+    monkeypatch.setattr(plan, "physical_memory", lambda: one)
+    plan.check_resources(cfg, blocks, datasets)                      # exactly fits one process
+    with pytest.raises(ProtocolError) as info:
+        plan.check_resources(cfg, blocks, datasets, processes=4)
+    assert "4 worker processes" in str(info.value) and "--workers" in str(info.value)
+    monkeypatch.setattr(plan, "physical_memory", lambda: 4 * one + indices)
+    plan.check_resources(cfg, blocks, datasets, processes=4)          # exactly fits four and the client
+
+
+def test_workers_memory_refusal_starts_nothing(tmp_path, capsys, monkeypatch, store):
+    pytest.importorskip("distributed")
+    from plateaulab._run import plan
+
+    monkeypatch.setattr(plan, "physical_memory", lambda: 64 * 2 ** 10)
+    code, _, err = _cli(capsys, "probe", store.path, "-o", tmp_path / "run", "--shots", "1,2", "--seeds", "40",
+                        "--workers", "3", "--quiet")
+    assert code == 2 and "Traceback" not in err and "3 worker processes" in err, err
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("text", ["{not json", "[1, 2]"])
 def test_a_broken_manifest_is_a_clear_error(tmp_path, store, text):
     from plateaulab.run import load_run

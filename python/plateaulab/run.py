@@ -141,7 +141,8 @@ def probe_store(store, run_dir, *, datasets=None, checkpoints=None, layers="all"
     # A shard plans (reads the block.json of) only its own checkpoints: N shards do not each read the
     # metadata of the whole store. Whether the whole run is complete is checked at the end.
     keep = None if shard is None else (lambda ck: in_shard(ck, shard))
-    plan, ds_cache, task_cache, incomplete = _prepare(store, cfg, run_dir, strict, keep=keep)
+    plan, ds_cache, task_cache, incomplete = _prepare(store, cfg, run_dir, strict, keep=keep,
+                                                      processes=_local_processes(cluster, be.name))
     labels_fp = {name: ds.fingerprint() for name, ds in ds_cache.items()}
     ctx = RunContext(store, cfg, be, ds_cache, task_cache, labels_fp, verify=verify, prefetch=prefetch)
     probes_per = ctx.probes_per
@@ -339,7 +340,22 @@ def _consolidate_after_shards(run_dir: Path, store, cfg: ProbeConfig, shard, str
         release(f)
 
 
-def _prepare(store, cfg: ProbeConfig, run_dir: Path, strict: bool, keep=None):
+def _local_processes(cluster, backend: str) -> int:
+    """How many worker processes of this run share this machine's memory: a local cluster's count
+    (``--workers``; ``auto`` is a process per core, or per visible GPU), else one (a plain run, or an
+    existing cluster whose workers run elsewhere)."""
+    if cluster is None or cluster.workers is None:
+        return 1
+    if cluster.workers != "auto":
+        return int(cluster.workers)
+    if backend == "cuda":
+        from ._run.distributed import cuda_devices
+
+        return max(1, len(cuda_devices()))
+    return os.cpu_count() or 1
+
+
+def _prepare(store, cfg: ProbeConfig, run_dir: Path, strict: bool, keep=None, processes: int = 1):
     """Every check that needs only the store and the options, before the run directory is touched:
     the plan, incomplete blocks, checkpoint metadata, labels, shots against class sizes, memory
     and the part files' names. Returns (plan, datasets, tasks per dataset, incomplete blocks).
@@ -362,7 +378,7 @@ def _prepare(store, cfg: ProbeConfig, run_dir: Path, strict: bool, keep=None):
             raise RunError("{param} 'val' needs validation labels, and dataset " f"{name!r} has none; "
                            "select by 'loo' or add y_val to the dataset", param="select")
     check_resources(cfg, plan, {name: (ds.num_classes, np.bincount(ds.y_train, minlength=ds.num_classes))
-                                for name, ds in ds_cache.items()})
+                                for name, ds in ds_cache.items()}, processes=processes)
     task_cache = {name: P.plan_tasks(ds.y_train, ds.num_classes, cfg.shots, cfg.seeds, name, cfg.on_short)
                   for name, ds in ds_cache.items()}
     # A dataset whose every shot count was skipped (on_short="skip") has nothing to probe.

@@ -92,13 +92,14 @@ def seed_list(seeds) -> list[int]:
     return list(range(n))
 
 
-def check_resources(cfg: "ProbeConfig", plan: list["PlannedBlock"], datasets: dict) -> None:
+def check_resources(cfg: "ProbeConfig", plan: list["PlannedBlock"], datasets: dict, processes: int = 1) -> None:
     """Refuse, with the estimate, a run whose few-shot sets and per-block buffers cannot fit in memory.
 
     ``datasets`` maps each planned dataset to its (num_classes, train counts per class). Estimated
     before any task is drawn: the train indices of every (shots, seed) set of every dataset (int64),
     and, for the largest block, the stacked float32 weights of all its probes ((dim + 1) x classes x
-    tasks x l2) and its result rows."""
+    tasks x l2) and its result rows. ``processes`` local worker processes (``--workers N``) each hold
+    the train indices and two blocks, beside the client's own copy of the indices."""
     n_seeds, n_l2 = len(cfg.seeds), len(cfg.l2)
     indices = 0
     per_block = 0
@@ -108,14 +109,18 @@ def check_resources(cfg: "ProbeConfig", plan: list["PlannedBlock"], datasets: di
         dims = [b.dim for b in plan if b.dataset == name] or [0]
         probes = len(shots) * n_seeds * n_l2
         per_block = max(per_block, probes * (4 * (max(dims) + 1) * num_classes + 200))
-    total = indices + 2 * per_block
+    processes = max(1, int(processes))
+    total = (indices + 2 * per_block) * processes + (indices if processes > 1 else 0)
     budget = physical_memory()
     if total > budget:
+        where = (f", in each of {processes} worker processes (and the indices once more in the client)"
+                 if processes > 1 else "")
+        fewer = "fewer {param}, shots or l2 values" + (", or fewer --workers" if processes > 1 else "")
         raise P.ProtocolError(
             f"this run would need about {_gib(total)} of memory: {_gib(indices)} for the few-shot train indices "
             f"({n_seeds:,} seeds x shots {cfg.shots}) and {_gib(per_block)} per block for the weights and rows "
-            f"of its {len(cfg.shots) * n_seeds * n_l2:,} probes (two blocks in flight); this machine has "
-            f"{_gib(budget)}; ask for fewer {{param}}, shots or l2 values", param="seeds")
+            f"of its {len(cfg.shots) * n_seeds * n_l2:,} probes (two blocks in flight){where}; this machine has "
+            f"{_gib(budget)}; ask for " + fewer, param="seeds")
 
 
 @dataclass
