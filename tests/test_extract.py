@@ -462,3 +462,41 @@ def test_nhwc_feature_maps_are_pooled_over_height_and_width(tmp_path):
             assert got.shape == (10, h.shape[-1])
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     assert st.checkpoint_meta("model")["extraction"]["pooling"]["layer2"] == "gap"
+
+
+def test_torchvision_swin_stages_are_pooled_channels_last(tmp_path):
+    """torchvision's Swin has NHWC ``features.*`` stages and no ``output_fmt``; averaged as NCHW they
+    gave (N, H) vectors (56 numbers per image for features.0) without a word. They are known NHWC."""
+    torchvision = pytest.importorskip("torchvision")
+    from plateaulab.extract import model_layout
+
+    torch.manual_seed(0)
+    model = torchvision.models.swin_t(weights=None).eval()
+    assert model_layout(model).map_format == "NHWC"
+    seen = {}
+    for name in ("features.1", "features.7"):
+        model.get_submodule(name).register_forward_hook(lambda m, i, o, n=name: seen.__setitem__(n, o))
+    x, y = M.images(4, seed=3, size=224), np.arange(4) % 2
+    extract(model, tmp_path / "st", "d", train=(x, y), test=(x, y), layers=["features.1", "features.7"],
+            dtype="float32", progress=False)
+    st = FeatureStore.open(tmp_path / "st")
+    for name, dim in (("features.1", 96), ("features.7", 768)):
+        got = np.asarray(st.block("model", "d", name).test)
+        want = seen[name].mean(dim=(1, 2)).numpy()
+        assert got.shape == (4, dim)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape,fmt,ok", [((2, 56, 56, 96), "NCHW", False), ((2, 96, 56, 56), "NHWC", False),
+                                          ((2, 96, 56, 56), "NCHW", True), ((2, 56, 56, 96), "NHWC", True),
+                                          ((2, 96, 28, 56), "NHWC", True), ((2, 7, 7, 7), "NCHW", True)])
+def test_a_feature_map_that_contradicts_its_order_is_refused(shape, fmt, ok):
+    from plateaulab.extract.layers import Layout, pool
+
+    x = torch.zeros(shape)
+    if ok:
+        got, how = pool(x, "auto", Layout(map_format=fmt), layer="stage")
+        assert how == "gap" and got.shape == (2, shape[3] if fmt == "NHWC" else shape[1])
+    else:
+        with pytest.raises(InputError, match=r"layer 'stage' outputs a feature map of shape .* looks"):
+            pool(x, "auto", Layout(map_format=fmt), layer="stage")

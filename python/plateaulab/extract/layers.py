@@ -19,7 +19,11 @@ Pooling
 -------
 A block's output is (N, tokens, D) for transformers and mixers and a feature map for CNN stages
 (PROTOCOL.md §8): (N, C, H, W), or (N, H, W, C) for models that say so (timm's Swin, SwinV2 and
-MambaOut set ``output_fmt = "NHWC"``). Token outputs are pooled by the class token or by the mean over
+MambaOut set ``output_fmt = "NHWC"``) or that are known to be channels-last without saying so
+(torchvision's Swin transformers, whose ``features.*`` stages are NHWC). A map whose shape contradicts
+the declared order (square in the two axes the declaration calls channel and width, not in the two
+it calls height and width) is refused, naming the layer: averaging over the wrong axes would give a
+vector of the wrong length and meaning, silently. Token outputs are pooled by the class token or by the mean over
 the tokens that follow the model's prefix tokens (class, distillation and register tokens: timm's
 ``num_prefix_tokens``, or counted from the ``cls_token``/``dist_token``/``reg_token`` parameters), as
 timm's own average pooling does. When the batch carries an ``attention_mask`` of shape (N, tokens)
@@ -231,8 +235,32 @@ def model_layout(model) -> Layout:
     if getattr(model, "pool_include_prefix", False) is True:
         prefix = 0
     fmt = getattr(model, "output_fmt", None)
-    fmt = fmt if fmt in ("NCHW", "NHWC") else "NCHW"
+    if fmt not in ("NCHW", "NHWC"):
+        fmt = "NHWC" if _channels_last_without_saying(model) else "NCHW"
     return Layout(default_token_pooling(model), int(prefix), has_cls, fmt)
+
+
+# Models whose feature maps are (N, H, W, C) but carry no ``output_fmt``: (module, class) of the model.
+_CHANNELS_LAST = {("torchvision.models.swin_transformer", "SwinTransformer")}
+
+
+def _channels_last_without_saying(model) -> bool:
+    cls = type(model)
+    return any((c.__module__, c.__name__) in _CHANNELS_LAST for c in cls.__mro__)
+
+
+def check_map_format(shape: tuple, map_format: str, layer: str) -> None:
+    """Refuse a 4-D output whose shape contradicts ``map_format``: a square pair of axes where the
+    declared order puts (channels, height) or (width, channels), and no square pair where it puts
+    (height, width). Non-square maps carry no evidence either way and pass."""
+    _, a, b, c = shape
+    looks = "NHWC" if a == b != c else "NCHW" if b == c != a else None
+    if looks is not None and looks != map_format:
+        raise InputError(
+            f"layer {layer!r} outputs a feature map of shape {tuple(shape)}, which looks {looks} (height and "
+            f"width equal), but the model's maps are taken as {map_format}; averaging over the wrong axes "
+            "would give wrong features. Name another layer, or pass a callable as {param} that pools this "
+            "output", param="pooling")
 
 
 def check_pooling(pooling) -> None:
@@ -290,6 +318,7 @@ def pool(x, mode: str, layout, mask=None, layer: str = ""):
     if x.ndim == 2:
         return x.to(f32, copy=True), "none"
     if x.ndim == 4:
+        check_map_format(tuple(x.shape), layout.map_format, layer)
         return x.mean(dim=(1, 2) if layout.map_format == "NHWC" else (2, 3), dtype=f32), "gap"
     if x.ndim != 3:
         raise InputError(
