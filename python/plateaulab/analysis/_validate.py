@@ -69,3 +69,34 @@ def bayes_error(us: np.ndarray, us_bayes_error: float, where: str = "") -> float
                          f"(largest US accuracy {us.max():g}){' (' + where + ')' if where else ''}: "
                          "e_US - Bayes error must be >= 0", param="us_bayes_error")
     return b
+
+
+def seed(value) -> int:
+    """A seed for numpy's generators: a whole number in [0, 2**63)."""
+    try:
+        v = int(value)
+        ok = v == float(value) and 0 <= v < 2 ** 63
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
+        raise InputError(f"{{param}} must be a whole number in [0, 2**63); got {value!r}", param="seed")
+    return v
+
+
+def test_sizes(n, size: int, name: str) -> np.ndarray:
+    """Test-set sizes behind ``size`` accuracies (a scalar or one per accuracy; None or NaN: unknown, 0),
+    as float64; whole and non-negative, or an InputError naming ``name``."""
+    try:
+        arr = np.asarray(np.nan if n is None else n, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InputError(f"{{param}} must hold numbers of test examples; got {n!r}", param=name) from None
+    if arr.ndim > 1 or (arr.ndim == 1 and arr.size not in (1, size)):
+        raise InputError(f"{{param}} must be one size or one per model ({size}); got {arr.size} values",
+                         param=name)
+    arr = np.broadcast_to(arr.reshape(-1) if arr.ndim else arr, (size,)).copy()
+    arr[~np.isfinite(arr)] = 0.0
+    bad = (arr < 0) | (arr != np.round(arr))
+    if bad.any():
+        raise InputError(f"{{param}} must hold whole, non-negative test-set sizes; got {arr[bad][:3].tolist()}",
+                         param=name)
+    return arr

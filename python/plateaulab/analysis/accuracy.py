@@ -40,6 +40,7 @@ class AccuracyTable:
     duplicates: str = "error"
     n_duplicate_rows: int = 0
     duplicate_ids: list = dataclasses.field(default_factory=list)
+    layout: str = ""                             # "wide" or "long" as load_table read it; "" for other loaders
     notes: list = dataclasses.field(default_factory=list)
 
     def wide(self) -> pd.DataFrame:

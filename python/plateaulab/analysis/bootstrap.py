@@ -213,8 +213,7 @@ def bootstrap_fit(us_acc, ds_acc, n_boot: int = 1000, *, on: str = "hull", seed:
         raise _validate.InputError(f"{{param}} (models drawn per replicate) must be in [2, n={n}]; got {m}", param="m")
     if not 0.0 < ci < 1.0:
         raise _validate.InputError(f"{{param}} must be in (0, 1); got {ci!r}", param="ci")
-    if not 0 <= int(seed) < 2 ** 63:
-        raise _validate.InputError(f"{{param}} must be a non-negative integer; got {seed!r}", param="seed")
+    seed = _validate.seed(seed)
     if loss == "log" and ds.max() >= 1.0:
         raise _validate.InputError("loss='log' needs DS accuracy < 1 everywhere (log of a zero DS error)")
     lo, hi = (float(a) for a in alpha_bounds)

@@ -114,8 +114,8 @@ def hparam_summary(table: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (h, shots), g in table.groupby(["hparam", "shots"], sort=False, dropna=False):
         ds = g[g["target"] != "US"]
-        if ds.empty:
-            continue
+        if ds.empty or ds["loss_from_us_choice"].isna().all():
+            continue   # no DS task has runs at the US optimum: nothing to compare
         worst = ds.loc[ds["loss_from_us_choice"].idxmax()]
         rows.append({"hparam": h, "shots": shots, "crossed": bool(g["crossed"].iloc[0]),
                      "us_best": g["us_best_param"].iloc[0], "n_tasks": int(len(ds)),

@@ -176,11 +176,16 @@ def _interval(grid: np.ndarray, prof: np.ndarray, limit: float):
     return (float(grid[idx[0]]), float(grid[idx[-1]])), bool(inside[0]), bool(inside[-1])
 
 
-def profile_fit(fit, us_fit: np.ndarray, ds_fit: np.ndarray, *, n_test=None, n_test_us=None) -> Profile:
+def profile_fit(fit, us_fit: np.ndarray, ds_fit: np.ndarray, *, n_test=None, n_test_us=None,
+                weights=None) -> Profile:
     """Profile intervals of the fit ``fit`` (a PowerLawFit) on the points it used (us_fit, ds_fit).
 
     n_test, n_test_us: test-set sizes behind the DS / US accuracies (scalars or one per point; None or 0:
     unknown), for the measurement-noise floor of the threshold (module docstring).
+    weights: the fit's weights of those points. The profiles are of the unweighted sum of squares, so a
+    fit with equal weights c has its SSE divided by c, and a fit with unequal weights is not assessed:
+    nothing is called identified. For loss "huber" or "log" the profile is that of the squared error
+    around the fitted parameters (the robust objective's own profile is not computed).
     """
     lo_a, hi_a = fit.alpha_bounds
     x = np.ascontiguousarray(1.0 - us_fit - fit.us_bayes_error, dtype=np.float64)
@@ -189,13 +194,16 @@ def profile_fit(fit, us_fit: np.ndarray, ds_fit: np.ndarray, *, n_test=None, n_t
     n_distinct = int(np.unique(x).size)
     s2 = _noise_variance(fit, us_fit, ds_fit, n_test, n_test_us)
     names = ("k", "alpha", "e_ir", "saturation")
-    if not fit.success or n_distinct < 4:
-        why = (f"{n_distinct} distinct US value(s) for 3 parameters: the curve interpolates them"
-               if fit.success else "the fit failed")
+    w = None if weights is None else np.asarray(weights, dtype=np.float64).reshape(-1)
+    unequal = w is not None and w.size > 0 and not np.allclose(w, w[0])
+    if not fit.success or n_distinct < 4 or unequal:
+        why = ("the fit failed" if not fit.success
+               else "the points have unequal weights, and the profile (unweighted squares) cannot judge the fit"
+               if unequal else f"{n_distinct} distinct US value(s) for 3 parameters: the curve interpolates them")
         nan = (float("nan"), float("nan"))
         return Profile(identifiable={p: False for p in names}, intervals={p: nan for p in names},
                        delta=float("inf"), s2_noise=s2, reasons={p: why for p in names})
-    sse = max(float(fit.sse), 0.0)
+    sse = max(float(fit.sse), 0.0) / (float(w[0]) if w is not None and w.size and w[0] > 0 else 1.0)
     delta = sse * f_quantile_95(n_distinct - 3) / (n_distinct - 3)
     if s2 is not None:
         delta = max(delta, CHI2_1_95 * s2)
@@ -240,7 +248,9 @@ def _noise_variance(fit, us_fit, ds_fit, n_test, n_test_us) -> Optional[float]:
         a = np.broadcast_to(np.asarray(v, dtype=float), us_fit.shape).astype(float)
         return np.where(np.isfinite(a) & (a > 0), a, np.nan)
 
-    n_ds, n_us = sizes(n_test), sizes(n_test_us if n_test_us is not None else n_test)
+    # An unknown US size adds no US term, as in the measurement-noise bootstrap (analysis.noise holds
+    # US fixed then): the DS size says nothing about the upstream test set.
+    n_ds, n_us = sizes(n_test), sizes(n_test_us)
     if n_ds is None or np.isnan(n_ds).all():
         return None
     var = ds_fit * (1.0 - ds_fit) / n_ds
@@ -303,14 +313,14 @@ def shape_flags(fit, us_fit: np.ndarray, ds_fit: np.ndarray, n_models: int, *, s
     return out
 
 
-def uncertainty_flags(fit, interval: Optional[tuple], source: Optional[str], boot=None) -> list:
+def uncertainty_flags(fit, interval: Optional[tuple], source: Optional[str], boot=None, level: float = 0.95) -> list:
     """Short sentences about a fit's interval: the estimate outside its own interval; a model bootstrap
     whose replicates often fail or sit on a bound."""
     out = []
     if interval is not None and all(np.isfinite(interval)):
         lo, hi = interval
         if not lo <= fit.saturation <= hi:
-            out.append(f"the estimate {fit.saturation:.3f} lies outside its own 95% {source} interval "
+            out.append(f"the estimate {fit.saturation:.3f} lies outside its own {level:.0%} {source} interval "
                        f"[{lo:.3f}, {hi:.3f}]")
     if boot is not None and boot.n_boot:
         share_fail = boot.n_failed / boot.n_boot

@@ -147,15 +147,6 @@ class NoiseResult:
                 "n_boot": int(self.n_boot), "n_failed": int(self.n_failed), "seed": int(self.seed)}
 
 
-def _test_sizes(n, size: int, name: str) -> np.ndarray:
-    arr = np.broadcast_to(np.asarray(np.nan if n is None else n, dtype=np.float64), (size,)).copy()
-    arr[~np.isfinite(arr)] = 0.0
-    if (arr < 0).any() or (arr != np.round(arr)).any():
-        raise _validate.InputError(f"{{param}} must hold whole, non-negative test-set sizes; got "
-                                   f"{arr[(arr < 0) | (arr != np.round(arr))][:3].tolist()}", param=name)
-    return arr
-
-
 def noise_bootstrap(us_acc, ds_acc, n_test_ds, n_test_us=None, *, n_boot: int = DEFAULT_BOOT, seed: int = 0,
                     ci: float = 0.95, on: str = "hull", loss: str = "l2", us_bayes_error: float = 0.0,
                     huber_delta: float = 0.01, alpha_bounds: tuple = ALPHA_BOUNDS, tail: bool = False) -> NoiseResult:
@@ -169,8 +160,8 @@ def noise_bootstrap(us_acc, ds_acc, n_test_ds, n_test_us=None, *, n_boot: int = 
     _validate.choice("loss", loss, _validate.LOSS_CHOICES)
     us, ds, _ = _validate.accuracy_pair(us_acc, ds_acc)
     b = _validate.bayes_error(us, us_bayes_error)
-    n_ds = _test_sizes(n_test_ds, us.size, "n_test")
-    n_us = _test_sizes(n_test_us, us.size, "n_test_us")
+    n_ds = _validate.test_sizes(n_test_ds, us.size, "n_test")
+    n_us = _validate.test_sizes(n_test_us, us.size, "n_test_us")
     if not (n_ds > 0).any() and not (n_us > 0).any():
         raise _validate.InputError("no test-set size is known, so there is no measurement noise to resample; "
                                    "give {param} (and the US one), or use the model bootstrap", param="n_test")
@@ -179,8 +170,7 @@ def noise_bootstrap(us_acc, ds_acc, n_test_ds, n_test_us=None, *, n_boot: int = 
         raise _validate.InputError(f"{{param}} must be >= 10 for a percentile interval; got {n_boot}", param="n_boot")
     if not 0.0 < ci < 1.0:
         raise _validate.InputError(f"{{param}} must be in (0, 1); got {ci!r}", param="ci")
-    if not 0 <= int(seed) < 2 ** 63:
-        raise _validate.InputError(f"{{param}} must be a non-negative integer; got {seed!r}", param="seed")
+    seed = _validate.seed(seed)
     lo, hi = (float(a) for a in alpha_bounds)
     point = fit_saturating_power_law(us, ds, on=on, loss=loss, us_bayes_error=b, huber_delta=huber_delta,
                                      alpha_bounds=(lo, hi), tail=tail, profile=False)

@@ -140,7 +140,9 @@ def fit_saturating_power_law(us_acc, ds_acc, weights=None, *, on: str = "hull", 
     data (``identifiable``, from the profile of the objective, see ``identify``): never for fewer than 4
     distinct US values (3 parameters on <= 3 points), for k = 0 (then alpha has no effect), or for a
     parameter on a bound. ``on_bound`` lists the parameters at a constraint: "k" (k = 0), "e_ir" (0 or 1)
-    and "alpha" (an end of alpha_bounds). ``flags`` says why, in short sentences.
+    and "alpha" (an end of alpha_bounds). ``flags`` says why, in short sentences. With ``profile=False``
+    only those coarse checks are made (>= 4 distinct US values, k > 0, nothing on a bound): ``identified``
+    may then be True for a parameter the profile would find loose, and ``identifiable`` is left empty.
     """
     _validate.choice("on", on, _validate.ON_CHOICES)
     _validate.choice("loss", loss, _validate.LOSS_CHOICES)
@@ -148,11 +150,12 @@ def fit_saturating_power_law(us_acc, ds_acc, weights=None, *, on: str = "hull", 
     b = _validate.bayes_error(us, us_bayes_error, ds or "")
     lo, hi = (float(a) for a in alpha_bounds)
     if not (0.0 < lo < hi < np.inf):
-        raise ValueError(f"alpha_bounds must satisfy 0 < lo < hi < inf; got {alpha_bounds!r}")
+        raise _validate.InputError(f"{{param}} must satisfy 0 < lo < hi < inf; got {alpha_bounds!r}",
+                                   param="alpha_bounds")
     if loss == "log" and dsa.max() >= 1.0:
         raise _validate.InputError("loss='log' needs DS accuracy < 1 everywhere (log of a zero DS error)")
     if loss == "huber" and not huber_delta > 0:
-        raise _validate.InputError(f"huber_delta must be > 0; got {huber_delta!r}")
+        raise _validate.InputError(f"{{param}} must be > 0; got {huber_delta!r}", param="huber_delta")
 
     pos = w > 0
     hull = upper_hull(np.where(pos, us, np.nan), dsa)
@@ -170,7 +173,7 @@ def fit_saturating_power_law(us_acc, ds_acc, weights=None, *, on: str = "hull", 
     n_distinct = int(np.unique(us[idx]).size)
     if status == 0:
         on_bound = on_bound_names(k, e_ir, at_bound > 0)
-        identified = n_distinct >= MIN_IDENTIFIED and k > 0.0
+        identified = n_distinct >= MIN_IDENTIFIED and k > 0.0 and not on_bound
         msg = "ok"
         if n_distinct < MIN_IDENTIFIED:
             msg = (f"not identified: 3 parameters fitted to {n_distinct} distinct US value(s) "
@@ -196,21 +199,24 @@ def fit_saturating_power_law(us_acc, ds_acc, weights=None, *, on: str = "hull", 
         scatter = None
         if on == "hull" and fit.success:
             trend = fit_saturating_power_law(us, dsa, w, on="all", loss=loss, us_bayes_error=b, profile=False,
-                                             alpha_bounds=(lo, hi))
+                                             alpha_bounds=(lo, hi), huber_delta=huber_delta)
             if trend.success:
                 scatter = float(np.sqrt(np.average((dsa - trend.predict(us)) ** 2, weights=w)))
-        _assess(fit, us, dsa, idx, int(pos.sum()), n_test, n_test_us, scatter)
+        _assess(fit, us, dsa, idx, int(pos.sum()), n_test, n_test_us, scatter, w[idx])
     return fit
 
 
-def _sizes_at(n, idx, size):
-    return None if n is None else np.broadcast_to(np.asarray(n, dtype=float), (size,))[idx]
+def _sizes_at(n, idx, size, name):
+    if n is None:
+        return None
+    sizes = _validate.test_sizes(n, size, name)[idx]
+    return np.where(sizes > 0, sizes, np.nan)
 
 
-def _assess(fit: PowerLawFit, us, ds, idx, n_models: int, n_test, n_test_us, scatter) -> None:
+def _assess(fit: PowerLawFit, us, ds, idx, n_models: int, n_test, n_test_us, scatter, weights) -> None:
     """Profile intervals, identifiability and flags of ``fit`` (module identify)."""
-    n_ds, n_us = _sizes_at(n_test, idx, us.size), _sizes_at(n_test_us, idx, us.size)
-    prof = identify.profile_fit(fit, us[idx], ds[idx], n_test=n_ds, n_test_us=n_us)
+    n_ds, n_us = _sizes_at(n_test, idx, us.size, "n_test"), _sizes_at(n_test_us, idx, us.size, "n_test_us")
+    prof = identify.profile_fit(fit, us[idx], ds[idx], n_test=n_ds, n_test_us=n_us, weights=weights)
     fit.profile = prof
     fit.identifiable = dict(prof.identifiable)
     fit.identified = bool(fit.identified and all(prof.identifiable[p] for p in ("k", "alpha", "e_ir")))

@@ -85,8 +85,9 @@ def fit_record(fit, *, task: str, shots=None, boot=None, noise=None, models=None
         lo, hi = chosen["ci"]["saturation"]
         interval = (np.nan if lo is None else lo, np.nan if hi is None else hi)
         rec["intervals"] = intervals
-    rec["flags"] = list(fit_flags) + uncertainty_flags(fit, interval, primary and _SOURCE_NAMES[primary], boot) \
-        + list(flags)
+    level = rec.get("ci_level", 0.95)
+    rec["flags"] = list(fit_flags) + uncertainty_flags(fit, interval, primary and _SOURCE_NAMES[primary], boot,
+                                                       level=level) + list(flags)
     rec.update(extra or {})
     return jsonable(rec)
 

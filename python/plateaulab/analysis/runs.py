@@ -7,8 +7,10 @@ results.parquet and the checkpoints' metadata in checkpoints.parquet. The analys
 1. Rows at the selected l2 only (the ``selected`` column: the fixed l2, or the one chosen by leave-one-out
    or the validation split; never by the test split).
 2. The mean accuracy over seeds, per (checkpoint, dataset, shots, layer). Its noise is more than the test
-   set's: each seed draws another few-shot training set. So ``n_test`` is the *effective* test-set size,
-   the binomial size with the same variance as the mean, p (1 - p) / max(p (1 - p) / m, s^2 / S), with m the
+   set's: each seed draws another few-shot training set. The two sources are independent (the test set
+   is drawn once, the seeds' training sets apart from it), so their variances add: p (1 - p) / m for the
+   shared test set and s^2 / S for the mean over seeds. ``n_test`` is the *effective* test-set size, the
+   binomial size with the same variance as the mean, p (1 - p) / (p (1 - p) / m + s^2 / S), with m the
    test examples (kept as ``n_test_examples``), s the standard deviation of the accuracy over the S seeds.
    The measurement-noise interval then resamples both sources of noise.
 3. The layer. ``layer="last"`` (the default) takes, per (checkpoint, dataset), the deepest layer probed for
@@ -162,7 +164,7 @@ def _us_values(path: Path, ckpts: pd.DataFrame, us: str, notes: list) -> pd.Seri
                          f"{value!r}; an upstream accuracy lies in [0, 1] (or [0, 100] as percent): fix its "
                          "metadata (meta.json) and rerun the probe")
     if values.max() > 1.0 + 1e-9:
-        if values.max() > 100.0 or values.min() < 0:
+        if values.max() > 100.0:
             raise InputError(f"probe run {path}: upstream column {us!r} has values outside [0, 100] "
                              f"({values.min():g} to {values.max():g})")
         values = values / 100.0
@@ -248,7 +250,7 @@ def effective_test_size(p, m, seed_std, seeds) -> pd.Series:
     s = np.nan_to_num(pd.to_numeric(seed_std, errors="coerce").to_numpy(float))
     k = np.maximum(pd.to_numeric(seeds, errors="coerce").to_numpy(float), 1.0)
     pq = np.clip(p * (1.0 - p), 1e-12, None)
-    var = np.maximum(pq / m, s * s / k)
+    var = pq / m + s * s / k
     with np.errstate(invalid="ignore", divide="ignore"):
         n = np.where(np.isfinite(var) & (var > 0), np.minimum(np.round(pq / var), m), np.nan)
     return pd.Series(np.maximum(n, 1.0), index=getattr(seed_std, "index", None))

@@ -118,7 +118,7 @@ def scaleup_lines(long: pd.DataFrame, axes: Sequence[Axis]) -> pd.DataFrame:
 
 
 def _ranks(x: np.ndarray) -> np.ndarray:
-    """Average ranks along the last axis (ties share their mean rank), as scipy.stats.rankdata."""
+    """Average ranks of a 1-D array (ties share their mean rank), as scipy.stats.rankdata."""
     order = np.argsort(x, kind="mergesort")
     ranks = np.empty(x.shape, dtype=float)
     ranks[order] = np.arange(1, x.size + 1, dtype=float)

@@ -72,7 +72,7 @@ def load_scaling_laws_openclip(path=None, *, scale="auto", duplicates: str = "er
     results, arch, trained = _read(folder)
     rows = results[results["task"] == "zeroshot_classification"]
     rows = rows[~rows["downstream_dataset"].isin(SCALING_LAWS_NOT_DS)]
-    rows = rows.assign(params=rows["arch"].map(arch.set_index("model")["mparams"]) * 1e6,
+    rows = rows.assign(params=rows["arch"].map(arch.drop_duplicates("model").set_index("model")["mparams"]) * 1e6,
                        lr=rows["name"].map(trained.drop_duplicates("name").set_index("name")["lr"]),
                        data_size=rows["upstream_dataset"].map(laion_size))
     unknown = sorted(set(rows.loc[rows["params"].isna(), "arch"]))

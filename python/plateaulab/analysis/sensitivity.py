@@ -33,7 +33,7 @@ import pandas as pd
 
 from . import _validate
 from ..errors import InputError
-from .hull import rising_hull
+from .hull import rising_hull, upper_hull
 from .powerlaw import fit_saturating_power_law
 
 __all__ = ["sample_size_sensitivity", "METRICS", "default_sizes", "TARGETS"]
@@ -69,9 +69,9 @@ def sample_size_sensitivity(us_acc, ds_acc, *, cut=None, cut_quantile: float = 0
     None takes the ``cut_quantile`` quantile of US accuracy (default 0.75).
     sizes: sample sizes (default: :func:`default_sizes`). trials: draws per size (default 10, as the paper).
     on: "hull", "all" or both. metric: "mse" (default), "rmse", "mae" or callable(residuals) -> float.
-    target: "own" (each mode against what it predicts: the held-out rising hull for hull fits, every held-out
-    point for all-point fits) or "all" (every held-out point for both). tail: hull fits include the hull's
-    descending tail.
+    target: "own" (each mode against what it predicts: the held-out rising hull for hull fits, the whole
+    held-out hull with ``tail``, every held-out point for all-point fits) or "all" (every held-out point for
+    both). tail: hull fits include the hull's descending tail.
     Returns columns on, n, fit_error_mean, fit_error_std, pred_error_mean, pred_error_std, trials, n_failed,
     n_unidentified, metric, target, cut, n_fit_range, n_held_out, n_target.
     """
@@ -87,6 +87,7 @@ def sample_size_sensitivity(us_acc, ds_acc, *, cut=None, cut_quantile: float = 0
     else:
         raise InputError(f"{{param}} must be one of {', '.join(METRICS)} or a callable; got {metric!r}", param="metric")
     _validate.choice("target", target, TARGETS)
+    seed = _validate.seed(seed)
     trials = int(trials)
     if trials < 1:
         raise InputError(f"{{param}} must be >= 1; got {trials}", param="trials")
@@ -117,7 +118,9 @@ def sample_size_sensitivity(us_acc, ds_acc, *, cut=None, cut_quantile: float = 0
                          f"fits, about {n_fits * 2e-4 / 3600:.3g} hours at ~0.2 ms each; use at most "
                          f"{MAX_FITS // max(len(sizes) * len(modes), 1)} trials here", param="trials")
 
-    held_hull = held[rising_hull(us[held], ds[held])] if held.size else held
+    # A hull fit claims to predict the frontier it was fitted to: the rising hull, or the whole hull with tail.
+    frontier = upper_hull if tail else rising_hull
+    held_hull = held[frontier(us[held], ds[held])] if held.size else held
     targets = {"hull": held_hull if target == "own" else held, "all": held}
     rng = np.random.default_rng(seed)
     rows = []

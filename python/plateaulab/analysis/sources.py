@@ -167,10 +167,17 @@ def _hparam_runs(src: Source, names: list, source, us, ds, scale, options: dict)
     if src.loader == "clip_benchmark":
         runs = T.load_clip_benchmark(src.table.source, hyper="all", scale=scale).long
     elif src.loader == "table" and src.table.n_duplicate_rows:
-        cols = T.match_names(names, list(T.read_frame(source, options.get("format"))[0].columns), what="column",
+        if src.table.layout != "long":
+            raise InputError(
+                f"{src.citation} is a wide table whose repeated model ids were merged ({{param}}); the runs that "
+                "differ in the hyper-parameter(s) "f"{', '.join(names)} are among the merged rows. Name those "
+                "columns in --id as well (one id per run), or give the runs as a long table (a dataset column)",
+                param="duplicates")
+        path = src.builtin.path if src.builtin is not None else source
+        cols = T.match_names(names, list(T.read_frame(path, options.get("format"))[0].columns), what="column",
                              where=src.citation, param="hparams", label="hyper-parameter column(s)")
         opts = {k: v for k, v in options.items() if k != "duplicates"}
-        runs = T.load_table(source, us=us, ds=ds, scale=scale, layout="long", distinct=cols, **opts).long
+        runs = T.load_table(path, us=us, ds=ds, scale=scale, layout="long", distinct=cols, **opts).long
     else:
         runs = src.table.long
     fixed = {"model", "ds_task", "ds", "us", "shots", "n_test", "n_test_us"}

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError, PlateaulabError
+from . import _validate
 from .bootstrap import BootstrapResult, bootstrap_fit
 from .correlations import spearman_matrices
 from .coverage import coverage
@@ -119,6 +120,8 @@ class StudyResult:
     coverage: Optional[pd.DataFrame] = None                     # A1-A10: in the report, or what the input lacks
     main_shots: Optional[float] = None
     sensitivity_asked: bool = True
+    tail: bool = False                                          # the descending tail was fitted too (--tail)
+    ci_source: str = "both"                                     # which intervals were asked for (--ci-source)
     absent: dict = dataclasses.field(default_factory=dict)      # analysis id -> what the input lacks
     timings: dict = dataclasses.field(default_factory=dict)
 
@@ -131,10 +134,11 @@ class StudyResult:
         return sorted({r.shots for r in self.groups if r.shots is not None}, key=shots_order)
 
 
-def bootstrap_band(samples, grid: np.ndarray, level: float = BAND_LEVEL, centre=None):
+def bootstrap_band(samples, grid: np.ndarray, level: float = BAND_LEVEL, centre=None, us_bayes_error: float = 0.0):
     """Pointwise percentile band of eq. (1) over bootstrap replicates (rows k, alpha, e_ir, ...; accuracy
     units), or None when fewer than 10 replicates succeeded. With ``centre`` (the fitted curve on the grid),
-    the band is centred on it as the measurement-noise interval is (analysis.noise): curve + (q - median)."""
+    the band is centred on it as the measurement-noise interval is (analysis.noise): curve + (q - median).
+    ``us_bayes_error``: the b the replicates were fitted with (e_US = 1 - us - b), as in PowerLawFit.predict."""
     samples = np.asarray(samples, dtype=float)
     if samples.ndim != 2 or samples.shape[0] == 0:
         return None
@@ -142,7 +146,7 @@ def bootstrap_band(samples, grid: np.ndarray, level: float = BAND_LEVEL, centre=
     if ok.sum() < 10:
         return None
     k, alpha, e_ir = samples[ok, 0:1], samples[ok, 1:2], samples[ok, 2:3]
-    e_us = np.clip(1.0 - grid, 0.0, None)[None, :]
+    e_us = np.clip(1.0 - grid - us_bayes_error, 0.0, None)[None, :]
     acc = 1.0 - (k * e_us ** alpha + e_ir)
     q = (1.0 - level) / 2.0
     lo, med, hi = np.quantile(acc, [q, 0.5, 1.0 - q], axis=0)
@@ -195,9 +199,10 @@ def analyse_group(group: Group, *, n_boot: int, seed: int, on: str = "hull", los
                     boot=boot, power=dict(power) if power is not None else None, noise=noise)
     grid = band_grid(us)
     if noise is not None:
-        r.band = bootstrap_band(noise.samples, grid, centre=fit.predict(grid) if fit.success else None)
+        r.band = bootstrap_band(noise.samples, grid, centre=fit.predict(grid) if fit.success else None,
+                                us_bayes_error=us_bayes_error)
     elif boot is not None:
-        r.band = bootstrap_band(boot.samples, grid)
+        r.band = bootstrap_band(boot.samples, grid, us_bayes_error=us_bayes_error)
     if influence and on == "hull" and fit.success:
         r.influence = vertex_influence(us, ds, group.models, fit, **opts)
     r.record = fit_record(fit, task=group.task, shots=group.shots, boot=boot, noise=noise, models=group.models,
@@ -239,6 +244,7 @@ def analyse(source: Source, *, n_boot: int = DEFAULT_BOOTSTRAP, seed: int = 0, s
     A run with several layers but too few checkpoints to fit (a single extracted model) still gets its
     layer profile; any other input with no task to fit is an InputError."""
     check_bootstrap(n_boot, len(source.long))
+    seed = _validate.seed(seed)
     if ci_source not in CI_SOURCES:
         raise InputError(f"{{param}} {ci_source!r} is not one of {', '.join(CI_SOURCES)}", param="ci_source")
     if not (isinstance(layer_tol, (int, float)) and 0 <= layer_tol < 1):
@@ -261,7 +267,8 @@ def analyse(source: Source, *, n_boot: int = DEFAULT_BOOTSTRAP, seed: int = 0, s
         raise InputError(f"{source.citation}: no downstream task could be fitted: "
                          + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
     res = StudyResult(source=source, groups=results, n_boot=n_boot, seed=seed, skipped=skipped,
-                      layer_tol=float(layer_tol), sensitivity_asked=sensitivity)
+                      layer_tol=float(layer_tol), sensitivity_asked=sensitivity, tail=bool(tail),
+                      ci_source=ci_source)
     res.timings["fits"] = time.perf_counter() - t0
     if sensitivity and results:
         t1 = time.perf_counter()

@@ -603,6 +603,7 @@ def load_table(source, *, id=None, us: Optional[str] = None, ds=None, shots_col:
     table.duplicates = duplicates
     table.n_duplicate_rows = meta["dups"]["n_rows"]
     table.duplicate_ids = meta["dups"]["ids"]
+    table.layout = layout
     if meta["dups"].get("note"):
         table.notes.append(meta["dups"]["note"])
     if meta.get("left_out"):

@@ -6,7 +6,7 @@ Where a size comes from, first match wins:
 1. a column of the table: ``n_test`` (DS) and ``n_test_us`` (US); a probe run records ``n_test`` itself;
 2. the sizes given by the caller (``n_test``; ``n_test_us`` defaults to ``n_test``);
 3. for the builtin tables, the documented size of the dataset's standard test split
-   (plateaulab/data/test_set_sizes.csv: dataset, aliases, size, split and the paper it comes from);
+   (plateaulab/data/test_set_sizes.csv: dataset, aliases, n_test, split and the source it comes from);
    datasets whose evaluation split we could not pin down are left unknown rather than guessed.
 
 Unknown sizes are NaN; the analyses then fall back to the model bootstrap and say so.
