@@ -500,3 +500,95 @@ def test_a_feature_map_that_contradicts_its_order_is_refused(shape, fmt, ok):
     else:
         with pytest.raises(InputError, match=r"layer 'stage' outputs a feature map of shape .* looks"):
             pool(x, "auto", Layout(map_format=fmt), layer="stage")
+
+
+def test_nchw_map_with_channels_equal_to_height_passes_for_non_square_images(tmp_path):
+    """(N, 64, 64, 32) from 128 x 64 images is an NCHW map whose channel count equals its height; it
+    was refused as 'looks NHWC'. Non-square inputs give no square-axes evidence, so it is pooled."""
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer1 = torch.nn.Conv2d(3, 64, 3, stride=2, padding=1)
+            self.layer2 = torch.nn.Conv2d(64, 64, 3, padding=1)
+            self.fc = torch.nn.Linear(64, 2)
+
+        def forward(self, x):
+            return self.fc(self.layer2(torch.relu(self.layer1(x))).mean(dim=(2, 3)))
+
+    torch.manual_seed(0)
+    model = Net().eval()
+    x = np.random.default_rng(0).normal(size=(4, 3, 128, 64)).astype(np.float32)
+    y = np.arange(4) % 2
+    extract(model, tmp_path / "st", "d", train=(x, y), test=(x, y), dtype="float32", progress=False)
+    st = FeatureStore.open(tmp_path / "st")
+    with torch.no_grad():
+        h = model.layer1(torch.as_tensor(x))
+    assert tuple(h.shape) == (4, 64, 64, 32)
+    np.testing.assert_allclose(stored(st, "model", "d", "layer1")[1], h.mean(dim=(2, 3)).numpy(), rtol=1e-5, atol=1e-5)
+    assert st.checkpoint_meta("model")["extraction"]["pooling"]["layer1"] == "gap"
+    # With square images the same contradiction is still refused.
+    from plateaulab.extract.layers import Layout, pool
+
+    with pytest.raises(InputError, match=r"layer 'layer1' outputs a feature map of shape \(4, 64, 64, 32\), which looks "
+                                         r"NHWC"):
+        pool(h, "auto", Layout(), layer="layer1", image_hw=(64, 64))
+    assert pool(h, "auto", Layout(), layer="layer1", image_hw=(128, 64))[1] == "gap"
+
+
+def test_token_outputs_with_exactly_the_patch_tokens_have_no_prefix():
+    """Layout.num_patches: a token output with that many tokens carries none of the prefix tokens."""
+    from plateaulab.extract.layers import Layout, pool
+
+    layout = Layout(token_pooling="cls", prefix_tokens=1, has_class_token=True, num_patches=4)
+    x = torch.randn(2, 4, 8)
+    got, how = pool(x, "auto", layout, layer="blocks.0")
+    assert how == "mean"
+    torch.testing.assert_close(got, x.mean(dim=1))
+    assert pool(x, "mean", layout, layer="blocks.0")[1] == "mean"
+    with pytest.raises(InputError, match=r"layer 'blocks\.0' outputs 4 tokens, the model's 4 patch tokens and no class"):
+        pool(x, "cls", layout, layer="blocks.0")
+    # One prefix token plus the patches: pooled as before; the pass's own patch count wins over the layout's.
+    x5 = torch.randn(2, 5, 8)
+    assert pool(x5, "auto", layout, layer="blocks.0")[1] == "cls"
+    assert pool(x5, "mean", layout, layer="blocks.0")[1] == "mean[1:]"
+    assert pool(x5, "auto", layout, layer="blocks.0", patches=5)[1] == "mean"
+    assert pool(x, "auto", layout, layer="blocks.0", patches=3)[1] == "cls"
+
+
+def test_pairs_of_one_worker_process_run_one_at_a_time(tmp_path, monkeypatch):
+    """_pair_task's lock is process-wide: two datasets' pairs in two threads of one worker do not overlap."""
+    import threading
+    import time
+
+    import plateaulab.extract as ex
+
+    FeatureStore.create(tmp_path / "st")
+    active, most = [0], [0]
+    guard = threading.Lock()
+
+    class Fake:
+        def __init__(self, run, metadata):
+            pass
+
+        def extract(self, spec):
+            with guard:
+                active[0] += 1
+                most[0] = max(most[0], active[0])
+            time.sleep(0.2)
+            with guard:
+                active[0] -= 1
+            return []
+
+    monkeypatch.setattr(ex, "_Checkpoints", Fake)
+    monkeypatch.setattr(ex, "_Run", lambda st, inputs, opt: None)
+    monkeypatch.setattr(ex, "_EXTRACTORS", {})
+    job = {"token": "t", "store": str(tmp_path / "st"), "opt": None, "metadata": None}
+    out = []
+    threads = [threading.Thread(target=lambda d=d: out.append(ex._pair_task(job, None, d, None))) for d in "ab"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert out == [{"pairs": [], "error": None}] * 2
+    assert most[0] == 1

@@ -3,11 +3,14 @@
 One small variant of each family the paper probes and of the families with their own layouts:
 ViT (class token), DeiT-distilled (class + distillation token), a ViT with a register token and
 average pooling (no class token), DINOv2 with four register tokens, BEiT (average pooling after the
-class token), MLP-Mixer (no prefix), Swin (NHWC stages), ConvNeXt and ResNet (NCHW stages).
+class token), CaiT and XCiT (class token added only after ``blocks.*``: the blocks carry patch
+tokens alone), PiT-distilled (class + distillation token in one ``cls_token``, NCHW stages),
+MLP-Mixer (no prefix), Swin (NHWC stages), ConvNeXt and ResNet (NCHW stages).
 
 The expected features do not come from our hooks: they come from timm's own
 ``forward_intermediates`` (the block outputs, split by timm into prefix tokens and patch tokens, and
-permuted by timm to NCHW) and ``forward_head(forward_features(x), pre_logits=True)``. Models are
+permuted by timm to NCHW; CaiT's and XCiT's have no prefix tokens to split) and
+``forward_head(forward_features(x), pre_logits=True)``. Models are
 built at 28-32 px (``img_size=``) so each family takes well under a second on two cores. The store
 that the extraction writes is then probed by the probe engine. Weights cannot be downloaded and
 are not needed: discovery, hooks and pooling do not depend on them.
@@ -32,16 +35,23 @@ FAMILIES = {
     "vit_reg_gap": ("vit_pwee_patch16_reg1_gap_256", dict(img_size=32, depth=4), "mean[1:]", "none"),
     "dinov2_reg4": ("vit_small_patch14_reg4_dinov2", dict(img_size=28, depth=4), "cls", "none"),
     "beit": ("beit_base_patch16_224", dict(img_size=32, depth=3, embed_dim=64, num_heads=2), "mean[1:]", "none"),
+    "cait": ("cait_xxs24_224", dict(img_size=32, depth=2), "mean", "none"),
+    "xcit": ("xcit_nano_12_p16_224", dict(img_size=32, depth=2), "mean", "none"),
+    "pit_distilled": ("pit_ti_distilled_224", dict(img_size=32), "gap", "mean(cls,dist)"),
     "mixer": ("mixer_s16_224", dict(img_size=32), "mean", "none"),
     "swin": ("swin_tiny_patch4_window7_224", dict(img_size=32, window_size=2, depths=(1, 1, 2, 1)), "gap", "none"),
     "convnext": ("convnext_atto", {}, "gap", "none"),
     "resnet": ("resnet18", {}, "gap", "none"),
 }
 # The block container of each family and what the layout must say (prefix tokens, class token, map axes).
-BLOCKS = {"swin": "layers", "convnext": "stages", "resnet": "layer"}
+BLOCKS = {"swin": "layers", "convnext": "stages", "resnet": "layer", "pit_distilled": "transformers"}
 LAYOUT = {"vit": (1, True, "NCHW"), "deit_distilled": (2, True, "NCHW"), "vit_reg_gap": (1, False, "NCHW"),
-          "dinov2_reg4": (5, True, "NCHW"), "beit": (1, True, "NCHW"), "mixer": (0, None, "NCHW"),
+          "dinov2_reg4": (5, True, "NCHW"), "beit": (1, True, "NCHW"), "cait": (1, True, "NCHW"),
+          "xcit": (1, True, "NCHW"), "pit_distilled": (2, True, "NCHW"), "mixer": (0, None, "NCHW"),
           "swin": (0, None, "NHWC"), "convnext": (0, None, "NCHW"), "resnet": (0, None, "NCHW")}
+# Families whose blocks carry none of the model's prefix tokens (timm's intermediates are patch maps):
+# CaiT and XCiT prepend the class token after their blocks, PiT's stages output (map, class tokens).
+NO_PREFIX_IN_BLOCKS = {"cait", "xcit", "pit_distilled"}
 CLASSES, TRAIN_PER_CLASS, TEST_PER_CLASS = 4, 8, 4
 
 
@@ -73,7 +83,8 @@ def reference(family, model, x):
         if family == "resnet":  # feature_info starts with the stem (act1): the stages are 1..4
             inter = model.forward_intermediates(xt, indices=[1, 2, 3, 4], intermediates_only=True)
             names = [f"layer{i}" for i in range(1, 5)]
-        elif LAYOUT[family][0]:  # token models with prefix tokens: timm returns (patch map, prefix tokens)
+        elif LAYOUT[family][0] and family not in NO_PREFIX_IN_BLOCKS:
+            # token models with prefix tokens: timm returns (patch map, prefix tokens)
             inter = model.forward_intermediates(xt, indices=list(range(n_blocks)), intermediates_only=True,
                                                 return_prefix_tokens=True)
             names = [f"blocks.{i}" for i in range(n_blocks)]
@@ -159,12 +170,93 @@ def test_the_token_mean_leaves_out_register_and_distillation_tokens(timm_store, 
     assert np.abs(got - every_token).max() > 1e-3 * np.abs(every_token).max()
 
 
+@pytest.mark.parametrize("family", ["cait", "xcit"])
+def test_blocks_without_the_class_token_are_averaged_over_every_token(timm_store, family, tmp_path):
+    """CaiT/XCiT blocks hold the patch tokens alone: 'auto' and 'mean' average all of them (token 0
+    was stored as the class token, and the mean dropped the first patch), 'cls' is refused."""
+    model = timm_store[1][family]
+    (x, y), _ = images(32, seed=4)
+    seen = {}
+    handle = model.blocks[1].register_forward_hook(lambda m, a, out: seen.setdefault("tokens", out))
+    with torch.no_grad():
+        model(torch.as_tensor(x))
+    handle.remove()
+    tokens = seen["tokens"]
+    assert tokens.shape[1] == model.patch_embed.num_patches == model_layout(model).num_patches == 4
+    for pooling in ("auto", "mean"):
+        extract(model, tmp_path / pooling, "d", train=(x, y), test=(x, y), layers=["blocks.1"], pooling=pooling,
+                dtype="float32", progress=False)
+        st = FeatureStore.open(tmp_path / pooling)
+        assert st.checkpoint_meta("model")["extraction"]["pooling"] == {"blocks.1": "mean"}
+        np.testing.assert_allclose(np.asarray(st.block("model", "d", "blocks.1").test), tokens.mean(dim=1).numpy(),
+                                   rtol=1e-4, atol=1e-5)
+    with pytest.raises(InputError, match=r"layer 'blocks\.1' outputs 4 tokens, the model's 4 patch tokens and no "
+                                         r"class token .*pooling 'cls' would store a patch token"):
+        extract(model, tmp_path / "cls", "d", train=(x, y), test=(x, y), layers=["blocks.1"], pooling="cls",
+                dtype="float32", progress=False)
+
+
+def test_xcit_at_another_resolution_counts_the_patches_of_the_pass(tmp_path):
+    """XCiT runs at any input size: its blocks' patch count is the pass's (9 at 48 px), not the 4 it
+    was built for, and they are still averaged over every token; pre-logits still match timm."""
+    torch.manual_seed(0)
+    model = timm.create_model("xcit_nano_12_p16_224", pretrained=False, num_classes=0, img_size=32, depth=2).eval()
+    (x, y), _ = images(48, seed=5)
+    extract(model, tmp_path / "st", "d", train=(x, y), test=(x, y), dtype="float32", progress=False)
+    st = FeatureStore.open(tmp_path / "st")
+    assert st.checkpoint_meta("model")["extraction"]["pooling"] == {"blocks.0": "mean", "blocks.1": "mean",
+                                                                   "pre_logits": "none"}
+    with torch.no_grad():
+        xt = torch.as_tensor(x)
+        inter = model.forward_intermediates(xt, indices=[0, 1], intermediates_only=True)
+        pre = model.forward_head(model.forward_features(xt), pre_logits=True)
+    assert inter[1].shape[2:] == (3, 3)
+    for i, h in enumerate(inter):
+        np.testing.assert_allclose(np.asarray(st.block("model", "d", f"blocks.{i}").test), h.mean(dim=(2, 3)).numpy(),
+                                   rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(st.block("model", "d", "pre_logits").test), pre.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_a_patch_embedding_named_as_a_layer_is_averaged_over_every_token(tmp_path):
+    """A ViT's patch_embed output has no class token; it needed a pooling callable before."""
+    torch.manual_seed(0)
+    model = build("vit")
+    (x, y), _ = images(32, seed=6)
+    extract(model, tmp_path / "st", "d", train=(x, y), test=(x, y), layers=["patch_embed", "blocks.0"],
+            dtype="float32", progress=False)
+    st = FeatureStore.open(tmp_path / "st")
+    assert st.checkpoint_meta("model")["extraction"]["pooling"] == {"patch_embed": "mean", "blocks.0": "cls"}
+    with torch.no_grad():
+        want = model.patch_embed(torch.as_tensor(x)).mean(dim=1).numpy()
+    np.testing.assert_allclose(np.asarray(st.block("model", "d", "patch_embed").test), want, rtol=1e-4, atol=1e-5)
+
+
+def test_distilled_pre_logits_are_averaged_in_float32():
+    from plateaulab.extract.layers import pre_logits_layer
+
+    layer = pre_logits_layer(build("deit_distilled"))
+    x = torch.zeros(1, 3, 4, dtype=torch.bfloat16)
+    x[:, 0], x[:, 1] = 1.0, 2.0 ** -8  # (1 + 2^-8) / 2 needs 9 mantissa bits; bfloat16 keeps 8
+    got = layer.reduce(x)
+    assert got.dtype == torch.float32
+    assert torch.equal(got, torch.full((1, 4), (1 + 2.0 ** -8) / 2))
+
+
 def test_class_token_pooling_is_refused_for_a_model_without_one(timm_store, tmp_path):
     model = timm_store[1]["vit_reg_gap"]  # its token 0 is a register token
     (x, y), _ = images(32)
-    with pytest.raises(InputError, match=r"pooling 'cls' asks for the class token, but VisionTransformer has none"):
+    with pytest.raises(InputError, match=r"pooling 'cls' asks for the class token, but VisionTransformer has none "
+                                         r"\(it was built without one; its token 0 is its register token\)"):
         extract(model, tmp_path / "st", "d", train=(x, y), test=(x, y), pooling="cls", progress=False)
     assert not (tmp_path / "st" / "checkpoints").exists() or not any((tmp_path / "st" / "checkpoints").iterdir())
+    # Without registers token 0 is a patch token, not a register token (the message said so before).
+    torch.manual_seed(0)
+    plain = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=32, depth=1,
+                              class_token=False, global_pool="avg").eval()
+    assert model_layout(plain).prefix_tokens == 0
+    with pytest.raises(InputError, match=r"has none \(it was built without one; its token 0 is a patch token: it has "
+                                         r"no prefix tokens\)"):
+        extract(plain, tmp_path / "st2", "d", train=(x, y), test=(x, y), pooling="cls", progress=False)
 
 
 def test_the_store_probes(timm_store, tmp_path):

@@ -400,14 +400,19 @@ def extract_checkpoints(checkpoints, store, dataset: str | None = None, *, archi
 
 _EXTRACTORS: dict = {}
 _EXTRACTORS_LOCK = threading.Lock()
+# Held for the whole of a pair: a worker with several threads (an existing cluster's) would otherwise
+# run the pairs of two datasets at once, two passes and two skeletons in memory, and both would write
+# the same checkpoint's metadata.
+_PAIR_LOCK = threading.Lock()
 
 
 def _pair_task(job: dict, spec, dataset: str, inputs) -> dict:
     """One (checkpoint, dataset) pair as a Dask task (``--workers``/``--scheduler``). The worker process
     keeps one extractor per dataset of the job (its split sources and the architecture's skeleton),
     so a pair already complete is skipped without reading its file once the skeleton exists; the
-    pairs of one process run one at a time. A plateaulab error is returned, not raised, for the
-    client to raise: it is the user's error, not the worker's."""
+    pairs of one process run one at a time, whatever their dataset (one process-wide lock). A
+    plateaulab error is returned, not raised, for the client to raise: it is the user's error, not
+    the worker's."""
     from dataclasses import asdict
 
     from ..errors import PlateaulabError
@@ -424,11 +429,9 @@ def _pair_task(job: dict, spec, dataset: str, inputs) -> dict:
                 except PlateaulabError as exc:
                     raise InputError(f"worker on {_HOST}: {exc} (the store must be on a file system shared by the "
                                      "client and every worker, at the same path)") from None
-                entry = _EXTRACTORS[key] = (_Checkpoints(_Run(st, {dataset: inputs}, job["opt"]), job["metadata"]),
-                                            threading.Lock())
-        extractor, lock = entry
-        with lock:
-            return {"pairs": [asdict(r) for r in extractor.extract(spec)], "error": None}
+                entry = _EXTRACTORS[key] = _Checkpoints(_Run(st, {dataset: inputs}, job["opt"]), job["metadata"])
+        with _PAIR_LOCK:
+            return {"pairs": [asdict(r) for r in entry.extract(spec)], "error": None}
     except PlateaulabError as exc:
         return {"pairs": [], "error": exc}
 

@@ -22,7 +22,7 @@ import numpy as np
 from ..errors import InputError, PlateaulabError
 from . import deps
 from .inputs import SplitSource
-from .layers import Layer, Layout, layer_tensor, pool
+from .layers import Layer, Layout, layer_tensor, patch_count, pool
 
 FP16_MAX = float(np.finfo(np.float16).max)
 
@@ -170,6 +170,14 @@ def _split_batch(batch, source: SplitSource):
     )
 
 
+def _image_hw(x):
+    """(H, W) of a batch of images (a 4-D tensor, or Hugging Face ``pixel_values``), else None."""
+    if isinstance(x, dict):
+        x = x.get("pixel_values")
+    shape = getattr(x, "shape", None)
+    return (int(shape[-2]), int(shape[-1])) if shape is not None and len(shape) == 4 else None
+
+
 def _call(model, x):
     if isinstance(x, dict):
         return model(**x)
@@ -187,6 +195,8 @@ class _Capture:
         self.features: dict[str, np.ndarray] = {}
         self.used: dict[str, str] = {}
         self.offset, self.chunk_rows, self.mask, self.fired, self.pending = 0, 0, None, {}, {}
+        # This forward pass's patch-token count (from the patch embedding's hook) and input (H, W).
+        self.patches, self.image_hw = None, None
 
     def mode_for(self, name):
         return self.pooling.get(name, self.pooling.get("*", "auto")) if isinstance(self.pooling, dict) else self.pooling
@@ -196,6 +206,9 @@ class _Capture:
             value = args if layer.hook == "input" else output
             self.write(index, layer, layer_tensor(value, layer.name))
         return on_output
+
+    def on_patch_embed(self, module, args, output) -> None:
+        self.patches = patch_count(output, module)
 
     def write(self, index: int, layer: Layer, x) -> None:
         name = layer.name
@@ -209,7 +222,7 @@ class _Capture:
                 raise InputError(f"{self.where}, layer {name!r}: the pooling callable returned shape "
                                  f"{tuple(pooled.shape)}; it must return (N, D)")
         else:
-            pooled, how = pool(x, mode, self.layout, self.mask, name)
+            pooled, how = pool(x, mode, self.layout, self.mask, name, self.patches, self.image_hw)
         if pooled.shape[0] != self.chunk_rows:
             raise InputError(
                 f"{self.where}, layer {name!r}: output has {pooled.shape[0]} rows for a batch of {self.chunk_rows}; "
@@ -264,6 +277,12 @@ def run_split(model, layers: list[Layer], source: SplitSource, *, device, amp_dt
             handles.append(layer.module.register_forward_pre_hook(cap.hook(i, layer)))
         else:
             handles.append(layer.module.register_forward_hook(cap.hook(i, layer)))
+    patch_embed = dict(model.named_modules()).get(layout.patch_embed) if layout.patch_embed else None
+    if layout.prefix_tokens and patch_embed is not None:
+        # The patch count of each pass (the model may run at another resolution than it was built
+        # for): a token output with exactly that many tokens carries no prefix (CaiT, XCiT blocks).
+        # Prepended, so that it is known before a hook on the patch embedding itself pools.
+        handles.append(patch_embed.register_forward_hook(cap.on_patch_embed, prepend=True))
     on_gpu = device.type == "cuda"
     autocast = (torch.autocast(device_type=device.type, dtype=amp_dtype) if amp_dtype is not None
                 else contextlib.nullcontext())
@@ -291,6 +310,7 @@ def run_split(model, layers: list[Layer], source: SplitSource, *, device, amp_dt
                     chunk = _to(_slice(xb, i, j), device, non_blocking=on_gpu)
                     cap.offset, cap.chunk_rows, cap.fired, cap.pending = offset + i, j - i, {}, {}
                     cap.mask = chunk.get("attention_mask") if isinstance(chunk, dict) else None
+                    cap.patches, cap.image_hw = None, _image_hw(chunk)
                     try:
                         _call(model, chunk)
                     except PlateaulabError:

@@ -21,13 +21,16 @@ A block's output is (N, tokens, D) for transformers and mixers and a feature map
 (PROTOCOL.md §8): (N, C, H, W), or (N, H, W, C) for models that say so (timm's Swin, SwinV2 and
 MambaOut set ``output_fmt = "NHWC"``) or that are known to be channels-last without saying so
 (torchvision's Swin transformers, whose ``features.*`` stages are NHWC). A map whose shape contradicts
-the declared order (square in the two axes the declaration calls channel and width, not in the two
-it calls height and width) is refused, naming the layer: averaging over the wrong axes would give a
-vector of the wrong length and meaning, silently. Token outputs are pooled by the class token or by the mean over
-the tokens that follow the model's prefix tokens (class, distillation and register tokens: timm's
-``num_prefix_tokens``, or counted from the ``cls_token``/``dist_token``/``reg_token`` parameters), as
-timm's own average pooling does. When the batch carries an ``attention_mask`` of shape (N, tokens)
-the mean runs over real tokens only, so padding of text batches does not leak into the features.
+the declared order is refused, naming the layer (``check_map_format``): averaging over the wrong axes
+would give a vector of the wrong length and meaning, silently. Token outputs are pooled by the class
+token or by the mean over the tokens that follow the model's prefix tokens (class, distillation and
+register tokens: timm's ``num_prefix_tokens``, or counted from the ``cls_token``/``dist_token``/
+``reg_token`` parameters), as timm's own average pooling does. The prefix is decided per output: one
+with exactly as many tokens as the patch embedding produced carries none (CaiT and XCiT add their
+class token only after ``blocks.*``, in their class-attention blocks; a ViT's ``patch_embed``), so
+it is averaged over every token, and "cls" is refused for it. When the batch carries an
+``attention_mask`` of shape (N, tokens) the mean runs over real tokens only, so padding of text
+batches does not leak into the features.
 Feature maps are globally average-pooled. (N, D) outputs are stored as they are. Pooling runs in
 float32 whatever the autocast dtype, so a mean over hundreds of tokens does not lose bits to
 fp16/bf16 accumulation.
@@ -76,13 +79,20 @@ class Layout:
     ``token_pooling``: "cls" or "mean", the "auto" choice for token outputs. ``prefix_tokens``: how
     many leading tokens (class, distillation, register) the token mean skips. ``has_class_token``:
     True, False, or None when the model does not say (a text encoder's [CLS] is an input token).
-    ``map_format``: "NCHW" or "NHWC", the axis order of 4-D feature maps.
+    ``map_format``: "NCHW" or "NHWC", the axis order of 4-D feature maps. ``num_patches``: the
+    number of patch tokens of the model's patch embedding at the size it was built for (timm
+    ``patch_embed.num_patches``, Hugging Face ``embeddings.patch_embeddings.num_patches``), or None.
+    ``patch_embed``: the name of that module; during a pass the engine hooks it and pools with the
+    patch count it produced (a model run at another resolution), falling back to ``num_patches``.
+    A token output with exactly that many tokens has no prefix tokens.
     """
 
     token_pooling: str = "mean"
     prefix_tokens: int = 0
     has_class_token: bool | None = None
     map_format: str = "NCHW"
+    num_patches: int | None = None
+    patch_embed: str = ""
 
 
 def _param_count(module) -> int:
@@ -114,7 +124,20 @@ def block_layers(model) -> list[Layer]:
 
 
 def _distilled_pre_logits(x):
-    return x[:, :2].mean(dim=1)
+    import torch
+
+    return x[:, :2].mean(dim=1, dtype=torch.float32)
+
+
+def _is_distilled(model, modules) -> bool:
+    """A timm distilled model: a ``head_dist`` and either a ``dist_token`` (DeiT) or a ``cls_token``
+    of shape (1, 2, D) that holds the class and distillation tokens together (PiT)."""
+    if "head_dist" not in modules:
+        return False
+    if "dist_token" in dict(model.named_parameters()):
+        return True
+    cls = getattr(model, "cls_token", None)
+    return getattr(cls, "ndim", 0) == 3 and int(cls.shape[1]) == 2
 
 
 def pre_logits_layer(model) -> Layer | None:
@@ -125,8 +148,7 @@ def pre_logits_layer(model) -> Layer | None:
     # timm's distilled models (DeiT, PiT) classify from two tokens with two heads and average the
     # logits; their pre-logits (``forward_head(x, pre_logits=True)``) are the mean of the class and
     # distillation tokens of the final norm's output.
-    if "head_dist" in modules and isinstance(modules.get("norm"), nn.Module) and "dist_token" in dict(
-            model.named_parameters()):
+    if isinstance(modules.get("norm"), nn.Module) and _is_distilled(model, modules):
         return Layer(PRE_LOGITS, modules["norm"], reduce=_distilled_pre_logits, reduce_name="mean(cls,dist)")
     for name in _HEAD_NAMES:
         mod = modules.get(name)
@@ -213,9 +235,12 @@ def model_layout(model) -> Layout:
 
     timm models state it: ``num_prefix_tokens`` (class + distillation + register tokens, always first),
     ``pool_include_prefix`` (a mean over every token), ``has_class_token`` and ``output_fmt``. For
-    other models the prefix is counted from the parameters that hold those tokens: one for each class
-    or distillation token, and the register count of a ``reg_token`` / ``register_tokens`` of shape
-    (1, R, D) (Hugging Face DINOv2 with registers).
+    other models the prefix is counted from the parameters that hold those tokens: the T of a class
+    token of shape (1, T, D) (PiT-distilled keeps its class and distillation tokens in one
+    ``cls_token`` of shape (1, 2, D)), one for a 1-D class embedding (CLIP) and for each distillation
+    token, and the register count of a ``reg_token`` / ``register_tokens`` of shape (1, R, D)
+    (Hugging Face DINOv2 with registers). ``num_patches`` and ``patch_embed`` come from the one
+    patch-embedding module (``_patch_embedding``).
     """
     params = {name.rsplit(".", 1)[-1]: p for name, p in model.named_parameters()}
     has_cls = getattr(model, "has_class_token", None)
@@ -228,7 +253,10 @@ def model_layout(model) -> Layout:
             has_cls = None
     prefix = getattr(model, "num_prefix_tokens", None)
     if not isinstance(prefix, int) or isinstance(prefix, bool):
-        prefix = sum(1 for k in _CLASS_TOKENS + _DIST_TOKENS if k in params)
+        prefix = sum(1 for k in _DIST_TOKENS if k in params)
+        for k in _CLASS_TOKENS:
+            if k in params:
+                prefix += int(params[k].shape[-2]) if params[k].ndim == 3 else 1
         for k in _REG_TOKENS:
             if k in params:
                 prefix += int(params[k].shape[-2]) if params[k].ndim >= 2 else 1
@@ -237,7 +265,49 @@ def model_layout(model) -> Layout:
     fmt = getattr(model, "output_fmt", None)
     if fmt not in ("NCHW", "NHWC"):
         fmt = "NHWC" if _channels_last_without_saying(model) else "NCHW"
-    return Layout(default_token_pooling(model), int(prefix), has_cls, fmt)
+    patch_embed, num_patches = _patch_embedding(model)
+    return Layout(default_token_pooling(model), int(prefix), has_cls, fmt, num_patches, patch_embed)
+
+
+_PATCH_EMBED_NAMES = ("patch_embed", "patch_embeddings")
+
+
+def _patch_embedding(model) -> tuple[str, int | None]:
+    """The name and patch count of the model's patch embedding: the one module named ``patch_embed``
+    (timm) or ``patch_embeddings`` (Hugging Face) that states ``num_patches`` or a 2-D ``grid_size``.
+    None when there is no such module or more than one (multi-branch models such as CrossViT)."""
+    found = []
+    for name, mod in model.named_modules():
+        if name.rsplit(".", 1)[-1] not in _PATCH_EMBED_NAMES:
+            continue
+        n = getattr(mod, "num_patches", None)
+        if not isinstance(n, int) or isinstance(n, bool):
+            grid = getattr(mod, "grid_size", None)
+            n = (int(grid[0]) * int(grid[1]) if isinstance(grid, (tuple, list)) and len(grid) == 2
+                 and all(isinstance(g, int) for g in grid) else None)
+        if n:
+            found.append((name, n))
+    return found[0] if len(found) == 1 else ("", None)
+
+
+def patch_count(output, module) -> int | None:
+    """How many patch tokens a patch embedding produced, from its output: (N, L, D) or a tuple that
+    starts with one (XCiT returns ((N, L, D), (Hp, Wp))), or a 4-D map in the module's
+    ``output_fmt`` (timm: NCHW unless it says NHWC). None for anything else."""
+    import torch
+
+    x = output
+    if isinstance(x, (tuple, list)) and x:
+        x = x[0]
+    if not isinstance(x, torch.Tensor):
+        return None
+    if x.ndim == 3:
+        return int(x.shape[1])
+    if x.ndim == 4:
+        fmt = getattr(module, "output_fmt", "NCHW")
+        nhwc = getattr(fmt, "value", fmt) == "NHWC"
+        return int(x.shape[1] * x.shape[2]) if nhwc else int(x.shape[2] * x.shape[3])
+    return None
 
 
 # Models whose feature maps are (N, H, W, C) but carry no ``output_fmt``: (module, class) of the model.
@@ -249,10 +319,19 @@ def _channels_last_without_saying(model) -> bool:
     return any((c.__module__, c.__name__) in _CHANNELS_LAST for c in cls.__mro__)
 
 
-def check_map_format(shape: tuple, map_format: str, layer: str) -> None:
-    """Refuse a 4-D output whose shape contradicts ``map_format``: a square pair of axes where the
-    declared order puts (channels, height) or (width, channels), and no square pair where it puts
-    (height, width). Non-square maps carry no evidence either way and pass."""
+def check_map_format(shape: tuple, map_format: str, layer: str, image_hw: tuple | None = None) -> None:
+    """Refuse a 4-D output whose shape contradicts ``map_format``.
+
+    Only one kind of evidence is used: which pair of axes is square. Of the two candidate (H, W)
+    pairs, axes 1-2 (NHWC's) and axes 2-3 (NCHW's), the map is refused when exactly one is square
+    and it is not the declared format's: (N, 56, 56, 96) taken as NCHW, (N, 96, 56, 56) taken as
+    NHWC. Maps where both pairs or neither is square pass (the shape says nothing). So does every
+    map of a pass whose input images are not square (``image_hw``, the (H, W) of the batch, when the
+    engine knows it): their maps are not square either, and an NCHW map whose channel count equals
+    its height, (N, 64, 64, 32) from 128 x 64 images, would otherwise be refused. With square (or
+    unknown) inputs such a map is refused; pool it with a callable."""
+    if image_hw is not None and image_hw[0] != image_hw[1]:
+        return
     _, a, b, c = shape
     looks = "NHWC" if a == b != c else "NCHW" if b == c != a else None
     if looks is not None and looks != map_format:
@@ -260,7 +339,7 @@ def check_map_format(shape: tuple, map_format: str, layer: str) -> None:
             f"layer {layer!r} outputs a feature map of shape {tuple(shape)}, which looks {looks} (height and "
             f"width equal), but the model's maps are taken as {map_format}; averaging over the wrong axes "
             "would give wrong features. Name another layer, or pass a callable as {param} that pools this "
-            "output", param="pooling")
+            "output (also if it is a non-square map whose channel count equals one side)", param="pooling")
 
 
 def check_pooling(pooling) -> None:
@@ -276,10 +355,13 @@ def check_pooling_for(model, layout: Layout, pooling) -> None:
     register or patch token)."""
     modes = pooling.values() if isinstance(pooling, dict) else [pooling]
     if layout.has_class_token is False and any(isinstance(m, str) and m == "cls" for m in modes):
+        p = layout.prefix_tokens
+        first = ("its token 0 is a patch token: it has no prefix tokens" if p == 0 else
+                 "its token 0 is its register token" if p == 1 else
+                 f"its token 0 is the first of its {p} register tokens")
         raise InputError(
             f"{{param}} 'cls' asks for the class token, but {type(model).__name__} has none (it was built "
-            f"without one; its first of {layout.prefix_tokens} prefix tokens is a register token); "
-            "use 'mean' or 'auto'", param="pooling")
+            f"without one; {first}); use 'mean' or 'auto'", param="pooling")
 
 
 def layer_tensor(output, layer: str):
@@ -299,14 +381,18 @@ def layer_tensor(output, layer: str):
     raise InputError(f"layer {layer!r} produced {type(output).__name__}, not a tensor; name another layer")
 
 
-def pool(x, mode: str, layout, mask=None, layer: str = ""):
+def pool(x, mode: str, layout, mask=None, layer: str = "", patches: int | None = None,
+         image_hw: tuple | None = None):
     """Reduce one layer's output to (N, D) float32 and say which pooling was used.
 
     ``mode`` is the pooling asked for ("auto", "cls", "mean", "gap"); it decides how token outputs
     are pooled ("auto" defers to ``layout.token_pooling``, "gap" means the token mean). 4-D maps
-    are always globally average-pooled (over H, W of ``layout.map_format``) and 2-D outputs kept,
-    whatever ``mode`` says. The token mean skips ``layout.prefix_tokens`` leading tokens and is
-    recorded as "mean[P:]" when P > 0. ``layout`` may be a bare token pooling ("cls"/"mean").
+    are always globally average-pooled (over H, W of ``layout.map_format``; ``image_hw`` goes to
+    ``check_map_format``) and 2-D outputs kept, whatever ``mode`` says. The token mean skips
+    ``layout.prefix_tokens`` leading tokens and is recorded as "mean[P:]" when P > 0, except for an
+    output with exactly ``patches`` tokens (the patch embedding's count in this pass, else
+    ``layout.num_patches``): it carries no prefix, so "auto" averages all of its tokens ("mean")
+    and "cls" is refused. ``layout`` may be a bare token pooling ("cls"/"mean").
     """
     import torch
 
@@ -318,16 +404,27 @@ def pool(x, mode: str, layout, mask=None, layer: str = ""):
     if x.ndim == 2:
         return x.to(f32, copy=True), "none"
     if x.ndim == 4:
-        check_map_format(tuple(x.shape), layout.map_format, layer)
+        check_map_format(tuple(x.shape), layout.map_format, layer, image_hw)
         return x.mean(dim=(1, 2) if layout.map_format == "NHWC" else (2, 3), dtype=f32), "gap"
     if x.ndim != 3:
         raise InputError(
             f"layer {layer!r} outputs shape {tuple(x.shape)}; expected (N, D), (N, tokens, D) or (N, C, H, W); "
             "pass a callable as {param} or name another layer", param="pooling")
+    p = layout.prefix_tokens
+    patches = patches if patches is not None else layout.num_patches
+    no_prefix = bool(p) and patches is not None and x.shape[1] == patches
     how = layout.token_pooling if mode == "auto" else ("mean" if mode == "gap" else mode)
+    if no_prefix:
+        if how == "cls":
+            if mode == "cls":
+                raise InputError(
+                    f"layer {layer!r} outputs {x.shape[1]} tokens, the model's {patches} patch tokens and no class "
+                    "token (CaiT and XCiT add theirs after their blocks); {param} 'cls' would store a patch "
+                    "token. Use 'mean' or 'auto' for this layer", param="pooling")
+            how = "mean"
+        p = 0
     if how == "cls":
         return x[:, 0].to(f32, copy=True), "cls"
-    p = layout.prefix_tokens
     if p and x.shape[1] <= p:
         raise InputError(
             f"layer {layer!r} outputs {x.shape[1]} tokens, but the model has {p} prefix (class, distillation, "
