@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import argparse
-
-from .inputs import BUILTIN_LIST, add_fit_arguments, add_input_arguments, read_input, write_table
+from .inputs import (BUILTIN_LIST, HelpFormatter, add_fit_arguments, add_input_arguments, add_seed_argument,
+                     check_output_file, read_input, write_json, write_table)
 
 
 def register(subparsers) -> None:
@@ -16,7 +15,7 @@ def register(subparsers) -> None:
                     "the data identify each of them, flags, the models the fit rests on and, with --bootstrap, the "
                     f"intervals. -o writes the records as .json, .csv or .parquet. INPUT may be a builtin table: "
                     f"{BUILTIN_LIST}.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     add_input_arguments(p)
     p.add_argument("--on", default="hull", choices=("hull", "all"), help="fit the upper hull or every point")
     p.add_argument("--loss", default="l2", choices=("l2", "huber", "log"), help="fitting loss")
@@ -25,7 +24,7 @@ def register(subparsers) -> None:
     p.add_argument("--m", type=int, default=None,
                    help="models drawn per model-bootstrap replicate (m-out-of-n; default n). See docs/ANALYSIS.md")
     p.add_argument("--ci", type=float, default=0.95, help="interval level")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    add_seed_argument(p, help="bootstrap seed")
     p.add_argument("--shots", type=float, default=None, help="fit only this shots value")
     p.add_argument("--json", action="store_true", help="print the JSON object instead of a table")
     p.add_argument("--indent", type=int, default=None, help="indent the JSON")
@@ -41,6 +40,8 @@ def run(args) -> int:
     from ..analysis.records import jsonable
     from ..analysis.study import analyse_group, check_bootstrap
 
+    if args.output:              # a file that cannot be written is refused before the fits, not after
+        check_output_file(args.output)
     src = read_input(args)
     check_bootstrap(args.bootstrap, len(src.long))
     extra = {} if src.layer_rule is None else {"layer": src.layer_rule}
@@ -54,16 +55,7 @@ def run(args) -> int:
     out = jsonable({"table": table.source, "us": table.us_name, "scale_detected": table.scale_detected,
                     "n_dropped_nan": table.n_dropped_nan, "notes": src.notes, "fits": fits})
     if args.output and args.output.lower().endswith(".json"):
-        from pathlib import Path
-
-        from ..errors import InputError
-
-        if not Path(args.output).parent.is_dir():
-            raise InputError(f"-o {args.output!r}: the folder {str(Path(args.output).parent)!r} does not exist; "
-                             "create it first")
-        with open(args.output, "w") as f:
-            json.dump(out, f, indent=2)
-        print(args.output)
+        print(write_json(out, args.output))
     elif args.output:
         print(write_table(_flat(fits), args.output))
     elif args.json:

@@ -62,8 +62,8 @@ def register(sub) -> None:
 
 
 def add_scale_arguments(p, unit: str) -> None:
-    """``unit``: the unit of work one task does, in words."""
-    """--workers / --scheduler / --scheduler-file / --shard, shared by probe and extract (docs/SCALE.md)."""
+    """--workers / --scheduler / --scheduler-file / --shard, shared by probe and extract (docs/SCALE.md).
+    ``unit``: the unit of work one task does, in words."""
     g = p.add_argument_group("beyond one process (docs/SCALE.md; --workers/--scheduler need plateaulab[cluster])")
     where = g.add_mutually_exclusive_group()
     where.add_argument("--workers", metavar="N", default=None,

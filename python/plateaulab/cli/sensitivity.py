@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import argparse
-
-from .inputs import BUILTIN_LIST, add_input_arguments, read_input, write_table
+from .inputs import (BUILTIN_LIST, HelpFormatter, add_input_arguments, add_seed_argument, check_output_file,
+                     read_input, write_table)
 
 
 def register(subparsers) -> None:
@@ -15,7 +14,7 @@ def register(subparsers) -> None:
                     "and the prediction error on the held-out upper range, as in App. F.1.1 of Abnar et al. "
                     "(ICLR 2022). Prints (or writes) a tidy table of mean and std per sample size. The metric "
                     f"defaults to the mean squared error in accuracy units. INPUT may be a builtin: {BUILTIN_LIST}.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     add_input_arguments(p)
     p.add_argument("--cut", type=float, default=None, help="US accuracy separating fit (<) and held-out (>=) points")
     p.add_argument("--cut-quantile", type=float, default=0.75, help="quantile of US accuracy used when --cut is absent")
@@ -28,7 +27,7 @@ def register(subparsers) -> None:
                    help="prediction target: own = each mode against what it predicts (hull fits: the held-out "
                         "points' rising hull; all-point fits: every held-out point); all = every held-out point")
     p.add_argument("--tail", action="store_true", help="hull fits include the hull's descending tail")
-    p.add_argument("--seed", type=int, default=0, help="seed of the draws")
+    add_seed_argument(p, help="seed of the draws")
     p.add_argument("--shots", type=float, default=None, help="use only this shots value")
     p.add_argument("--json", action="store_true", help="print JSON records instead of a text table")
     p.add_argument("-o", "--output", default=None, metavar="FILE", help="write the table (.csv, .json or .parquet)")
@@ -42,13 +41,11 @@ def run(args) -> int:
 
     from ..analysis import sample_size_sensitivity
     from ..analysis.groups import iter_groups
-    from ..errors import InputError
 
+    sizes = _sizes(args.sizes)
+    if args.output:              # a file that cannot be written is refused before the draws, not after
+        check_output_file(args.output)
     src = read_input(args)
-    try:
-        sizes = None if args.sizes is None else [int(s) for s in args.sizes.split(",") if s.strip()]
-    except ValueError:
-        raise InputError(f"--sizes must be comma-separated integers; got {args.sizes!r}") from None
     on = tuple(s.strip() for s in args.on.split(",") if s.strip())
     parts = []
     for g in iter_groups(src.long, tasks=src.table.ds_tasks, shots=args.shots):
@@ -69,3 +66,19 @@ def run(args) -> int:
         with pd.option_context("display.width", 200, "display.max_columns", None):
             print(out.to_string(index=False))
     return 0
+
+
+def _sizes(text):
+    """--sizes: None (the default sizes), or at least one integer."""
+    from ..errors import InputError
+
+    if text is None:
+        return None
+    try:
+        sizes = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise InputError(f"{{param}} must be comma-separated integers; got {text!r}", param="sizes") from None
+    if not sizes:
+        raise InputError(f"{{param}} names no sample size ({text!r}); give one or more, e.g. {{param}} 10,20,40, "
+                         "or leave it out for the default sizes", param="sizes")
+    return sizes

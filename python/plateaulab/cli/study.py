@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import argparse
-
-from .inputs import add_fit_arguments, add_hparam_argument, add_input_arguments, input_options
+from .inputs import HelpFormatter, add_fit_arguments, add_hparam_argument, add_input_arguments, add_seed_argument, \
+    input_options
 
 
 def register(subparsers) -> None:
@@ -14,12 +13,14 @@ def register(subparsers) -> None:
                     "downstream task and write a self-contained HTML report with the paper's figures. With no "
                     "INPUT, runs on the open_clip results table shipped with plateaulab "
                     "(mlfoundations/open_clip, docs/openclip_results.csv, commit 29b90b8d).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     add_input_arguments(p, optional_input=True)
     add_hparam_argument(p)
-    p.add_argument("-o", "--output", required=True, metavar="REPORT_DIR", help="directory for the report")
+    p.add_argument("-o", "--output", required=True, metavar="REPORT_DIR",
+                   help="directory for the report: a new or empty one, or an earlier report, which is replaced "
+                        "whole (a folder holding anything else is refused; docs/STUDY.md)")
     add_fit_arguments(p, bootstrap_default=300)
-    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and the sensitivity draws")
+    add_seed_argument(p, help="seed of the bootstrap and the sensitivity draws")
     p.add_argument("--axis-scale", default="linear", choices=("linear", "logit", "neglog1m"),
                    help="axis scaling of the DS-vs-US plots (neglog1m is -log(1 - p)); fits are always on 0-1 "
                         "accuracies")

@@ -19,7 +19,10 @@ from ..analysis.groups import shots_order  # noqa: E402
 from .text import SCALE_NAMES, saturation_text, shots_text, shots_tick, status  # noqa: E402
 
 COLORS = {"points": "#6b8fb5", "hull": "#1f3b63", "fit_hull": "#c0392b", "fit_all": "#3d8a7a",
-          "band": "#e6a19a", "sat": "#c0392b", "overlay": "#d62728", "unidentified": "#8c8c8c"}
+          "band": "#e6a19a", "sat": "#c0392b", "overlay": "#d62728", "unidentified": "#8c8c8c",
+          "planted": "#7b3fa0"}
+#: the planted saturation in Figure 1: its own colour and dash (the all-points fit is green dash-dot)
+PLANTED_STYLE = dict(color=COLORS["planted"], ls="--", lw=1.2)
 SCALE_LABEL = {"linear": "{}", "logit": "logit({})", "neglog1m": "-log(1 - {})"}
 
 plt.rcParams.update({"font.size": 9, "axes.titlesize": 9, "axes.labelsize": 9, "legend.fontsize": 9,
@@ -126,11 +129,12 @@ def _panel_title(r) -> str:
 
 
 def _draw_hull(ax, r, scale: str) -> None:
-    """The upper hull: the rising part the fit uses, solid, and the descending tail, dotted."""
+    """The upper hull: the part the fit uses, solid (all of it with ``tail``), and the descending tail, dotted."""
     h = r.hull
     used = len(r.fit_hull.fit_indices) if r.fit_hull.on == "hull" and not r.fit_hull.tail else len(h)
     xs, ys = _dense(r.us[h[:used]], r.ds[h[:used]])
-    ax.plot(_scale(xs, scale), _scale(ys, scale), "-", color=COLORS["hull"], lw=1.0, label="upper hull (fitted part)")
+    label = "upper hull (fitted part)" if used < len(h) else "upper hull (fitted)"
+    ax.plot(_scale(xs, scale), _scale(ys, scale), "-", color=COLORS["hull"], lw=1.0, label=label)
     ax.plot(_scale(r.us[h[:used]], scale), _scale(r.ds[h[:used]], scale), "o", color=COLORS["hull"], ms=3.5)
     if used < len(h):
         xs, ys = _dense(r.us[h[used - 1:]], r.ds[h[used - 1:]])
@@ -179,8 +183,7 @@ def _saturation_panel(ax, r, scale: str, planted: dict | None = None) -> None:
                 lw=1.0, alpha=0.8, label="eq. (1) fit on all points")
     _draw_fit(ax, r, grid, scale)
     if planted and r.task in planted:
-        ax.axhline(_scale(np.array([planted[r.task]]), scale)[0], color="#2ca02c", ls="-.", lw=1.2,
-                   label="planted saturation")
+        ax.axhline(_scale(np.array([planted[r.task]]), scale)[0], **PLANTED_STYLE, label="planted saturation")
     ax.grid(alpha=0.25, lw=0.5)
     if scale == "linear":
         ax.set_xlim(grid[0], 1.0)
@@ -188,9 +191,11 @@ def _saturation_panel(ax, r, scale: str, planted: dict | None = None) -> None:
 
 
 def saturation_grid(groups, us_name: str, scale: str = "linear", planted: dict | None = None):
-    """Figure 1: per (DS task, shots) the points, the upper hull (the fitted rising part solid, the tail
-    dotted), eq. (1) fitted on the hull (grey dashed when the data do not identify the saturation) and on all
-    points, the band of the primary interval and the saturation line 1 - e_IR."""
+    """Figure 1: per (DS task, shots) the points, the upper hull (the fitted part solid: the rising part, or
+    all of it for fits with ``tail``; an unfitted tail dotted), eq. (1) fitted on the hull (grey dashed when
+    the data do not identify the saturation) and on all points (green dash-dot), the band of the interval
+    asked for (when a bootstrap ran), the saturation line 1 - e_IR and, for synthetic inputs, the planted
+    saturation (purple dashed)."""
     fig, axes, panels = _panel_axes(groups, width=3.3, height=3.1, extra_top=0.9)
     for ax, r in zip(panels, groups):
         _saturation_panel(ax, r, scale, planted)

@@ -15,8 +15,8 @@ import pandas as pd
 from . import figures as F
 from . import html as H
 from . import tables as T
-from .text import (SCALE_NAMES, absent_line, hparam_sentence, identified_count, ranked, scaleup_sentence, shots_text,
-                   shots_tick, summary_sentence)
+from .text import (SCALE_NAMES, absent_line, hparam_sentence, identified_count, interval_name, interval_phrase, ranked,
+                   scaleup_sentence, shots_text, shots_tick, summary_sentence)
 
 
 @dataclasses.dataclass
@@ -29,6 +29,11 @@ class Page:
     @property
     def source(self):
         return self.res.source
+
+
+#: --ci-source in the header's words
+_CI_WORDS = {"both": "measurement noise and model bootstrap", "noise": "measurement noise (model bootstrap where "
+             "test-set sizes are unknown)", "models": "model bootstrap"}
 
 
 def _count(n: int, word: str) -> str:
@@ -46,8 +51,11 @@ def header(page: Page) -> list[str]:
            f"Input: {H.esc(src.citation)}. Upstream (x axis): <b>{H.esc(src.table.us_name)}</b>. "
            f"{_count(src.long['model'].nunique(), 'model')}, {_count(len(src.table.ds_tasks), 'downstream task')}"
            + (f", shots: {', '.join(shots_tick(s) for s in shots)}" if shots else "")
-           + f". Bootstrap: {res.n_boot} replicates (seed {res.seed}). "
-           f"Axis scale: {SCALE_NAMES[page.axis_scale]}. Analysis time {res.timings.get('total', 0):.1f} s.</p>",
+           + (f". Bootstrap: {res.n_boot} replicates (seed {res.seed}), intervals: "
+              f"{_CI_WORDS.get(res.ci_source, H.esc(res.ci_source))}. "
+              if res.n_boot > 0 else ". Bootstrap: off (no intervals). ")
+           + ("Fits include the hull's descending tail (--tail). " if res.tail else "")
+           + f"Axis scale: {SCALE_NAMES[page.axis_scale]}. Analysis time {res.timings.get('total', 0):.1f} s.</p>",
            '<p class="meta">Method: Abnar, Dehghani, Neyshabur and Sedghi, "Exploring the Limits of Large Scale '
            'Pre-training", ICLR 2022. For each downstream (DS) task, eq. (1) e_DS = k &middot; e_US<sup>&alpha;</sup> '
            "+ e_IR (e = 1 &minus; accuracy) is fitted to the upper convex hull of the DS-vs-US points; the saturation "
@@ -89,9 +97,9 @@ def summary(page: Page) -> list[str]:
     out = ["<h2>Summary per task</h2>",
            f"<p><b>{H.esc(identified_count(groups))}</b> A saturation counts as identified when its profile "
            "interval stays inside [0, 1] (docs/ANALYSIS.md); the others are listed after the ranking with the "
-           "reason, and their fitted numbers are not findings. Each saturation is given with its primary 95% "
-           "interval (measurement noise where the test-set sizes are known, else the model bootstrap), the number "
-           "of models the fit rests on, and how far the plateau lies above the best model observed.</p>"]
+           f"reason, and their fitted numbers are not findings. Each saturation is given with "
+           f"{H.esc(interval_phrase(page.res))}, the number of models the fit rests on, and how far the plateau "
+           "lies above the best model observed.</p>"]
     if page.planted:
         planted = T.planted_table(groups, page.planted)
         if not planted.empty:
@@ -112,13 +120,19 @@ def saturation_figure(page: Page) -> list[str]:
         return []
     png = page.art.figure("fig1_saturation_grid", F.saturation_grid(page.res.groups, page.source.table.us_name,
                                                                     page.axis_scale, page.planted))
-    caption = ("Each panel: the models (dots); their upper convex hull, solid up to its highest vertex (the part the fit "
-               "uses) and dotted after it; eq. (1) fitted on that rising hull (red) with the 95% pointwise band of its "
-               "primary interval (shaded), or dashed grey with the reason in the title when the data do not identify "
-               "the saturation; eq. (1) fitted on all points (green dash-dot); and the saturation line 1 &minus; e_IR "
-               "(red dotted). Hull edges and curves are drawn in accuracy space, so on logit or -log(1 - p) axes "
-               "they bend."
-               + (" Green dash-dots: the saturation planted by construction." if page.planted else ""))
+    res = page.res
+    band = interval_name(res)
+    caption = ("Each panel: the models (dots); "
+               + ("their upper convex hull, all of it fitted (<code>--tail</code>: the descending tail too); eq. (1) "
+                  "fitted on that hull (red)" if res.tail else
+                  "their upper convex hull, solid up to its highest vertex (the part the fit uses) and dotted after "
+                  "it; eq. (1) fitted on that rising hull (red)")
+               + (f" with the 95% pointwise band of its {band} (shaded)" if band else
+                  " (no band: the bootstrap was off, <code>--bootstrap 0</code>)")
+               + ", or dashed grey with the reason in the title when the data do not identify the saturation; eq. (1) "
+               "fitted on all points (green dash-dot); and the saturation line 1 &minus; e_IR (red dotted)"
+               + ("; the saturation planted by construction (purple dashed)" if page.planted else "")
+               + ". Hull edges and curves are drawn in accuracy space, so on logit or -log(1 - p) axes they bend.")
     return ["<h2>DS accuracy against US accuracy (Figure 1)</h2>", H.figure(png, caption, "Figure 1 grid")]
 
 
@@ -145,16 +159,31 @@ def parameters(page: Page) -> list[str]:
     if not fits_all.empty:
         page.art.table("fits_all_points", fits_all)
     page.art.table("points", T.points_table(page.res))
+    res = page.res
+    fitted = ("Fitted on the whole upper hull, its descending tail included (<code>--tail</code>; by default only "
+              "the rising part, from the leftmost vertex to the highest, is fitted, eq. (1) being monotone)"
+              if res.tail else
+              "Fitted on the rising part of the upper hull, from its leftmost vertex to its highest one (eq. (1) "
+              "is monotone; the descending tail is drawn dotted and not fitted)")
+    noise = "<i>noise</i> redraws every accuracy from its test-set size (the uncertainty for these models)"
+    models = ("<i>models</i> resamples the models (another set of models; the hull is an extreme-value statistic, "
+              "for which the n-out-of-n bootstrap is inconsistent, Bickel &amp; Sakov)")
+    if res.n_boot <= 0:
+        intervals = "No intervals: the bootstrap was off (<code>--bootstrap 0</code>)."
+    elif res.ci_source == "models":
+        intervals = ("Intervals are 95% percentile intervals of the model bootstrap (<code>--ci-source "
+                     f"models</code>): {models}.")
+    elif res.ci_source == "noise":
+        intervals = (f"Intervals are 95% percentile intervals of the measurement-noise bootstrap (<code>--ci-source "
+                     f"noise</code>): {noise}; where the test-set sizes are unknown, of the model bootstrap instead "
+                     f"({models}), as the <b>interval</b> column and the flags say.")
+    else:
+        intervals = (f"Intervals are 95% percentile intervals of one of two bootstraps, named in the <b>interval</b> "
+                     f"column: {noise}, {models}. Both are in <code>tables/parameters.csv</code>.")
     return ["<h2>Parameters of eq. (1) per task</h2>",
-            "<p>Fitted on the rising part of the upper hull, from its leftmost vertex to its highest one (eq. (1) "
-            "is monotone; the descending tail is drawn dotted and not fitted), by variable projection with the "
-            "global optimum over alpha. <b>identified</b>: whether the profile of the least-squares objective pins "
-            "down each parameter (a profile interval that reaches a bound means the data cannot tell). Intervals "
-            "are 95% percentile intervals of one of two bootstraps, named in the <b>interval</b> column: "
-            "<i>noise</i> redraws every accuracy from its test-set size (the uncertainty for these models), "
-            "<i>models</i> resamples the models (another set of models; the hull is an extreme-value statistic, "
-            "for which the n-out-of-n bootstrap is inconsistent, Bickel &amp; Sakov). Both are in "
-            "<code>tables/parameters.csv</code>.</p>",
+            f"<p>{fitted}, by variable projection with the global optimum over alpha. <b>identified</b>: whether the "
+            "profile of the least-squares objective pins down each parameter (a profile interval that reaches a "
+            f"bound means the data cannot tell). {intervals}</p>",
             H.table(T.display_parameters(params), text_cols=("DS task", "flags"), flag_col="flags",
                     nowrap_cols=("alpha [95% CI]", "saturation [95% CI]", "sse"))]
 
@@ -225,10 +254,12 @@ def sensitivity(page: Page) -> list[str]:
         return []
     page.art.table("sensitivity", sens)
     png = page.art.figure("fig3_sensitivity", F.sensitivity_plot(sens))
+    hull = "whole upper hull" if page.res.tail else "rising hull"
     caption = ("Models are split by US accuracy at its 0.75 quantile. n models are drawn from the lower range; eq. (1) "
-               "is fitted to their rising hull or to all of them. Fitting error: mean squared error on the points "
-               "used. Prediction error: each mode against what it claims to predict, the hull fit against the rising "
-               "hull of the held-out high-US models (the frontier), the all-points fit against every held-out model "
+               f"is fitted to their {hull}" + (" (<code>--tail</code>)" if page.res.tail else "") + " or to all of "
+               "them. Fitting error: mean squared error on the points used. Prediction error: each mode against what "
+               f"it claims to predict, the hull fit against the {hull} of the held-out high-US models (the frontier), "
+               "the all-points fit against every held-out model "
                "(the average model); docs/ANALYSIS.md discusses the paper's ambiguous wording. Thin lines: single "
                "tasks (values below 1e-7, exact interpolation of a short hull, are drawn at 1e-7); thick: mean over "
                "tasks.")
@@ -351,8 +382,11 @@ def files(page: Page) -> list[str]:
         stem, _, ext = name.rpartition(".")
         stems.setdefault(folder, {}).setdefault(stem, []).append(ext)
     out = ["<h2>Files</h2><p>Every figure of this page is saved under <code>figures/</code> (PNG and SVG); "
-           "every table under <code>tables/</code> (CSV and JSON). <code>fits.json</code> has the schema of "
-           "<code>plateaulab fit --json</code>.</p>", "<ul>"]
+           "every table under <code>tables/</code> (CSV and JSON). <code>fits.json</code> is "
+           "<code>{\"fits\": [...]}</code>: the records that <code>plateaulab fit --json</code> prints under its key "
+           "<code>fits</code> (one per task and shot count), without that command's "
+           "other keys (table, us, notes). <code>.plateaulab-report</code> marks the folder as a report and lists its "
+           "files: a later study may replace such a folder, and only such a folder.</p>", "<ul>"]
     for folder, items in stems.items():
         listed = ", ".join(f"<code>{H.esc(stem)}</code> ({'/'.join(exts)})" for stem, exts in items.items())
         out.append(f"<li><b>{H.esc(folder or '.')}/</b>: {listed}</li>")

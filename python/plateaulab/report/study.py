@@ -14,7 +14,7 @@ from pathlib import Path
 from ..analysis.sources import read_source
 from ..analysis.study import DEFAULT_BOOTSTRAP, analyse
 from ..errors import InputError
-from .writer import write_report
+from .writer import check_output, write_report
 
 AXIS_SCALES = ("linear", "logit", "neglog1m")
 
@@ -28,9 +28,12 @@ def run_study(source=None, out_dir="study_report", *, us=None, ds=None, n_boot: 
     path of report.html. ``progress(label, done, total)`` is called after each group's fit; ``on_result(result)``
     receives the :class:`~plateaulab.analysis.study.StudyResult` before the report is written.
     input_options go to :func:`~plateaulab.analysis.sources.read_source` (n_test, n_test_us, min_us,
-    exclude, hparams, and the table options). layer_tol: A9's tolerance (accuracy, 0-1)."""
+    exclude, hparams, and the table options). layer_tol: A9's tolerance (accuracy, 0-1).
+    ``out_dir`` is replaced whole, so it must be new, empty or an earlier report written by plateaulab
+    (:func:`~plateaulab.report.writer.check_output`); anything else is refused before the input is read."""
     if axis_scale not in AXIS_SCALES:
         raise InputError(f"{{param}} {axis_scale!r} is not one of {', '.join(AXIS_SCALES)}", param="axis_scale")
+    check_output(out_dir)       # a folder the report may not replace is refused before the analysis, not after
     src = read_source(source, loader=loader, us=us, ds=ds, scale=input_scale, layer=layer, partial=True,
                       **input_options)
     res = analyse(src, n_boot=n_boot, seed=seed, sensitivity=sensitivity, sensitivity_trials=sensitivity_trials,

@@ -8,7 +8,8 @@ import numpy as np
 from ..analysis.groups import shots_order, shots_text
 
 __all__ = ["flags", "saturation_text", "summary_sentence", "ranked", "status", "identified_count", "SCALE_NAMES",
-           "shots_text", "shots_tick", "scaleup_sentence", "hparam_sentence", "absent_line"]
+           "shots_text", "shots_tick", "scaleup_sentence", "hparam_sentence", "absent_line", "interval_name",
+           "interval_phrase"]
 
 SCALE_NAMES = {"linear": "linear", "logit": "logit", "neglog1m": "-log(1 - p)"}
 
@@ -26,6 +27,28 @@ def flags(r) -> list[str]:
 
 
 SOURCE_WORDS = {"noise": "measurement noise", "models": "model bootstrap"}
+
+
+def interval_name(res) -> str | None:
+    """The interval the study asked for, as a noun for captions ('its primary interval', 'its model-bootstrap
+    interval'), from StudyResult.ci_source; None when no bootstrap ran (n_boot = 0)."""
+    if res.n_boot <= 0:
+        return None
+    return {"models": "model-bootstrap interval", "noise": "measurement-noise interval"}.get(res.ci_source,
+                                                                                           "primary interval")
+
+
+def interval_phrase(res) -> str:
+    """Which interval the saturations carry, in words, for the summary: from StudyResult.n_boot and .ci_source."""
+    if res.n_boot <= 0:
+        return "no interval (the bootstrap was off: --bootstrap 0)"
+    if res.ci_source == "models":
+        return "its 95% model-bootstrap interval (--ci-source models: the models resampled)"
+    if res.ci_source == "noise":
+        return ("its 95% measurement-noise interval (--ci-source noise; the model bootstrap, flagged, where the "
+                "test-set sizes are unknown)")
+    return ("its primary 95% interval (measurement noise where the test-set sizes are known, else the model "
+            "bootstrap)")
 
 
 def saturation_text(r) -> str:
