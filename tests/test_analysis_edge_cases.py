@@ -89,6 +89,13 @@ def test_a_negative_seed_is_refused_by_name():
     assert info.value.param == "seed"
 
 
+def test_an_empty_list_of_sample_sizes_is_refused():
+    us, ds = _frontier(seed=4)
+    with pytest.raises(InputError, match="empty") as info:
+        sample_size_sensitivity(us, ds, sizes=[], trials=2)
+    assert info.value.param == "sizes"
+
+
 def test_a_hull_fit_with_its_tail_is_scored_against_the_whole_held_out_hull():
     rng = np.random.default_rng(5)
     us = rng.uniform(0.05, 0.95, 120)

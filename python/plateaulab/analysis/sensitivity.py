@@ -108,6 +108,9 @@ def sample_size_sensitivity(us_acc, ds_acc, *, cut=None, cut_quantile: float = 0
     if sizes is None:
         sizes = default_sizes(n_fit)
     sizes = sorted(set(int(s) for s in sizes))
+    if not sizes:
+        raise InputError("{param} (sample sizes) is empty; give at least one size, or None for the defaults",
+                         param="sizes")
     bad = [s for s in sizes if not 2 <= s <= n_fit]
     if bad:
         raise InputError(f"{{param}} (sample sizes) must lie in [2, {n_fit}] (points with US < cut={cut:g}); got {bad}",
