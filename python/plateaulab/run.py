@@ -3,7 +3,8 @@
 A run directory holds::
 
     manifest.json          config (and its hash), versions, backend, device, sessions with timings
-    parts/<ck>/<ds>/<layer>.parquet   one file per finished block, written atomically
+    parts/<ck>/<ds>/<layer>.parquet   one file per finished block, written atomically, recording its
+                                      source: block and labels fingerprints, config hash
     results.parquet        all parts in plan order, one row per (checkpoint, layer, dataset, shots, seed, l2)
     checkpoints.parquet    checkpoint metadata, joinable on `checkpoint`
     .lock                  held exclusively by a run (or a Dask client), shared by --shard processes
@@ -33,7 +34,6 @@ Scaling out is docs/SCALE.md.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import socket
 import time
@@ -48,13 +48,13 @@ from .errors import PlateaulabError, RunError, StoreError
 from .store import FeatureStore, encode_name, remove_temp_files
 from ._store.files import TEMP_RE
 from ._run.locks import release, try_lock, wait_lock
-from ._run.manifest import (LOCK, MANIFEST, MANIFEST_LOCK, now, open_manifest, run_lock, session_end,
-                            write_manifest)
-from ._run.parts import (RESULT_COLUMNS, STALE, check_part_paths, consolidate, missing_parts, part_path,
-                         part_problem, result_schema, write_checkpoint_table)
+from ._run.manifest import (LOCK, MANIFEST, MANIFEST_LOCK, now, open_manifest, read_run_json, run_lock,
+                            session_end, write_manifest)
+from ._run.parts import (RESULT_COLUMNS, STALE, check_part_paths, consolidate, part_path, part_problems,
+                         result_schema, write_checkpoint_table)
 from ._run.plan import PlannedBlock, ProbeConfig, check_resources, incomplete_blocks, plan_blocks, seed_list
 from ._run.shard import (active_shards, all_records, in_shard, label as shard_label, missing_report,
-                         parse_shard, read_record, shard_dir, write_record)
+                         parse_shard, read_record, shard_dir, shard_of, write_record)
 from ._run.work import RunContext, Stats, probe_blocks
 
 __all__ = ["ProbeConfig", "PlannedBlock", "ProbeRun", "RESULT_COLUMNS", "load_run", "plan_blocks",
@@ -118,8 +118,9 @@ def probe_store(store, run_dir, *, datasets=None, checkpoints=None, layers="all"
     cluster. This process then holds the run directory, writes the manifest and consolidates; the
     workers write the parts. ``shard`` ("K/N") probes only the checkpoints of shard K of N (by a
     stable hash of their names), beside the other shards writing into the same directory at the
-    same time; the last shard to finish consolidates, and so does a later run without ``shard``
-    once every part exists (it reports what is missing otherwise). The table is the same in every case.
+    same time; the last shard to finish consolidates once every part of the run is current (it warns
+    and leaves the run incomplete otherwise), and so does a later run without ``shard`` once every
+    part exists (it reports what is missing otherwise). The table is the same in every case.
 
     Everything that can be refused from the store and the options alone (names, metadata, shots,
     seeds, memory, cluster options) is checked before the run directory is touched, so a refused
@@ -156,13 +157,19 @@ def probe_store(store, run_dir, *, datasets=None, checkpoints=None, layers="all"
     with run_lock(run_dir, shard):
         if shard is None:
             removed = remove_temp_files(run_dir)
+            before = _config_hash_on_disk(run_dir)
             manifest = open_manifest(run_dir, cfg)
             record = manifest
         else:
-            removed, manifest, record = _open_shard(run_dir, cfg, shard, mine)
-        todo, recomputed = _resume(store, run_dir, mine, probes_per, labels_fp, strict)
+            removed, manifest, record, before = _open_shard(run_dir, cfg, shard, mine)
+        # Parts that record no config (written before parts did) are kept only in a run directory whose
+        # manifest recorded this config before this session: not in one just started afresh.
+        legacy_ok = before == cfg.digest()
+        todo, recomputed = _resume(ctx, run_dir, mine, strict, legacy_ok)
         if shard is None and cluster is None and todo:
             _refuse_missing_shards(run_dir, plan, todo)
+        if shard is not None and todo:
+            _mark_incomplete(run_dir, cfg)
         t_start = time.time()
         session = {"backend": be.name, "device": be.device(), "started": now(), "pid": os.getpid(),
                    "host": socket.gethostname(), "engine": "dask" if cluster else "local",
@@ -190,7 +197,7 @@ def probe_store(store, run_dir, *, datasets=None, checkpoints=None, layers="all"
         complete = False
         try:
             if cluster is None:
-                probe_blocks(ctx, todo, run_dir, on_block, stats=stats)
+                probe_blocks(ctx, todo, run_dir, on_block, stats=stats, legacy_parts=legacy_ok)
             elif todo:
                 from ._run.distributed import connect, run_probe
 
@@ -198,7 +205,7 @@ def probe_store(store, run_dir, *, datasets=None, checkpoints=None, layers="all"
                 with connect(cluster, be.name) as client:
                     session["scheduler"] = client.scheduler.address
                     session["seconds_cluster_start"] = round(time.perf_counter() - t_connect, 3)
-                    run_probe(client, ctx, todo, run_dir, bar, stats, session)
+                    run_probe(client, ctx, todo, run_dir, bar, stats, session, legacy_parts=legacy_ok)
             complete = all(part_path(run_dir, b).exists() for b in plan)   # a shard: its own blocks
             if complete and shard is None:
                 t_finish = time.perf_counter()
@@ -216,8 +223,9 @@ def probe_store(store, run_dir, *, datasets=None, checkpoints=None, layers="all"
         finally:
             bar.close()
         if verify and stats.unverified:
-            warnings.warn(f"{stats.unverified} block(s) record no checksum in block.json and were probed unverified; "
-                          "re-extract them (new blocks record XXH3-64) to have them checked", stacklevel=2)
+            warnings.warn(f"{stats.unverified} block(s) record no checksum in block.json for some or all of their "
+                          "splits and were probed unverified; re-extract them (new blocks record XXH3-64 for every "
+                          "split) to have them checked", stacklevel=2)
         session.update(session_end(t_start, stats.blocks, stats.probes, stats.t_io, stats.t_compute,
                                    "complete" if complete else "stopped"), unverified_blocks=stats.unverified,
                        seconds_cpu=round(stats.cpu, 3))
@@ -249,7 +257,8 @@ def _open_shard(run_dir: Path, cfg: ProbeConfig, shard, mine):
     """A shard's start, under the short manifest lock (other shards may be starting too): remove the
     temporary files only this shard can have left (in its checkpoints' part directories, in its own
     directory, and the manifest's in the run directory itself), create manifest.json if this is the
-    first process here or check the config against it, and read this shard's own record."""
+    first process here or check the config against it, and read this shard's own record. Returns
+    (temporary files removed, manifest, record, the config hash manifest.json recorded before)."""
     with wait_lock(run_dir / MANIFEST_LOCK, f"run directory {run_dir}"):
         others = [s for s, _ in active_shards(run_dir) if s != shard]
         if any(s[1] != shard[1] for s in others):
@@ -275,14 +284,30 @@ def _open_shard(run_dir: Path, cfg: ProbeConfig, shard, mine):
                                               "sessions": []}
     if record.get("config_hash") != cfg.digest():
         record = {**record, "config_hash": cfg.digest(), "sessions": []}
-    return removed, manifest, record
+    return removed, manifest, record, before
+
+
+def _mark_incomplete(run_dir: Path, cfg: ProbeConfig) -> None:
+    """A shard with blocks to (re)compute: the run is not complete any more (its results.parquet, if
+    any, no longer holds what its parts will), so manifest.json says so, under the manifest lock."""
+    with wait_lock(run_dir / MANIFEST_LOCK, f"run directory {run_dir}"):
+        manifest = open_manifest(run_dir, cfg, may_restart=False)
+        if manifest.get("complete"):
+            manifest["complete"] = False
+            write_manifest(run_dir, manifest)
 
 
 def _config_hash_on_disk(run_dir: Path):
-    try:
-        return json.loads((run_dir / MANIFEST).read_text()).get("config_hash")
-    except (OSError, ValueError, AttributeError):
+    """The config hash manifest.json records, or None (no manifest, or one that is not a run's:
+    ``open_manifest`` then says what is wrong with it)."""
+    path = run_dir / MANIFEST
+    if not (path.exists() or path.is_symlink()):
         return None
+    try:
+        manifest = read_run_json(path, run_dir)
+    except RunError:
+        return None
+    return manifest.get("config_hash") if isinstance(manifest, dict) else None
 
 
 def _refuse_missing_shards(run_dir: Path, plan, todo) -> None:
@@ -309,9 +334,11 @@ def _finish(run_dir: Path, store, plan, manifest: dict) -> None:
 
 def _consolidate_after_shards(run_dir: Path, store, cfg: ProbeConfig, shard, strict: bool) -> bool:
     """Consolidate the run if every shard of this N says it is complete, every part of the whole run
-    exists, and this process can hold the run directory alone now (no other shard still running, no
-    other process); True if it did. The records are read first, so only the last shard to finish
-    plans the whole run."""
+    is current (exists, and was computed from the blocks and labels as they are now, by this config:
+    the check a resumed run makes) and this process can hold the run directory alone now (no other
+    shard still running, no other process); True if it did. The records are read first, so only the
+    last shard to finish plans the whole run. A run some of whose parts are not current is left
+    incomplete (manifest.json says so) and reported in a warning naming the shards to rerun."""
     records = all_records(run_dir)
     n = shard[1]
     for k in range(n):
@@ -324,14 +351,25 @@ def _consolidate_after_shards(run_dir: Path, store, cfg: ProbeConfig, shard, str
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")   # each shard has warned about its own blocks
-            plan, _, task_cache, _ = _prepare(store, cfg, run_dir, strict)
-        if missing_parts(run_dir, plan):
+            plan, ds_cache, task_cache, _ = _prepare(store, cfg, run_dir, strict)
+        ctx = RunContext(store, cfg, None, ds_cache, task_cache, {name: ds.fingerprint() for name, ds in ds_cache.items()})
+        manifest = open_manifest(run_dir, cfg, may_restart=False)   # its config is cfg's, or this raises
+        problems = part_problems(store, run_dir, plan, ctx.probes_per, ctx.labels_fp, cfg.digest(), legacy_ok=True)
+        if problems:
+            if manifest.get("complete"):
+                manifest["complete"] = False
+                write_manifest(run_dir, manifest)
+            b, reason = problems[0]
+            owners = ", ".join(shard_label((k, n)) for k in sorted({shard_of(p.checkpoint, n) for p, _ in problems}))
+            warnings.warn(f"run directory {run_dir} is not consolidated: {len(problems)} of its {len(plan)} blocks "
+                          f"have no current part, e.g. checkpoint {b.checkpoint!r}, dataset {b.dataset!r}, layer "
+                          f"{b.layer!r} ({reason}); rerun shard(s) {owners} with the same options (they recompute "
+                          "those blocks, and the last to finish consolidates)", stacklevel=3)
             return False
-        manifest = open_manifest(run_dir, cfg, may_restart=False)
         _finish(run_dir, store, plan, manifest)
         manifest["complete"] = True
         manifest["blocks"] = len(plan)
-        manifest["probes"] = sum(len(task_cache[b.dataset]) * len(cfg.l2) for b in plan)
+        manifest["probes"] = sum(ctx.probes_per[b.dataset] for b in plan)
         manifest["consolidated"] = {"by": f"shard {shard_label(shard)}, the last to finish", "pid": os.getpid(),
                                     "host": socket.gethostname(), "at": now()}
         write_manifest(run_dir, manifest)
@@ -377,7 +415,8 @@ def _prepare(store, cfg: ProbeConfig, run_dir: Path, strict: bool, keep=None, pr
         if cfg.select == "val" and ds.y_val is None:
             raise RunError("{param} 'val' needs validation labels, and dataset " f"{name!r} has none; "
                            "select by 'loo' or add y_val to the dataset", param="select")
-    check_resources(cfg, plan, {name: (ds.num_classes, np.bincount(ds.y_train, minlength=ds.num_classes))
+    check_resources(cfg, plan, {name: (ds.num_classes, np.bincount(ds.y_train, minlength=ds.num_classes),
+                                       len(ds.y_test), 0 if ds.y_val is None else len(ds.y_val))
                                 for name, ds in ds_cache.items()}, processes=processes)
     task_cache = {name: P.plan_tasks(ds.y_train, ds.num_classes, cfg.shots, cfg.seeds, name, cfg.on_short)
                   for name, ds in ds_cache.items()}
@@ -392,15 +431,15 @@ def _prepare(store, cfg: ProbeConfig, run_dir: Path, strict: bool, keep=None, pr
     return plan, ds_cache, task_cache, incomplete
 
 
-def _resume(store, run_dir: Path, plan, probes_per, labels_fp, strict: bool):
+def _resume(ctx: RunContext, run_dir: Path, plan, strict: bool, legacy_ok: bool):
     """The blocks still to probe, and the finished parts that must be recomputed (with why): a part
-    that cannot be read, holds the wrong number of rows, records no source, or came from a block or
-    labels that have changed since. With ``strict`` a changed block is refused instead."""
+    that cannot be read, lacks a column, holds the wrong number of rows, records no source, was
+    computed by another config, or came from a block or labels that have changed since
+    (``parts.part_problem``; ``legacy_ok`` as there). With ``strict`` a changed block is refused
+    instead."""
     todo, recomputed = [], []
-    for b in plan:
-        reason = part_problem(store, run_dir, b, probes_per[b.dataset], labels_fp[b.dataset])
-        if reason is None:
-            continue
+    for b, reason in part_problems(ctx.store, run_dir, plan, ctx.probes_per, ctx.labels_fp, ctx.cfg.digest(),
+                                   legacy_ok):
         todo.append(b)
         if reason == "missing":
             continue
@@ -425,13 +464,10 @@ def load_run(run_dir):
 
     run_dir = Path(run_dir)
     mpath = run_dir / MANIFEST
-    if not mpath.exists():
+    if not (mpath.exists() or mpath.is_symlink()):
         raise RunError(f"{run_dir} is not a plateaulab run directory: manifest.json is missing")
-    try:
-        manifest = json.loads(mpath.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RunError(f"{mpath} is not valid JSON ({exc}); rerun the `plateaulab probe` command that made "
-                       "the run, in a new directory") from None
+    manifest = read_run_json(mpath, run_dir, advice="rerun the `plateaulab probe` command that made the run, "
+                                                    "in a new directory")
     if not isinstance(manifest, dict):
         raise RunError(f"{mpath} is not a plateaulab run manifest (a JSON object)")
     res = run_dir / "results.parquet"

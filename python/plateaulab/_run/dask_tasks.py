@@ -3,6 +3,7 @@ extraction pair). Imported only where Dask is installed and asked for (see ``dis
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import socket
@@ -46,23 +47,30 @@ def worker_info() -> dict:
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
 
 
-_CONTEXTS: dict = {}
+#: This worker process's RunContexts, most recently used last; at most CONTEXTS_MAX are kept (a
+#: long-lived cluster serves run after run, and each context holds a dataset's labels and tasks).
+_CONTEXTS: "collections.OrderedDict" = collections.OrderedDict()
 _CONTEXTS_LOCK = threading.Lock()
+CONTEXTS_MAX = 4
 
 
 def _worker_context(job: dict, dataset: str):
     """This worker process's RunContext for ``dataset`` of the job's run, built once; and the seconds
-    this call spent building it (0 when it was built already)."""
+    this call spent building it (0 when it was built already). The key holds the fingerprint of the
+    labels the client planned with, so a dataset relabelled since an earlier run on this cluster
+    is read again, never probed with the labels of the earlier run."""
     from ..backends import get_backend
     from ..store import FeatureStore
     from .work import build_context
 
     cfg = job["cfg"]
-    key = (cfg.store, cfg.digest(), job["backend"], job["verify"], job["prefetch"], dataset)
+    key = (cfg.store, cfg.digest(), job["backend"], job["verify"], job["prefetch"], dataset,
+           job["labels_fp"][dataset])
     t0 = time.perf_counter()
     with _CONTEXTS_LOCK:
         ctx = _CONTEXTS.get(key)
         if ctx is not None:
+            _CONTEXTS.move_to_end(key)
             return ctx, 0.0
         host = socket.gethostname()
         try:
@@ -76,6 +84,8 @@ def _worker_context(job: dict, dataset: str):
                            f"{cfg.store} must be the same files for the client and every worker (a shared file "
                            "system)")
         _CONTEXTS[key] = ctx
+        while len(_CONTEXTS) > CONTEXTS_MAX:
+            _CONTEXTS.popitem(last=False)
     return ctx, time.perf_counter() - t0
 
 
@@ -106,7 +116,8 @@ def probe_unit(job: dict, blocks: list) -> dict:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")     # the client reports unverified blocks from the counts
             stats = Stats(done=[])
-            probe_blocks(ctx, blocks, run_dir, on_block, skip_done=True, stats=stats)
+            probe_blocks(ctx, blocks, run_dir, on_block, skip_done=True, stats=stats,
+                         legacy_parts=job["legacy_parts"])
     except PlateaulabError as exc:
         # A user's error (a bad block, a full disk), not a worker's: returned, not raised, so that
         # Dask neither logs it as a failed computation with a traceback nor treats it as a fault.

@@ -65,10 +65,6 @@ class ClusterOptions:
     scheduler_file: str | None = None
     backend: str = "auto"
 
-    @property
-    def wanted(self) -> bool:
-        return self.workers is not None or self.scheduler is not None or self.scheduler_file is not None
-
     def checked(self) -> "ClusterOptions":
         """Refuse inconsistent options, and a missing Dask, before anything is touched."""
         given = [p for p in ("workers", "scheduler", "scheduler_file") if getattr(self, p) is not None]
@@ -176,8 +172,6 @@ def start_local_cluster(n: int, backend: str):
 def connect(opts: ClusterOptions, backend: str, timeout: float = 60.0):
     """A Dask client on the cluster ``opts`` asks for (started here and closed after, when local),
     with at least one worker connected and every worker limited to one BLAS thread."""
-    from distributed import Client
-
     # Dask logs its own view of a lost connection, with tracebacks, from the client; plateaulab
     # reports what happened (and what to do) in one line instead. Restored when the run ends.
     names = ["distributed"] + [n for n in logging.root.manager.loggerDict if n.startswith("distributed.")]
@@ -261,10 +255,11 @@ def make_units(todo, n_workers: int, max_blocks: int | None = None) -> list[list
     return units
 
 
-def run_probe(client, ctx, todo, run_dir: Path, bar, stats, session: dict) -> None:
+def run_probe(client, ctx, todo, run_dir: Path, bar, stats, session: dict, legacy_parts: bool = False) -> None:
     """Probe ``todo`` on the cluster of ``client``; fill ``stats`` (and the bar) as blocks are written,
     and ``session`` with the workers and units. The first failing task's error is raised (the other
-    tasks are cancelled; every part written so far stays)."""
+    tasks are cancelled; every part written so far stays). ``legacy_parts``: whether a retried task
+    may keep a part that records no config (``parts.part_problem``'s ``legacy_ok``)."""
     from concurrent.futures import CancelledError
 
     from distributed import as_completed
@@ -301,7 +296,8 @@ def run_probe(client, ctx, todo, run_dir: Path, bar, stats, session: dict) -> No
         add(msg["record"], msg["worker"])
 
     job = {"cfg": ctx.cfg, "backend": ctx.backend.name, "verify": ctx.verify, "prefetch": ctx.prefetch,
-           "run_dir": str(Path(run_dir).resolve()), "topic": topic, "labels_fp": ctx.labels_fp}
+           "run_dir": str(Path(run_dir).resolve()), "topic": topic, "labels_fp": ctx.labels_fp,
+           "legacy_parts": bool(legacy_parts)}
     session.update(workers={a: {k: v for k, v in i.items() if k != "plateaulab"} for a, i in workers.items()},
                    units=len(units), unit_blocks=max(len(u) for u in units) if units else 0)
     client.subscribe_topic(topic, on_event)

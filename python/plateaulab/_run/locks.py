@@ -67,7 +67,9 @@ def try_lock(path: Path, exclusive: bool = True, record: bool = True):
             raise RunError(f"cannot lock {path}: the file system does not support flock ({exc.strerror}); runs, "
                            "shards and extraction into a shared store need it (Lustre: mount with -o flock; "
                            "NFS: lockd, not local_lock; see docs/SCALE.md)") from None
-        raise
+        raise RunError(f"cannot lock {path} ({exc.strerror or exc}); it must be a lock file on a file system this "
+                       "process can lock: check the file, its directory and the file system (see "
+                       "docs/SCALE.md)") from None
     if exclusive and record:
         f.seek(0)
         f.truncate()

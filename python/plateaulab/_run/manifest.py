@@ -15,6 +15,7 @@ import numpy as np
 
 from ..errors import RunError
 from ..store import atomic_write_json
+from .._store.files import MAX_JSON_BYTES, regular_file
 from .plan import ProbeConfig
 
 MANIFEST = "manifest.json"
@@ -33,6 +34,49 @@ def versions() -> dict:
     return {"plateaulab": __version__, "python": sys.version.split()[0], "numpy": np.__version__,
             "numba": numba.__version__, "pandas": pandas.__version__, "pyarrow": pyarrow.__version__,
             "platform": platform.platform()}
+
+
+#: What to do about a run manifest that is not one (plateaulab writes it whole, atomically).
+MANIFEST_ADVICE = "it was changed outside plateaulab: remove the run directory or pick another {param}"
+
+
+def read_run_json(path: Path, run_dir: Path, what: str = "run manifest", advice: str = MANIFEST_ADVICE):
+    """The parsed JSON of ``path``, one of a run directory's own JSON files (manifest.json, a shard's
+    record), through the store's checks of a metadata file: refused with a RunError naming the file
+    and ``run_dir`` (and saying ``advice``) unless it is a regular file (a FIFO would block the
+    reader forever, a directory fails to read) of at most MAX_JSON_BYTES holding valid JSON. Any
+    JSON value is returned; the caller checks its shape."""
+    path = Path(path)
+
+    def error(message: str) -> RunError:
+        return RunError(f"{message}; {advice}", param="run_dir")
+
+    where = f"run directory {run_dir}"
+    try:
+        st = regular_file(path, where, what, error=_NotRegular)
+    except _NotRegular as exc:
+        # regular_file's message, less its advice to replace a store's file (see docs/STORE_FORMAT.md)
+        raise error(str(exc).split("; replace it with")[0]) from None
+    if st.st_size > MAX_JSON_BYTES:
+        raise error(f"{where}: {path} is {st.st_size:,} bytes, more than the {MAX_JSON_BYTES >> 20} MiB a "
+                    f"{what} may hold")
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_JSON_BYTES + 1)
+    except OSError as exc:
+        raise error(f"{where}: cannot read {path} ({exc.strerror or exc})") from None
+    if len(data) > MAX_JSON_BYTES:
+        raise error(f"{where}: {path} holds more than the {MAX_JSON_BYTES >> 20} MiB a {what} may hold")
+    try:
+        return json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise error(f"{where}: {path} is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise error(f"{where}: {path} nests JSON too deeply to be a plateaulab {what}") from None
+
+
+class _NotRegular(Exception):
+    pass
 
 
 def now() -> str:
@@ -70,8 +114,13 @@ def run_lock(run_dir: Path, shard: tuple[int, int] | None = None):
                                "wait for it to finish", param="shard")
             held.append(f)
             sdir = shard_dir(run_dir, shard)
-            sdir.mkdir(parents=True, exist_ok=True)
-            g = try_lock(sdir / SHARD_LOCK, exclusive=True)
+            try:
+                sdir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise RunError(f"cannot create the shard directory {sdir} ({exc.strerror or exc}); it and "
+                               f"{run_dir / 'shards'} must be directories this process can write: remove a file "
+                               "in their place, or check the permissions") from None
+            g = _lock_own_shard(sdir / SHARD_LOCK)
             if g is None:
                 raise RunError(f"shard {label(shard)} of run directory {run_dir} is already running "
                                f"({describe_holder(read_holder(sdir / SHARD_LOCK))}); each {{param}} runs once "
@@ -81,6 +130,25 @@ def run_lock(run_dir: Path, shard: tuple[int, int] | None = None):
     finally:
         for f in reversed(held):
             release(f)
+
+
+#: Seconds a shard keeps trying to take its own lock before it is refused as already running: another
+#: process may be holding it for an instant only, to see whether it is held (``locks.is_held``).
+OWN_LOCK_WAIT = 1.0
+OWN_LOCK_POLL = 0.02
+
+
+def _lock_own_shard(path: Path):
+    """A shard's own lock, taken exclusively, or None when another process holds it for longer than
+    OWN_LOCK_WAIT seconds (a second copy of the shard; not another process's probe of it)."""
+    from .locks import try_lock
+
+    deadline = time.monotonic() + OWN_LOCK_WAIT
+    while True:
+        f = try_lock(path, exclusive=True)
+        if f is not None or time.monotonic() >= deadline:
+            return f
+        time.sleep(OWN_LOCK_POLL)
 
 
 def session_end(t_start, blocks, probes, t_io, t_compute, status) -> dict:
@@ -96,15 +164,8 @@ def open_manifest(run_dir: Path, cfg: ProbeConfig, *, may_restart: bool = True) 
     A directory whose run finished no block is started afresh with ``cfg`` when ``may_restart`` (a
     shard may not while other shards are running: they are writing blocks of the old config)."""
     path = run_dir / MANIFEST
-    if path.exists():
-        try:
-            manifest = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise RunError(f"{path} is not valid JSON ({exc}); remove the run directory or pick another "
-                           "{param}", param="run_dir") from None
-        except RecursionError:
-            raise RunError(f"{path} nests JSON too deeply to be a plateaulab run manifest; remove the run directory "
-                           "or pick another {param}", param="run_dir") from None
+    if path.exists() or path.is_symlink():
+        manifest = read_run_json(path, run_dir)
         if not isinstance(manifest, dict) or not isinstance(manifest.get("sessions"), list):
             raise RunError(f"{path} is not a plateaulab run manifest; remove the run directory or pick another "
                            "{param}", param="run_dir")

@@ -15,7 +15,8 @@ from ..errors import RunError
 from ..store import atomic_write_bytes, encode_name
 from .plan import PlannedBlock, ProbeConfig
 
-#: Key of a part's parquet metadata that records the fingerprint of the block it was computed from.
+#: Key of a part's parquet metadata that records its source: the fingerprint of the block it was
+#: computed from, its dataset's labels' and (``"config"``) the hash of the run config that computed it.
 SOURCE_KEY = b"plateaulab.source"
 
 RESULT_COLUMNS = (
@@ -78,45 +79,93 @@ def missing_parts(run_dir: Path, blocks, wait: float = 0.0) -> list:
 
 
 def block_fingerprint(store, b: PlannedBlock, labels: str | None) -> dict:
-    """What a part records of its source: the block's fingerprint and its dataset's labels'."""
+    """What a part records of its source block: the block's fingerprint and its dataset's labels'
+    (the part adds the config hash, ``part_source``)."""
     return {**store.block_fingerprint(b.checkpoint, b.dataset, b.layer), "labels": labels}
 
 
-def read_part_source(path: Path) -> tuple[int, dict | None]:
-    """(rows, recorded source fingerprint or None) of a part, from its footer; OSError or
-    pyarrow's ArrowException when the file cannot be read (truncated, not parquet)."""
+def part_source(fingerprint: dict, config: str) -> dict:
+    """The source a part records: its block's ``fingerprint`` and ``config``, the hash of the run config
+    (``ProbeConfig.digest()``, as manifest.json's ``config_hash``) whose numbers it holds."""
+    return {**fingerprint, "config": config}
+
+
+def read_part_source(path: Path) -> tuple[int, dict | None, list[str]]:
+    """(rows, recorded source or None, column names) of a part, from its footer; OSError, ValueError
+    (a source that is not JSON) or pyarrow's ArrowException when the file cannot be read."""
     import pyarrow.parquet as pq
 
     meta = pq.read_metadata(path)
     kv = meta.metadata or {}
     source = kv.get(SOURCE_KEY)
-    return meta.num_rows, (json.loads(source) if source else None)
+    return meta.num_rows, (json.loads(source) if source else None), list(meta.schema.names)
 
 
-def part_problem(store, run_dir: Path, b: PlannedBlock, n_rows_expected: int, labels: str | None) -> str | None:
+def part_problem(store, run_dir: Path, b: PlannedBlock, n_rows_expected: int, labels: str | None, config: str,
+                 legacy_ok: bool = False) -> str | None:
     """Why the part of block ``b`` cannot be kept: ``"missing"``, or a reason it must be recomputed
-    (it cannot be read, holds the wrong number of rows, records no source, or came from a block or
-    labels that have changed since); None when it is current."""
+    (it cannot be read, lacks a column, holds the wrong number of rows, records no source, was
+    computed by another config than ``config``, or came from a block or labels that have changed
+    since); None when it is current.
+
+    A part written before parts recorded their config (no ``"config"`` in its source) is of an unknown
+    config: it is kept only when ``legacy_ok``, i.e. when the run directory's manifest.json already
+    recorded this config before this session (an existing run, resumed), and recomputed otherwise
+    (e.g. the directory's run was started afresh with a new config since)."""
     import pyarrow as pa
 
     p = part_path(run_dir, b)
     if not p.exists():
         return "missing"
     try:
-        n_rows, source = read_part_source(p)
-    except (OSError, pa.ArrowException) as exc:
+        n_rows, source, columns = read_part_source(p)
+    except (OSError, ValueError, pa.ArrowException) as exc:
         return f"its part {p} cannot be read ({exc})"
+    lacking = [name for name, _ in RESULT_COLUMNS if name not in columns]
+    if lacking:
+        return f"its part {p} lacks the column(s) {', '.join(lacking)}"
     if n_rows != n_rows_expected:
         return f"its part holds {n_rows} rows, not {n_rows_expected}"
-    if source is None:
+    if not isinstance(source, dict):
         return "its part records no source fingerprint (written by an older plateaulab)"
+    written_by = source.pop("config", None)
     if source != block_fingerprint(store, b, labels):
         return STALE
+    if written_by is None and not legacy_ok:
+        return ("its part records no config (written by an older plateaulab) and the run directory's config "
+                "has changed since")
+    if written_by is not None and written_by != config:
+        return f"its part was computed by another config (hash {written_by}, not this run's {config})"
     return None
 
 
 #: The reason ``part_problem`` gives for a part whose block or labels changed after it was written.
 STALE = "the block or its dataset's labels changed after its part was written"
+
+
+def part_problems(store, run_dir: Path, blocks, probes_per: dict, labels_fp: dict, config: str,
+                  legacy_ok: bool = False) -> list[tuple[PlannedBlock, str]]:
+    """(block, reason) of every block of ``blocks`` whose part is not current (``part_problem``), in
+    order. The parts' footers are read by a few threads (latency-bound, more so on a network file
+    system; pyarrow reads without the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def problem(b):
+        return part_problem(store, run_dir, b, probes_per[b.dataset], labels_fp[b.dataset], config, legacy_ok)
+
+    blocks = list(blocks)
+    if len(blocks) < 2 * READ_THREADS:
+        reasons = [problem(b) for b in blocks]
+    else:
+        reasons = []
+        with ThreadPoolExecutor(READ_THREADS, thread_name_prefix="plateaulab-parts") as pool:
+            for i in range(0, len(blocks), CHECK_CHUNK):   # a bounded number of futures at a time
+                reasons += pool.map(problem, blocks[i:i + CHECK_CHUNK])
+    return [(b, r) for b, r in zip(blocks, reasons) if r is not None]
+
+
+#: Parts checked per batch of futures by ``part_problems`` (a run may have 600,000 blocks).
+CHECK_CHUNK = 4096
 
 
 def rows_for_block(b: PlannedBlock, block, tasks, l2s, cfg: ProbeConfig, scores):
@@ -182,8 +231,13 @@ def consolidate(run_dir: Path, plan: list[PlannedBlock]) -> Path:
         p = part_path(run_dir, b)
         try:
             table = pq.ParquetFile(p).read(use_threads=False).replace_schema_metadata(None)
-            return table if table.schema.equals(schema) else table.select(schema.names).cast(schema)
-        except (OSError, pa.ArrowException) as exc:
+            if table.schema.equals(schema):
+                return table
+            lacking = [name for name in schema.names if name not in table.schema.names]
+            if lacking:
+                raise ValueError(f"it lacks the column(s) {', '.join(lacking)}")
+            return table.select(schema.names).cast(schema)
+        except (OSError, ValueError, KeyError, pa.ArrowException) as exc:
             p.unlink(missing_ok=True)   # unreadable: nothing in it can be kept
             raise RunError(f"part {p} cannot be read ({exc}); it was removed: repeat the same "
                            "command to recompute that block") from None

@@ -95,20 +95,30 @@ def seed_list(seeds) -> list[int]:
 def check_resources(cfg: "ProbeConfig", plan: list["PlannedBlock"], datasets: dict, processes: int = 1) -> None:
     """Refuse, with the estimate, a run whose few-shot sets and per-block buffers cannot fit in memory.
 
-    ``datasets`` maps each planned dataset to its (num_classes, train counts per class). Estimated
-    before any task is drawn: the train indices of every (shots, seed) set of every dataset (int64),
-    and, for the largest block, the stacked float32 weights of all its probes ((dim + 1) x classes x
-    tasks x l2) and its result rows. ``processes`` local worker processes (``--workers N``) each hold
-    the train indices and two blocks, beside the client's own copy of the indices."""
+    ``datasets`` maps each planned dataset to ``(num_classes, train counts per class, n_test, n_val)``.
+    Estimated before any task is drawn: the train indices of every (shots, seed) set of every dataset
+    (int64), and, for the largest block, what a block in flight holds: the stacked float32 weights of
+    all its probes ((dim + 1) x classes x tasks x l2) and its result rows, and its staged features
+    (``staged_bytes``: the test split, and the val split when ``select`` is 'val', as float32; the
+    train rows its tasks use, at 4 bytes a value, the widest dtype a store holds; the float64
+    few-shot batches, at most the engine's BATCH_BYTES each, or one task's rows if larger). An entry
+    of ``(num_classes, counts)`` alone, without the splits' sizes, counts the weights and rows only.
+    ``processes`` local worker processes (``--workers N``) each hold the train indices and two
+    blocks, beside the client's own copy of the indices."""
     n_seeds, n_l2 = len(cfg.seeds), len(cfg.l2)
     indices = 0
     per_block = 0
-    for name, (num_classes, counts) in datasets.items():
+    for name, (num_classes, counts, *splits) in datasets.items():
         shots = [s for s in cfg.shots if cfg.on_short == "error" or s <= min(counts)]
         indices += 8 * n_seeds * sum(s * num_classes for s in shots)
-        dims = [b.dim for b in plan if b.dataset == name] or [0]
+        dim = max([b.dim for b in plan if b.dataset == name] or [0])
         probes = len(shots) * n_seeds * n_l2
-        per_block = max(per_block, probes * (4 * (max(dims) + 1) * num_classes + 200))
+        block = probes * (4 * (dim + 1) * num_classes + 200)
+        if splits:
+            n_test, n_val = splits
+            block += staged_bytes(cfg, dim, num_classes, shots, int(np.sum(counts)), n_test,
+                                  n_val if cfg.select == "val" else 0)
+        per_block = max(per_block, block)
     processes = max(1, int(processes))
     total = (indices + 2 * per_block) * processes + (indices if processes > 1 else 0)
     budget = physical_memory()
@@ -118,9 +128,27 @@ def check_resources(cfg: "ProbeConfig", plan: list["PlannedBlock"], datasets: di
         fewer = "fewer {param}, shots or l2 values" + (", or fewer --workers" if processes > 1 else "")
         raise P.ProtocolError(
             f"this run would need about {_gib(total)} of memory: {_gib(indices)} for the few-shot train indices "
-            f"({n_seeds:,} seeds x shots {cfg.shots}) and {_gib(per_block)} per block for the weights and rows "
-            f"of its {len(cfg.shots) * n_seeds * n_l2:,} probes (two blocks in flight){where}; this machine has "
-            f"{_gib(budget)}; ask for " + fewer, param="seeds")
+            f"({n_seeds:,} seeds x shots {cfg.shots}) and {_gib(per_block)} per block for its staged features "
+            f"and the weights and rows of its {len(cfg.shots) * n_seeds * n_l2:,} probes (two blocks in "
+            f"flight){where}; this machine has {_gib(budget)}; ask for " + fewer, param="seeds")
+
+
+def staged_bytes(cfg: "ProbeConfig", dim: int, num_classes: int, shots: list[int], n_train: int, n_test: int,
+                 n_val: int) -> int:
+    """Bytes of features one block in flight holds beside its weights (``backends._engine``): the test
+    (and val) split as float32, the train rows the tasks use (at most every train row, and at most
+    the rows of all tasks together) at 4 bytes a value (float16 or float32 as stored), and the
+    largest batch of float64 few-shot features ((tasks, shots x classes, dim + 1), as many tasks of
+    one size as fit in BATCH_BYTES, at least one)."""
+    from ..backends._engine import BATCH_BYTES
+
+    n_seeds = len(cfg.seeds)
+    rows_used = min(int(n_train), n_seeds * sum(s * num_classes for s in shots))
+    batch = 0
+    for s in shots:
+        task = s * num_classes * (dim + 1) * 8
+        batch = max(batch, min(n_seeds, max(1, BATCH_BYTES // max(task, 1))) * task)
+    return (int(n_test) + int(n_val)) * dim * 4 + rows_used * dim * 4 + batch
 
 
 @dataclass

@@ -22,7 +22,7 @@ class Loaded:
     x_test: object
     x_val: object
     fingerprint: dict      # what the block's part records of its source (see parts.block_fingerprint)
-    verified: bool         # its checksums were checked (False: --no-verify, or block.json records none)
+    verified: bool         # every split was checked (False: --no-verify, or block.json lacks a split's checksum)
 
 
 def refuse_nonfinite(block, split: str, n_bad: int) -> None:

@@ -18,7 +18,6 @@ A plain run on the directory folds the shard records into ``manifest.json`` when
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from pathlib import Path
 
@@ -102,11 +101,16 @@ def describe_active(active) -> str:
 
 def read_record(run_dir: Path, shard: tuple[int, int]) -> dict | None:
     """A shard's record, or None if it has none yet (or it cannot be read: it is rewritten whole,
-    atomically, so an unreadable one was damaged outside plateaulab and is treated as absent)."""
+    atomically, so an unreadable one, e.g. not a regular file or not JSON, was damaged outside
+    plateaulab and is treated as absent; the shard's next session replaces it)."""
+    from .manifest import read_run_json
+
     path = shard_dir(run_dir, shard) / SHARD_MANIFEST
+    if not (path.exists() or path.is_symlink()):
+        return None
     try:
-        rec = json.loads(path.read_text())
-    except (OSError, ValueError):
+        rec = read_run_json(path, run_dir, "shard record")
+    except RunError:
         return None
     return rec if isinstance(rec, dict) and isinstance(rec.get("sessions"), list) else None
 

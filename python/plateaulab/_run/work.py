@@ -9,7 +9,7 @@ import warnings
 from dataclasses import dataclass
 
 from .. import protocol as P
-from .parts import part_path, part_problem, rows_for_block, write_part
+from .parts import part_path, part_problems, part_source, rows_for_block, write_part
 from .plan import PlannedBlock, ProbeConfig
 from .reader import BlockReader
 
@@ -59,19 +59,21 @@ class Stats:
 
 
 def probe_blocks(ctx: RunContext, blocks: list[PlannedBlock], run_dir, on_block=None, *, skip_done: bool = False,
-                 stats: Stats | None = None) -> Stats:
+                 stats: Stats | None = None, legacy_parts: bool = False) -> Stats:
     """Probe ``blocks`` in order (reading one ahead in a thread when ``ctx.prefetch``), writing each
     block's part atomically as soon as it is scored, then calling ``on_block(block, record)``.
 
     ``stats`` (updated in place, so a caller still has it when a block raises) counts what was
     done. With ``skip_done``, a block whose part is already current is not probed again: a Dask
-    task retried after its worker died redoes only the block that was in flight.
+    task retried after its worker died redoes only the block that was in flight. ``legacy_parts``:
+    whether a part that records no config counts as current (``parts.part_problem``'s ``legacy_ok``).
+    Each part records the config hash (``cfg.digest()``) beside its block's fingerprint.
     """
     stats = stats if stats is not None else Stats()
+    config = ctx.cfg.digest()
     if skip_done:
-        probes_per = ctx.probes_per
-        keep = [b for b in blocks
-                if part_problem(ctx.store, run_dir, b, probes_per[b.dataset], ctx.labels_fp[b.dataset]) is not None]
+        keep = [b for b, _ in part_problems(ctx.store, run_dir, blocks, ctx.probes_per, ctx.labels_fp, config,
+                                            legacy_parts)]
         stats.skipped += len(blocks) - len(keep)
         blocks = keep
     cfg, be = ctx.cfg, ctx.backend
@@ -89,7 +91,7 @@ def probe_blocks(ctx: RunContext, blocks: list[PlannedBlock], run_dir, on_block=
                                     ds.num_classes, x_val=got.x_val, y_val=ds.y_val if use_val else None, loo=loo)
             t2 = time.perf_counter()
             write_part(part_path(run_dir, b), rows_for_block(b, got.block, tasks, cfg.l2, cfg, scores),
-                       got.fingerprint)
+                       part_source(got.fingerprint, config))
             t_io = waited + (time.perf_counter() - t2)
             n = len(tasks) * len(cfg.l2)
             record = (b.checkpoint, b.dataset, b.layer, n, round(t_io, 6), round(t2 - t1, 6), bool(got.verified))
