@@ -48,8 +48,9 @@ from .errors import PlateaulabError, RunError, StoreError
 from .store import FeatureStore, encode_name, remove_temp_files
 from ._store.files import TEMP_RE
 from ._run.locks import release, try_lock, wait_lock
-from ._run.manifest import (LOCK, MANIFEST, MANIFEST_LOCK, now, open_manifest, read_run_json, run_lock,
-                            session_end, write_manifest)
+from ._run.manifest import (LOCK, MANIFEST, MANIFEST_LOCK, now, open_manifest, run_lock, session_end,
+                            write_manifest)
+from ._run.runjson import read_run_json
 from ._run.parts import (RESULT_COLUMNS, STALE, check_part_paths, consolidate, part_path, part_problems,
                          result_schema, write_checkpoint_table)
 from ._run.plan import PlannedBlock, ProbeConfig, check_resources, incomplete_blocks, plan_blocks, seed_list

@@ -24,6 +24,7 @@ from pathlib import Path
 from ..errors import RunError
 from ..store import atomic_write_json
 from .locks import describe_holder, is_held, read_holder
+from .runjson import read_run_json
 
 SHARDS_DIR = "shards"
 SHARD_MANIFEST = "manifest.json"
@@ -103,7 +104,6 @@ def read_record(run_dir: Path, shard: tuple[int, int]) -> dict | None:
     """A shard's record, or None if it has none yet (or it cannot be read: it is rewritten whole,
     atomically, so an unreadable one, e.g. not a regular file or not JSON, was damaged outside
     plateaulab and is treated as absent; the shard's next session replaces it)."""
-    from .manifest import read_run_json
 
     path = shard_dir(run_dir, shard) / SHARD_MANIFEST
     if not (path.exists() or path.is_symlink()):
