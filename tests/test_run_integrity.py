@@ -214,10 +214,10 @@ def test_a_shard_record_that_is_not_a_regular_file_is_treated_as_absent(tmp_path
 
 
 def test_an_oversized_manifest_is_refused_without_reading_it(tmp_path, store, monkeypatch):
-    from plateaulab._run import manifest as M
+    from plateaulab._run import runjson
 
     probe_store(store.path, tmp_path / "run", **KW)
-    monkeypatch.setattr(M, "MAX_JSON_BYTES", 64)
+    monkeypatch.setattr(runjson, "MAX_JSON_BYTES", 64)
     with pytest.raises(RunError, match=r"manifest.json is [\d,]+ bytes, more than"):
         probe_store(store.path, tmp_path / "run", **KW)
 
