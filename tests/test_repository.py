@@ -112,3 +112,29 @@ def test_report_functions_are_short():
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 longest.append((node.end_lineno - node.lineno + 1, f"{f.name}:{node.name}"))
     assert max(longest)[0] < 60, sorted(longest)[-3:]
+
+
+#: analysis functions that compute (hulls, fits, bootstraps, quantiles): report/ draws and words their results
+#: from the StudyResult and never imports or calls them itself (a section named like one is no call)
+_COMPUTING = {"upper_hull", "rising_hull", "hull_overlay", "fit_saturating_power_law", "bootstrap_fit",
+              "noise_bootstrap", "vertex_influence", "layer_profile", "layer_summary", "prediction_power",
+              "sample_size_sensitivity", "scale_up", "residual_association", "spearman_matrices", "analyse_group",
+              "quantile", "median", "nanquantile", "nanmedian", "percentile"}
+
+
+def test_report_does_not_compute():
+    import ast
+
+    offenders = []
+    for f in sorted((ROOT / "python" / "plateaulab" / "report").rglob("*.py")):
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom) and "analysis" in (node.module or ""):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                names = [node.func.attr]
+            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+                names = [node.func.id]
+            else:
+                continue
+            offenders += [f"{f.name}:{node.lineno}: {n}" for n in names if n in _COMPUTING]
+    assert offenders == []

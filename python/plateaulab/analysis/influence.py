@@ -14,7 +14,7 @@ import pandas as pd
 
 from .powerlaw import fit_saturating_power_law
 
-__all__ = ["vertex_influence", "INFLUENCE_FLOOR"]
+__all__ = ["vertex_influence", "influence_table", "most_influential", "INFLUENCE_FLOOR"]
 
 #: a vertex whose removal moves the saturation by more than this (or by more than half the interval's
 #: width, if larger) is flagged
@@ -52,3 +52,31 @@ def influence_flag(table: pd.DataFrame, fit, interval=None):
         return None
     return (f"rests on one model: without {row['model']} the saturation moves from {fit.saturation:.3f} to "
             f"{row['saturation_without']:.3f}")
+
+
+def influence_table(groups: list) -> pd.DataFrame:
+    """Per group (the study's GroupResults) and fitted vertex: the saturation refitted without that model,
+    with the group's ds_task, shots and saturation in front; empty when no group has an influence table."""
+    frames = []
+    for r in groups:
+        if r.influence is None or r.influence.empty:
+            continue
+        df = r.influence.copy()
+        df.insert(0, "ds_task", r.task)
+        df.insert(1, "shots", r.shots)
+        df.insert(2, "saturation", r.fit_hull.saturation)
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def most_influential(table: pd.DataFrame) -> pd.DataFrame:
+    """Per (ds_task[, shots]) of :func:`influence_table`: the vertex whose removal moves the saturation most
+    (largest |delta|; a group whose refits all failed keeps a row with delta NaN), rows ordered by |delta|
+    descending. Columns ds_task, shots, saturation, model, saturation_without, delta."""
+    cols = ["ds_task", "shots", "saturation", "model", "saturation_without", "delta"]
+    if table is None or table.empty:
+        return pd.DataFrame(columns=cols)
+    keys = ["ds_task"] + (["shots"] if table["shots"].notna().any() else [])
+    worst = (table.assign(abs_delta=table["delta"].abs()).sort_values("abs_delta", ascending=False)
+             .groupby(keys, sort=False, dropna=False).head(1))
+    return worst[cols].reset_index(drop=True)

@@ -4,12 +4,14 @@ saturate early (UC-Merced, colorectal histology) are served as well by lower one
 
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 import pandas as pd
 
 from ..errors import InputError
 
-__all__ = ["layer_profile"]
+__all__ = ["layer_profile", "layer_summary"]
 
 
 def layer_profile(df: pd.DataFrame, tol: float = 0.01) -> pd.DataFrame:
@@ -51,3 +53,19 @@ def layer_profile(df: pd.DataFrame, tol: float = 0.01) -> pd.DataFrame:
     deepest = out.groupby("checkpoint")["layer_index"].transform("max")
     out["relative_depth"] = np.where(deepest > 0, out["layer_index"] / deepest.where(deepest > 0, 1), 1.0)
     return out
+
+
+def layer_summary(table: Optional[pd.DataFrame]) -> Optional[pd.DataFrame]:
+    """Per dataset, from :func:`layer_profile`'s table: the mean best and earliest-near-best layer over
+    checkpoints, and the share of checkpoints whose earliest near-best layer is below the checkpoint's
+    deepest layer (the paper's early-saturating tasks: the last layer is not needed). None for no table."""
+    if table is None or table.empty:
+        return None
+    per_ck = table.groupby(["dataset", "checkpoint"], sort=False).agg(
+        best_layer=("best_layer", "first"), earliest_layer=("earliest_layer", "first"),
+        deepest=("layer_index", "max")).reset_index()
+    per_ck["not_last"] = per_ck["earliest_layer"] < per_ck["deepest"]
+    return (per_ck.groupby("dataset", sort=False)
+            .agg(checkpoints=("checkpoint", "size"), mean_best_layer=("best_layer", "mean"),
+                 mean_earliest_layer=("earliest_layer", "mean"), share_last_layer_not_needed=("not_last", "mean"))
+            .reset_index())

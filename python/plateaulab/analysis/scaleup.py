@@ -35,12 +35,14 @@ import pandas as pd
 from ..errors import InputError
 
 __all__ = ["Axis", "AXES", "ScaleUp", "resolve_axes", "scaleup_lines", "residual_association", "scale_up",
-           "pick_tasks", "MIN_AXES"]
+           "pick_tasks", "residual_tests", "MIN_AXES", "SIGNIFICANCE"]
 
 #: a scale-up needs this many axes to hold some fixed while another varies
 MIN_AXES = 2
 #: models a residual correlation needs
 MIN_MODELS = 5
+#: the level at which a residual correlation counts as significant (Table F.3's '*', the report's count)
+SIGNIFICANCE = 0.05
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,3 +200,22 @@ def scale_up(long: pd.DataFrame, groups: Sequence, *, seed: int = 0, n_perm: int
     residuals = pd.DataFrame(rows, columns=["ds_task", "shots", "axis", "n_models", "spearman", "p_value"])
     return ScaleUp(axes=axes, lines=lines, models=models.reset_index(), residuals=residuals,
                    shown=pick_tasks(ratios))
+
+
+def residual_tests(residuals: pd.DataFrame, axes: Sequence[Axis], level: float = SIGNIFICANCE) -> pd.DataFrame:
+    """Per axis (in ``axes``' order) of :attr:`ScaleUp.residuals`: how many (task, shots) pairs have a
+    p-value (n_pairs), how many are significant at ``level`` (p < level), how many of those correlate
+    positively, and how many would be significant by chance if the axis carried no information beyond US
+    accuracy (level x n_pairs). Axes with no residual row are left out."""
+    rows = []
+    for a in axes:
+        g = residuals[residuals["axis"] == a.name]
+        if g.empty:
+            continue
+        p, rho = g["p_value"], g["spearman"]
+        sig = (p < level) & p.notna()
+        n = int(p.notna().sum())
+        rows.append({"axis": a.name, "n_pairs": n, "n_significant": int(sig.sum()),
+                     "n_significant_positive": int((sig & (rho > 0)).sum()), "expected_by_chance": level * n})
+    return pd.DataFrame(rows, columns=["axis", "n_pairs", "n_significant", "n_significant_positive",
+                                       "expected_by_chance"])

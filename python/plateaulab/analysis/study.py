@@ -4,7 +4,9 @@ Per (DS task, shots) group (:func:`analyse_group`): the upper hull, eq. (1) fitt
 points, the bootstrap and its pointwise band, and how well US accuracy predicts DS accuracy. Across
 groups (:func:`analyse`): the sample-size sensitivity (A4), the parameters against shots (A3), the
 Spearman matrices (A8), the reference task of the hull overlay (A7), the controlled scale-up (A6), the layer
-profile (A9) and the hyper-parameters on which US and DS disagree (A10). ``StudyResult.absent`` says, for
+profile (A9) and the hyper-parameters on which US and DS disagree (A10), and the derived numbers the report
+states or draws (the most influential vertex per task, the mean sensitivity over tasks, the A9 summary per
+dataset, Table F.3's ratio range and significance counts). ``StudyResult.absent`` says, for
 every analysis the input does not support, what it lacks (analysis.coverage lists all ten).
 
 Nothing here draws or words anything: ``plateaulab.report`` does, from the :class:`StudyResult`.
@@ -27,13 +29,13 @@ from .coverage import coverage
 from .groups import Group, iter_groups, shots_order
 from .hull import upper_hull
 from .hyperparams import hparam_study, hparam_summary
-from .influence import influence_flag, vertex_influence
-from .layers import layer_profile
+from .influence import influence_flag, influence_table, most_influential, vertex_influence
+from .layers import layer_profile, layer_summary
 from .noise import NoiseResult, noise_bootstrap
 from .records import fit_record
 from .powerlaw import PowerLawFit, fit_saturating_power_law
 from .prediction import prediction_power
-from .scaleup import ScaleUp, scale_up
+from .scaleup import SIGNIFICANCE, ScaleUp, residual_tests, scale_up
 from .sensitivity import sample_size_sensitivity
 from .shots import params_vs_shots
 from .sources import Source
@@ -107,6 +109,10 @@ class StudyResult:
     seed: int
     skipped: dict = dataclasses.field(default_factory=dict)     # what was not analysed -> why
     sensitivity: Optional[pd.DataFrame] = None
+    sensitivity_mean: Optional[pd.DataFrame] = None             # A4: on, n, errors averaged over tasks (Fig. 3)
+    influence: Optional[pd.DataFrame] = None                    # every fitted vertex's refit (influence_table)
+    influence_top: Optional[pd.DataFrame] = None                # per task, the vertex moving the saturation most
+    prediction_summary: Optional[dict] = None                   # Table F.3: ratio range, residual tests (A6)
     shots_long: Optional[pd.DataFrame] = None                   # k, alpha, e_ir per (task, shots)
     shots_table: Optional[pd.DataFrame] = None                  # Tables F.1 / F.2
     spearman: Optional[tuple] = None                            # (ds_ds DataFrame, ds_us Series)
@@ -114,6 +120,7 @@ class StudyResult:
     layer_table: Optional[pd.DataFrame] = None
     layer_tol: float = 0.01                                     # A9: "near the best" means within this
     layer_shots: Optional[float] = None                         # A9: the shot count of the layer profile
+    layer_summary: Optional[pd.DataFrame] = None                # A9: per dataset, means over checkpoints
     scaleup: Optional[ScaleUp] = None                           # A6
     hparams: Optional[pd.DataFrame] = None                      # A10: analysis.hyperparams.hparam_study
     hparam_summary: Optional[pd.DataFrame] = None               # A10: per (hyper-parameter, shots)
@@ -273,14 +280,19 @@ def analyse(source: Source, *, n_boot: int = DEFAULT_BOOTSTRAP, seed: int = 0, s
     if sensitivity and results:
         t1 = time.perf_counter()
         res.sensitivity = _sensitivity(results, sensitivity_trials, seed, skipped, tail)
+        res.sensitivity_mean = sensitivity_mean(res.sensitivity)
         res.timings["sensitivity"] = time.perf_counter() - t1
+    res.influence = influence_table(results)
+    res.influence_top = most_influential(res.influence)
     _shots_analysis(res)
     res.main_shots = main_shots(source.long[source.long["ds_task"].isin(res.tasks)])
     res.spearman = _spearman(res) if len(res.tasks) >= 2 else None
     res.overlay_ref = _overlay_reference(res, overlay)
     res.scaleup = _scaleup(res)
+    res.prediction_summary = prediction_summary(res.groups, res.scaleup)
     if source.layers is not None:
         res.layer_table = _layers(res)
+        res.layer_summary = layer_summary(res.layer_table)
     res.hparams = _hparams(res)
     res.hparam_summary = hparam_summary(res.hparams) if res.hparams is not None else None
     res.coverage = coverage(res, min_models=MIN_MODELS, min_sensitivity=MIN_SENSITIVITY_MODELS)
@@ -319,6 +331,37 @@ def _sensitivity(results: list, trials: int, seed: int, skipped: dict, tail: boo
         df.insert(1, "shots", r.shots)
         frames.append(df)
     return pd.concat(frames, ignore_index=True) if frames else None
+
+
+SENSITIVITY_ERRORS = ("fit_error_mean", "pred_error_mean")
+
+
+def sensitivity_mean(sens: Optional[pd.DataFrame]) -> Optional[pd.DataFrame]:
+    """Figure 3's thick lines: per fit mode (``on``) and sample size ``n``, the fitting and prediction errors
+    averaged over the (task, shots) groups of the sensitivity table (NaN skipped); sorted by on and n."""
+    if sens is None or sens.empty:
+        return None
+    cols = [c for c in SENSITIVITY_ERRORS if c in sens]
+    return sens.groupby(["on", "n"])[cols].mean().reset_index()
+
+
+def prediction_summary(groups: list, up: Optional[ScaleUp]) -> Optional[dict]:
+    """Table F.3 in numbers: over the groups with a prediction power, how many have a ratio and its median,
+    min and max; with a scale-up, per axis the residual tests (analysis.scaleup.residual_tests) and their
+    totals: pairs tested, significant at SIGNIFICANCE, and the number expected by chance. None without any
+    prediction power."""
+    powers = [r.power for r in groups if r.power is not None]
+    if not powers:
+        return None
+    ratio = pd.Series([p.get("ratio") for p in powers], dtype=float).dropna()
+    out = {"n_tasks": int(len(ratio)), "ratio_median": float(ratio.median()), "ratio_min": float(ratio.min()),
+           "ratio_max": float(ratio.max()), "tests": None}
+    if up is not None and not up.residuals.empty:
+        tests = residual_tests(up.residuals, up.axes)
+        n = int(tests["n_pairs"].sum())
+        out.update(tests=tests, n_pairs=n, n_significant=int(tests["n_significant"].sum()),
+                   expected_by_chance=SIGNIFICANCE * n, level=SIGNIFICANCE)
+    return out
 
 
 def _shots_analysis(res: StudyResult) -> None:

@@ -223,9 +223,9 @@ def axis_scales_figure(r, us_name: str):
     return fig
 
 
-def sensitivity_plot(sens: pd.DataFrame):
+def sensitivity_plot(sens: pd.DataFrame, mean: pd.DataFrame):
     """Figure 3: fitting and prediction error against sample size, fit on the hull vs on all points.
-    Thin lines are single tasks; thick lines their mean. A hull of <= 3 points is interpolated exactly
+    Thin lines are single tasks; thick lines their mean (``mean``: StudyResult.sensitivity_mean). A hull of <= 3 points is interpolated exactly
     (error ~ 0), which a log axis would stretch over dozens of decades: single-task errors below FLOOR
     are drawn at FLOOR (the tables keep the exact values)."""
     FLOOR = 1e-7
@@ -238,8 +238,8 @@ def sensitivity_plot(sens: pd.DataFrame):
             for _, tg in g.groupby(["ds_task", "shots"], dropna=False):
                 tg = tg.sort_values("n")
                 ax.plot(tg["n"], np.maximum(tg[col], FLOOR), ls, color=c, lw=0.5, alpha=0.25)
-            mean = g.groupby("n")[col].mean()
-            ax.plot(mean.index, mean.values, ls, color=c, lw=2.2, marker="o", ms=4,
+            m = mean[mean["on"] == on]
+            ax.plot(m["n"].to_numpy(), m[col].to_numpy(), ls, color=c, lw=2.2, marker="o", ms=4,
                     label=f"fit on {'hull' if on == 'hull' else 'all points'} (mean over tasks)")
         ax.set_yscale("log")
         ax.set_ylim(bottom=FLOOR / 2)
@@ -333,9 +333,8 @@ def spearman_us_bars(ds_us: pd.Series, us_name: str):
 
 
 def hull_overlay_grid(groups, ref: str, us_name: str, scale: str = "linear"):
-    """Figure 5: the upper hull of the reference DS task drawn over every task's points."""
-    from ..analysis import hull_overlay
-
+    """Figure 5: the upper hull of the reference DS task (its GroupResult's own hull) drawn over every task's
+    points."""
     by_shots = {r.shots: r for r in groups if r.task == ref}
     fig, axes, panels = _panel_axes(groups, width=3.3, height=2.9, extra_top=0.8)
     for ax, r in zip(panels, groups):
@@ -346,7 +345,7 @@ def hull_overlay_grid(groups, ref: str, us_name: str, scale: str = "linear"):
         xs, ys = _dense(r.us[h], r.ds[h])
         ax.plot(_scale(xs, scale), _scale(ys, scale), "-", color=COLORS["hull"], lw=1.0, label="task's upper hull")
         if ref_r is not None:
-            hu, hd = hull_overlay(ref_r.us, ref_r.ds)
+            hu, hd = ref_r.us[ref_r.hull], ref_r.ds[ref_r.hull]
             xs, ys = _dense(hu, hd)
             ax.plot(_scale(xs, scale), _scale(ys, scale), "-", color=COLORS["overlay"], lw=1.4,
                     label=f"upper hull of {ref} (its own DS accuracy)")

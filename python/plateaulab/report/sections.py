@@ -189,14 +189,11 @@ def parameters(page: Page) -> list[str]:
 
 
 def influence(page: Page) -> list[str]:
-    table = T.influence_table(page.res.groups)
+    table = T.influence_table(page.res)
     if table.empty:
         return []
     page.art.table("influence", table)
-    worst = (table.assign(abs_delta=table["delta"].abs()).sort_values("abs_delta", ascending=False)
-             .groupby(["ds_task"] + (["shots"] if "shots" in table else []), sort=False).head(1))
-    view = worst[[c for c in ("ds_task", "shots", "saturation", "model", "saturation_without", "delta")
-                  if c in worst]].rename(columns={"model": "most influential model"})
+    view = T.influence_view(page.res)
     return ["<h2>How much each fit rests on one model</h2>",
             "<p>Per task, the fitted hull vertex whose removal moves the saturation most: the saturation refitted "
             "without that model (the hull is recomputed). Every model counts in the fits above, as in the paper; "
@@ -244,7 +241,7 @@ def prediction_power(page: Page) -> list[str]:
     if axes:
         out.append("<p>Residual vs an axis: Spearman correlation, over the models, of the residual with the axis "
                    "(model GMACs, data size, samples seen), and its permutation p-value (2,000 permutations; * p &lt; "
-                   f"0.05). {H.esc(scaleup_sentence(table, axes))}</p>")
+                   f"0.05). {H.esc(scaleup_sentence(res.prediction_summary))}</p>")
     return out + [H.table(T.display_tableF3(table, axes), text_cols=("ds_task",), digits=4)]
 
 
@@ -253,7 +250,9 @@ def sensitivity(page: Page) -> list[str]:
     if sens is None:
         return []
     page.art.table("sensitivity", sens)
-    png = page.art.figure("fig3_sensitivity", F.sensitivity_plot(sens))
+    mean = page.res.sensitivity_mean
+    page.art.table("sensitivity_mean", mean)
+    png = page.art.figure("fig3_sensitivity", F.sensitivity_plot(sens, mean))
     hull = "whole upper hull" if page.res.tail else "rising hull"
     caption = ("Models are split by US accuracy at its 0.75 quantile. n models are drawn from the lower range; eq. (1) "
                f"is fitted to their {hull}" + (" (<code>--tail</code>)" if page.res.tail else "") + " or to all of "
@@ -262,7 +261,7 @@ def sensitivity(page: Page) -> list[str]:
                "the all-points fit against every held-out model "
                "(the average model); docs/ANALYSIS.md discusses the paper's ambiguous wording. Thin lines: single "
                "tasks (values below 1e-7, exact interpolation of a short hull, are drawn at 1e-7); thick: mean over "
-               "tasks.")
+               "tasks (<code>tables/sensitivity_mean.csv</code>).")
     return ["<h2>Sensitivity to the number of models (Figure 3)</h2>", H.figure(png, caption, "Figure 3 sensitivity")]
 
 
@@ -337,7 +336,7 @@ def layers(page: Page) -> list[str]:
     early = T.earliest_table(res.layer_table)
     if early is not None:
         page.art.table("layer_earliest", early)
-        summary_ = T.layer_summary(res.layer_table)
+        summary_ = res.layer_summary
         page.art.table("layer_summary", summary_)
         out += [f"<p>Per DS task: the mean best layer and the mean earliest layer within &epsilon; = {tol:g} of the "
                 "best (over checkpoints; <code>--layer-tol</code> sets &epsilon;), and the share of checkpoints whose "

@@ -62,18 +62,17 @@ def summary_table(groups: list) -> pd.DataFrame:
                          for r in ranked(groups)])
 
 
-def influence_table(groups: list) -> pd.DataFrame:
-    """Per group and fitted vertex: the saturation refitted without that model."""
-    frames = []
-    for r in groups:
-        if r.influence is None or r.influence.empty:
-            continue
-        df = r.influence.copy()
-        df.insert(0, "ds_task", r.task)
-        df.insert(1, "shots", r.shots)
-        df.insert(2, "saturation", r.fit_hull.saturation)
-        frames.append(df)
-    return _drop_empty_shots(pd.concat(frames, ignore_index=True)) if frames else pd.DataFrame()
+def influence_table(res) -> pd.DataFrame:
+    """Per group and fitted vertex: the saturation refitted without that model (StudyResult.influence)."""
+    table = res.influence
+    return pd.DataFrame() if table is None or table.empty else _drop_empty_shots(table)
+
+
+def influence_view(res) -> pd.DataFrame:
+    """Per task, the most influential vertex (StudyResult.influence_top), as shown in the report."""
+    top = _drop_empty_shots(res.influence_top)
+    view = top[[c for c in ("ds_task", "shots", "saturation", "model", "saturation_without", "delta") if c in top]]
+    return view.rename(columns={"model": "most influential model"})
 
 
 def fits_all_table(groups: list) -> pd.DataFrame:
@@ -163,21 +162,6 @@ def display_parameters(params: pd.DataFrame) -> pd.DataFrame:
         row.update({"best DS": r["best_ds"], "sse": r["sse"], "flags": r["flags"]})
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def layer_summary(table: pd.DataFrame | None) -> pd.DataFrame | None:
-    """Per dataset: mean best and earliest-near-best layer over checkpoints, and how often the earliest
-    near-best layer is below the checkpoint's last layer (the paper's early-saturating tasks)."""
-    if table is None or table.empty:
-        return None
-    per_ck = table.groupby(["dataset", "checkpoint"], sort=False).agg(
-        best_layer=("best_layer", "first"), earliest_layer=("earliest_layer", "first"),
-        deepest=("layer_index", "max")).reset_index()
-    per_ck["not_last"] = per_ck["earliest_layer"] < per_ck["deepest"]
-    return (per_ck.groupby("dataset", sort=False)
-            .agg(checkpoints=("checkpoint", "size"), mean_best_layer=("best_layer", "mean"),
-                 mean_earliest_layer=("earliest_layer", "mean"), share_last_layer_not_needed=("not_last", "mean"))
-            .reset_index())
 
 
 def earliest_layers(table: pd.DataFrame | None) -> pd.DataFrame | None:

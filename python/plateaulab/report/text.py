@@ -117,26 +117,24 @@ def ranked(groups: list) -> list:
     return sorted(ident, key=lambda r: (-r.fit_hull.saturation, r.task)) + rest
 
 
-def scaleup_sentence(table, axes) -> str:
-    """Table F.3's finding in words: the ratio's range, and how many (task, axis) residual correlations are
-    significant at 5% against the number expected by chance."""
-    ratio = table["ratio"].dropna()
-    text = (f"Across {len(ratio)} tasks the residual of eq. (1) has {ratio.median():.2f} times the spread of DS "
-            f"accuracy around its mean (median; {ratio.min():.2f} to {ratio.max():.2f}).")
-    parts, n, k = [], 0, 0
-    for a in axes:
-        key = a.name.replace(" ", "_")
-        if f"resid_p_{key}" not in table:
-            continue
-        p, rho = table[f"resid_p_{key}"], table[f"resid_spearman_{key}"]
-        sig = (p < 0.05) & p.notna()
-        n, k = n + int(p.notna().sum()), k + int(sig.sum())
-        parts.append(f"{a.name} {int(sig.sum())} of {int(p.notna().sum())}, {int((sig & (rho > 0)).sum())} positive")
-    if n:
-        text += (f" Given US accuracy, the residual correlates with a scale axis at p < 0.05 in {k} of {n} "
-                 f"(task, axis) pairs ({'; '.join(parts)}); about {0.05 * n:.0f} would by chance if the axes carried "
-                 "no information beyond US accuracy. Positive: larger values of the axis give more DS accuracy than "
-                 "eq. (1) predicts from US accuracy.")
+def scaleup_sentence(summary) -> str:
+    """Table F.3's finding in words, from StudyResult.prediction_summary (analysis.study.prediction_summary):
+    the ratio's range, and how many (task, axis) residual correlations are significant at 5% against the
+    number expected by chance."""
+    if summary is None:
+        return ""
+    text = (f"Across {summary['n_tasks']} tasks the residual of eq. (1) has {summary['ratio_median']:.2f} times the "
+            f"spread of DS accuracy around its mean (median; {summary['ratio_min']:.2f} to "
+            f"{summary['ratio_max']:.2f}).")
+    tests = summary.get("tests")
+    if tests is not None and summary.get("n_pairs"):
+        parts = [f"{t['axis']} {t['n_significant']} of {t['n_pairs']}, {t['n_significant_positive']} positive"
+                 for _, t in tests.iterrows()]
+        text += (f" Given US accuracy, the residual correlates with a scale axis at p < {summary['level']:g} in "
+                 f"{summary['n_significant']} of {summary['n_pairs']} (task, axis) pairs ({'; '.join(parts)}); about "
+                 f"{summary['expected_by_chance']:.0f} would by chance if the axes carried no information beyond US "
+                 "accuracy. Positive: larger values of the axis give more DS accuracy than eq. (1) predicts from US "
+                 "accuracy.")
     return text
 
 
