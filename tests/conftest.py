@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -60,3 +61,22 @@ def make_store(path, *, n_checkpoints=2, n_layers=2, datasets=None, dim=16, dtyp
 @pytest.fixture
 def small_store(tmp_path):
     return make_store(tmp_path / "store")
+
+
+class ProbeCrash(Exception):
+    """Raised by :func:`crash_after` inside probe_store, as a crash would stop it."""
+
+
+@contextlib.contextmanager
+def crash_after(monkeypatch, n_blocks):
+    """Interrupt probe_store after its n-th block (through the run loop's per-block seam), as a crash would."""
+    from plateaulab import run as loop
+
+    def after(b, done):
+        if done >= n_blocks:
+            raise ProbeCrash(b)
+
+    with monkeypatch.context() as m:
+        m.setattr(loop, "_after_block", after)
+        with pytest.raises(ProbeCrash):
+            yield

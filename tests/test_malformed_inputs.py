@@ -22,7 +22,7 @@ from plateaulab.cli import main as cli
 from plateaulab.errors import PlateaulabError, RunError, StoreError
 from plateaulab.run import probe_store
 
-from conftest import make_store
+from conftest import make_store, crash_after
 
 KW = dict(shots=[1, 2], seeds=1, l2=[1024.0], quiet=True, backend="numpy")
 FLAGS = ["--shots", "1,2", "--seeds", "1", "--quiet", "--backend", "numpy"]
@@ -299,23 +299,6 @@ def test_crc32_stores_still_verify_and_unchecksummed_blocks_are_counted(tmp_path
 
 # --------------------------------------------------------------------------- resume that cannot be stale
 
-class _Crash(Exception):
-    pass
-
-
-@contextlib.contextmanager
-def _crash_after(monkeypatch, n):
-    from plateaulab import run as loop
-
-    def after(b, done):
-        if done >= n:
-            raise _Crash
-
-    with monkeypatch.context() as m:
-        m.setattr(loop, "_after_block", after)
-        with pytest.raises(_Crash):
-            yield
-
 
 def _rewrite_block(store, ck="ckpt-00", layer="block0", scale=3.0):
     b = store.block(ck, "toy", layer)
@@ -329,7 +312,7 @@ def test_a_changed_block_is_recomputed_on_resume(tmp_path, monkeypatch, store, f
     if finished:
         probe_store(store.path, run, **KW)
     else:
-        with _crash_after(monkeypatch, 1):
+        with crash_after(monkeypatch, 1):
             probe_store(store.path, run, **KW)
     _rewrite_block(store)                   # the first block, whose part is already written
     with pytest.raises(RunError, match="'block0': the block or its dataset's labels changed"):
@@ -361,7 +344,7 @@ def test_changed_labels_recompute_every_part(tmp_path, store):
 
 def test_temp_files_of_a_killed_run_are_removed_and_nothing_else(tmp_path, monkeypatch, store):
     run = tmp_path / "run"
-    with _crash_after(monkeypatch, 2):
+    with crash_after(monkeypatch, 2):
         probe_store(store.path, run, **KW)
     d = next((run / "parts").rglob("*.parquet")).parent
     ours = [d / ".plateaulab-0123456789abcdef.tmp", run / ".manifest.json.a1B2c3D4.tmp"]

@@ -1,6 +1,5 @@
 """Probe runs: the results table, resuming after kill -9, refusing mismatched configs, bad input."""
 
-import contextlib
 import json
 import os
 import signal
@@ -18,7 +17,7 @@ from plateaulab import protocol as P
 from plateaulab.errors import RunError, StoreError
 from plateaulab.run import probe_store
 
-from conftest import make_store
+from conftest import make_store, crash_after
 
 COLUMNS = {"checkpoint", "layer", "layer_index", "dataset", "shots", "seed", "l2", "accuracy", "n_train",
            "n_test", "dim", "selected", "correct", "ties"}
@@ -63,29 +62,10 @@ def test_validation_selection(tmp_path):
         assert g.loc[g["selected"], "val_accuracy"].iloc[0] == g["val_accuracy"].max()
 
 
-class _Crash(Exception):
-    pass
-
-
-@contextlib.contextmanager
-def _crash_after(monkeypatch, n_blocks):
-    """Interrupt probe_store after its n-th block (through the run loop's per-block seam), as a crash would."""
-    from plateaulab import run as loop
-
-    def after(b, done):
-        if done >= n_blocks:
-            raise _Crash(b)
-
-    with monkeypatch.context() as m:
-        m.setattr(loop, "_after_block", after)
-        with pytest.raises(_Crash):
-            yield
-
-
 def test_resume_after_partial_run_equals_uninterrupted(tmp_path, monkeypatch, small_store):
     kw = dict(shots=[1, 5], seeds=2, l2=[1024.0], quiet=True)
     full = probe_store(small_store.path, tmp_path / "full", **kw).results()
-    with _crash_after(monkeypatch, 1):
+    with crash_after(monkeypatch, 1):
         probe_store(small_store.path, tmp_path / "part", **kw)
     assert not (tmp_path / "part" / "results.parquet").exists()
     first = sorted((tmp_path / "part" / "parts").rglob("*.parquet"))

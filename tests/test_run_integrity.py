@@ -23,7 +23,7 @@ from plateaulab import FeatureStore
 from plateaulab.errors import RunError, StoreError
 from plateaulab.run import load_run, probe_store
 
-from conftest import make_store
+from conftest import make_store, crash_after
 
 KW = dict(shots=[1, 2], seeds=1, l2=[1024.0], quiet=True, backend="numpy")
 
@@ -58,24 +58,6 @@ def _straight(store, tmp_path, **kw):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return probe_store(store.path, tmp_path / "straight", **{**KW, **kw}).results()
-
-
-class _Crash(Exception):
-    pass
-
-
-@contextlib.contextmanager
-def _crash_after(monkeypatch, n):
-    from plateaulab import run as loop
-
-    def after(b, done):
-        if done >= n:
-            raise _Crash
-
-    with monkeypatch.context() as m:
-        m.setattr(loop, "_after_block", after)
-        with pytest.raises(_Crash):
-            yield
 
 
 class _Hung(BaseException):
@@ -138,7 +120,7 @@ def test_a_shard_with_work_to_do_marks_the_run_incomplete(tmp_path, monkeypatch,
     probe_store(store.path, run, shard="1/2", **KW)
     assert _manifest(run)["complete"]
     _relabel(store)
-    with pytest.warns(UserWarning, match="recomputing"), _crash_after(monkeypatch, 1):
+    with pytest.warns(UserWarning, match="recomputing"), crash_after(monkeypatch, 1):
         probe_store(store.path, run, shard="0/2", **KW)
     # results.parquet holds the old labels' numbers: the manifest must not call the run complete.
     assert _manifest(run)["complete"] is False
