@@ -90,10 +90,11 @@ sys.path.insert(0, str(BENCH_DIR))
 
 # The harness logic shared with `plateaulab bench` lives in the package (plateaulab.benchmark).
 from plateaulab.benchmark.agreement import FP32_SLACK, agreement, excess_rows  # noqa: E402,F401
-from plateaulab.benchmark.ceilings import event_seconds as _event_seconds, measure_h2d  # noqa: E402,F401
+from plateaulab.benchmark.ceilings import event_seconds as _event_seconds, measure_h2d, wall_seconds  # noqa: E402,F401
 from plateaulab.benchmark.flops import block_feature_bytes, block_flops, task_flops  # noqa: E402,F401
-from plateaulab.benchmark.machine import tf32_settings  # noqa: E402,F401
+from plateaulab.benchmark.machine import cpu_name, ram_gib, tf32_settings  # noqa: E402,F401
 from plateaulab.benchmark.synthetic import FeatureSynth, dataset_labels, write_blocks  # noqa: E402,F401
+from plateaulab.benchmark.synthetic import build_store as synthetic_store  # noqa: E402
 from plateaulab.benchmark.workloads import L2_GRID, PAPER_DATASETS, DatasetSpec  # noqa: E402,F401
 
 GENERATOR_VERSION = 1          # bump when the synthetic features change: stores are rebuilt
@@ -122,10 +123,19 @@ class Workload:
     store_key: str              # workloads with equal store specs share a store (ii probes iii's last layer)
     baseline_blocks: int = 3    # per dataset
     ref_blocks: int = 1         # per dataset, float64 reference loop
+    dtype: str = "float16"      # of the stored features
+
+    @property
+    def preset(self) -> str:    # the name plateaulab.benchmark.synthetic.build_store's messages use
+        return self.key
+
+    def store_bytes(self) -> int:
+        rows = sum(d.classes * d.train_per_class + d.n_test for d in self.datasets)
+        return rows * self.dim * np.dtype(self.dtype).itemsize * self.checkpoints * self.layers
 
     def store_spec(self) -> dict:
         return {"generator": GENERATOR_VERSION, "datasets": [asdict(d) for d in self.datasets],
-                "checkpoints": self.checkpoints, "layers": self.layers, "dim": self.dim, "dtype": "float16"}
+                "checkpoints": self.checkpoints, "layers": self.layers, "dim": self.dim, "dtype": self.dtype}
 
     def store_dir(self, workdir: Path) -> Path:
         digest = hashlib.sha256(json.dumps(self.store_spec(), sort_keys=True).encode()).hexdigest()[:8]
@@ -167,40 +177,12 @@ def workloads(tiny: bool = False) -> dict[str, Workload]:
 # --------------------------------------------------------------------------- synthetic features
 
 def build_store(wl: Workload, workdir: Path, xp, workers: int | None = None, quiet: bool = False):
-    """The workload's store under ``workdir``: reused when complete, resumed when partial.
+    """The workload's store under ``workdir`` (plateaulab.benchmark.synthetic.build_store: reused when
+    complete, resumed when partial, refused when the disk is too small).
     Returns (store, seconds spent building now, feature bytes written now)."""
-    from plateaulab import FeatureStore
-
-    path = wl.store_dir(workdir)
-    spec = wl.store_spec()
-    marker = path / "bench-store.json"
-    if marker.exists() and json.loads(marker.read_text()) == spec:
-        return FeatureStore.open(path), 0.0, 0
-    rows = sum(d.classes * d.train_per_class + d.n_test for d in wl.datasets)
-    need = rows * wl.dim * 2 * wl.checkpoints * wl.layers
-    path.parent.mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(path.parent).free
-    if need > free * 0.95:
-        raise SystemExit(f"workload {wl.key}: its store needs {need / 1e9:.1f} GB and {path.parent} has "
-                         f"{free / 1e9:.1f} GB free; remove other stores under {workdir / 'stores'} or pick "
-                         "another --workdir")
-    t0 = time.perf_counter()
-    st = FeatureStore.create(path, exist_ok=True)
-    synth = FeatureSynth(xp, wl.dim)
-    jobs = []
-    for d, ds in enumerate(wl.datasets):
-        if ds.name not in st.datasets():
-            y_train, y_test = dataset_labels(ds)
-            st.add_dataset(ds.name, y_train, y_test, num_classes=ds.classes)
-        y_train, y_test = st.dataset(ds.name).y_train, st.dataset(ds.name).y_test
-        for k in range(wl.checkpoints):
-            for layer in range(wl.layers):
-                jobs.append((f"ckpt-{k:04d}", k, layer, d, ds.name, y_train, y_test))
-    written = write_blocks(st, synth, jobs, workers)
-    marker.write_text(json.dumps(spec, sort_keys=True))
-    seconds = time.perf_counter() - t0
-    if not quiet:
-        print(f"[{wl.key}] store {path}: {written / 1e9:.2f} GB written in {seconds:.1f} s", flush=True)
+    st, seconds, written = synthetic_store(wl, wl.store_dir(workdir), xp, workers=workers)
+    if written and not quiet:
+        print(f"[{wl.key}] store {st.path}: {written / 1e9:.2f} GB written in {seconds:.1f} s", flush=True)
     return st, seconds, written
 
 
@@ -288,7 +270,7 @@ def environment(backend: str, with_jax: bool = True) -> dict:
            "backend": backend, "plateaulab": plateaulab.__version__, "engine_sha256": engine_digest(),
            "git_commit": _run(["git", "-C", str(BENCH_DIR), "rev-parse", "--short", "HEAD"]) or "unknown (no git)",
            "python": sys.version.split()[0], "numpy": np.__version__, "platform": platform.platform(),
-           "cpu": _cpu_name(), "cpu_cores": os.cpu_count(), "ram_gib": _ram_gib(), "tf32": tf32_settings(with_jax)}
+           "cpu": cpu_name(), "cpu_cores": os.cpu_count(), "ram_gib": ram_gib(), "tf32": tf32_settings(with_jax)}
     try:
         import threadpoolctl
 
@@ -325,26 +307,6 @@ def environment(backend: str, with_jax: bool = True) -> dict:
         env.setdefault("cupy", f"unavailable ({type(exc).__name__})")
         env["device"] = {"name": f"cpu only ({env['cpu']})"}
     return env
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _ram_gib() -> float | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                return round(int(line.split()[1]) / 2 ** 20, 1)
-    except OSError:
-        pass
-    return None
 
 
 def peaks_for(env: dict) -> dict | None:
@@ -466,15 +428,7 @@ ENGINE_SYSTEMS = ((769, 1), (769, 6), (500, 3), (100, 3))
 def seconds_each(xp, fn, repeats: int) -> list[float]:
     """Seconds of each of ``repeats`` runs of fn() after one warm-up: CUDA events for CuPy, the wall
     clock for numpy."""
-    if xp is not np:
-        return _event_seconds(xp, fn, repeats)
-    fn()
-    out = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return out
+    return _event_seconds(xp, fn, repeats) if xp is not np else wall_seconds(fn, repeats)
 
 
 def _ms(xp, fn, repeats: int) -> float:

@@ -92,7 +92,7 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
-def _ram_gib() -> float | None:
+def ram_gib() -> float | None:
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemTotal"):
@@ -122,9 +122,9 @@ def machine_info(backends: dict) -> dict:
             versions[mod] = v
     return {"date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "device": {name: b.device() for name, b in backends.items()},
-            "cpu": cpu_name(), "cpu_cores": os.cpu_count(), "ram_gib": _ram_gib(), "platform": platform.platform(),
+            "cpu": cpu_name(), "cpu_cores": os.cpu_count(), "ram_gib": ram_gib(), "platform": platform.platform(),
             "versions": versions, "blas": blas_info(), "threads": thread_counts(),
             "tf32": tf32_settings(with_jax=False)}
 
 
-__all__ = ["machine_info", "load_average", "tf32_settings", "blas_info", "thread_counts", "cpu_name"]
+__all__ = ["machine_info", "load_average", "tf32_settings", "blas_info", "thread_counts", "cpu_name", "ram_gib"]
